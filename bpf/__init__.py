@@ -1,0 +1,1 @@
+"""Shared BPF C sources, compiled at run time by bcc (headers, dispatch programs, map ABI)."""

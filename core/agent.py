@@ -1,0 +1,427 @@
+"""The agent: load config and plugins, start them in order, serve, stop them in reverse.
+
+    load config -> discover plugins -> validate config -> declare (sync, no I/O)
+      -> serve API and metrics -> enter each plugin's lifespan in order -> READY=1
+      -> wait for a stop request -> STOPPING=1 -> exit lifespans in reverse (bounded) -> exit
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import anyio
+from aiohttp import web
+
+from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, api, config as cfg, log as logging_
+from pylium.core.metrics import AgentMetrics
+from pylium.core.plugin_api import ApiRoute, Declarations, Health, HealthState, PluginContext
+from pylium.core.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
+from pylium.core.sdnotify import Notifier
+
+API_SOCKET = "pylium.sock"
+
+
+class AgentError(Exception):
+    """The agent cannot start for a reason outside its configuration (exit 1)."""
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    node_name: str
+    state_dir: Path = Path("/var/lib/pylium")
+    run_dir: Path = Path("/var/run/pylium")
+    bpf_root: Path = Path("/sys/fs/bpf/pylium")
+    stop_timeout: float = 10.0
+
+    @property
+    def api_socket(self) -> Path:
+        return self.run_dir / API_SOCKET
+
+
+class _PluginTasks:
+    """Hosts one plugin's named tasks in a task group owned by the agent's root group."""
+
+    def __init__(self) -> None:
+        self.group: anyio.abc.TaskGroup | None = None
+        self._stop = anyio.Event()
+        self._done = anyio.Event()
+
+    async def host(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self.group = tg
+                task_status.started()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self.group = None
+            self._done.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._done.wait()
+
+
+class Agent:
+    def __init__(self, config: cfg.Section, options: AgentOptions, host: PluginHost, order: list[str],
+                 routes: list[ApiRoute], metrics: AgentMetrics, warnings: list[str] = ()):
+        self.config = config
+        self.options = options
+        self.host = host
+        self.order = order
+        self.api_routes = routes
+        self.metrics = metrics
+        self.log = logging_.get(node=options.node_name)
+        self.state = "stopped"
+        self.exit_code = EXIT_OK
+        self.failure: str | None = None
+        self.started_at = time.time()
+        self.notifier = Notifier()
+        self.contexts: dict[str, PluginContext] = {}
+        self._tasks: dict[str, _PluginTasks] = {}
+        self._stop: anyio.Event | None = None
+        self._life: anyio.CancelScope | None = None
+        self._root: anyio.abc.TaskGroup | None = None
+        self._warnings = list(warnings)
+        for name in order:
+            self.contexts[name] = self._context(name)
+            metrics.set_health(name, Health.STOPPED)
+
+    # ----------------------------------------------------------------------------------------
+    # Loading: everything that can fail because of configuration happens here, before run().
+    # ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, options: AgentOptions, config_files: list[str | Path] = (), sets: list[str] = (),
+             entries: list[EntryPoint] | None = None, extra: list[PluginInfo] = ()) -> Agent:
+        """Raises ConfigError (exit 78) or PluginLoadError (exit 78) naming what is wrong."""
+        raw = cfg.gather(config_files, sets)
+        disabled = _disabled_names(raw.data)
+        found = discover(entries)
+        infos: list[PluginInfo] = []
+        log = logging_.get(node=options.node_name)
+        for ep, info in found:
+            try:
+                instantiate(ep, info)
+            except PluginLoadError as e:
+                if info.name not in disabled:
+                    raise
+                log.warning("disabled plugin cannot be loaded; its config keys are unknown", error=str(e))
+                continue
+            infos.append(info)
+        infos.extend(extra)
+        names = [i.name for i in infos]
+        unknown = [d for d in disabled if d not in names]
+        if unknown:
+            raise cfg.ConfigError([f"plugins.disabled: unknown plugin {u!r} (installed: {', '.join(names) or 'none'})"
+                                   for u in unknown])
+        contributions = {}
+        for info in infos:
+            fn = getattr(info.obj, "pylium_config_model", None)
+            model = fn() if callable(fn) else None
+            if model is not None:
+                contributions[info.name] = model
+        config = cfg.validate(cfg.build_model(contributions), raw)
+        metrics = AgentMetrics(__version__)
+        host = PluginHost(on_hook_duration=metrics.observe_hook)
+        enabled = [i for i in infos if i.name not in disabled]
+        for info in enabled:
+            host.register(info)
+        host.check()
+        routes: dict[tuple[str, str], ApiRoute] = {}
+        for info in enabled:
+            decl = Declarations(info.name, config)
+            try:
+                host.call("pylium_declare", info.name, declare=decl)
+            except Exception as e:
+                raise PluginLoadError(f"plugin {info.name}: pylium_declare failed: {type(e).__name__}: {e}") from e
+            info.start_after = decl.start_after
+            for r in decl.routes:
+                if (r.method, r.path) in routes:
+                    other = routes[(r.method, r.path)].plugin
+                    raise PluginLoadError(f"plugin {info.name}: API route {r.method} {r.path} already served by {other}")
+                routes[(r.method, r.path)] = r
+        order = host.order([i.name for i in enabled])
+        return cls(config, options, host, order, list(routes.values()), metrics, raw.warnings)
+
+    # ----------------------------------------------------------------------------------------
+    # Running
+    # ----------------------------------------------------------------------------------------
+
+    async def run(self, stop: anyio.Event | None = None, handle_signals: bool = True) -> int:
+        """Run until `stop` is set or SIGTERM/SIGINT arrives; returns the process exit code."""
+        t0 = time.monotonic()
+        self._stop = anyio.Event()
+        for w in self._warnings:
+            self.log.warning(w)
+        with contextlib.ExitStack() as locks:
+            self._lock_dirs(locks)
+            with anyio.CancelScope() as life:
+                self._life = life
+                async with anyio.create_task_group() as root:
+                    self._root = root
+                    if handle_signals:
+                        root.start_soon(self._watch_signals, name="signals")
+                    if stop is not None:
+                        root.start_soon(self._watch_event, stop, name="stop-trigger")
+                    await self._run_plugins(root, t0)
+                    root.cancel_scope.cancel()
+            if life.cancelled_caught:
+                self.log.error("shutdown did not finish in time; forced", timeout=self.options.stop_timeout)
+                self.exit_code = EXIT_FAILURE
+        self.state = "stopped"
+        self.notifier.close()
+        self.log.info("agent stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    async def _run_plugins(self, root: anyio.abc.TaskGroup, t0: float) -> None:
+        self.state = "starting"
+        runners: list[web.AppRunner] = []
+        try:
+            runners.append(await self._serve_api())
+            if self.config.prometheus.enabled and self.config.prometheus.port:
+                runners.append(await self._serve_metrics())
+        except (OSError, AgentError) as e:
+            self._fail(str(e))
+        try:
+            if self.failure is None:
+                async with contextlib.AsyncExitStack() as stack:
+                    try:
+                        await self._start_all(stack, root)
+                        if self.failure is None and not self._stop.is_set():
+                            self._ready(t0)
+                            await self._stop.wait()
+                    finally:
+                        self.state = "stopping"
+                        self.notifier.stopping(self.failure or "Stopping")
+                        self.log.info("stopping plugins", reason=self.failure or "stop requested")
+                        self._set_deadline()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for runner in reversed(runners):
+                    await runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                self.options.api_socket.unlink()
+
+    async def _start_all(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup) -> None:
+        for name in self.order:
+            if self._stop.is_set():
+                return
+            ctx = self.contexts[name]
+            started = time.monotonic()
+            tasks = _PluginTasks()
+            await root.start(tasks.host, name=f"{name}:tasks")
+            self._tasks[name] = tasks
+            stack.push_async_callback(tasks.stop)  # runs last for this plugin (LIFO)
+            ctx.set_health(Health.STARTING, "starting")
+            try:
+                cm = self.host.call("pylium_lifespan", name, ctx=ctx)
+                if cm is not None and not (hasattr(cm, "__aenter__") and hasattr(cm, "__aexit__")):
+                    raise TypeError(f"pylium_lifespan must return an async context manager, not {type(cm).__name__}")
+                if cm is not None:
+                    await cm.__aenter__()
+            except Exception as e:
+                self.metrics.bootstrap.labels(name, "failure").set(time.monotonic() - started)
+                ctx.set_health(Health.STOPPED, f"failed to start: {e}")
+                self.log.error("plugin failed to start", plugin=name, error=f"{type(e).__name__}: {e}")
+                self._fail(f"plugin {name} failed to start: {type(e).__name__}: {e}")
+                return
+            stack.push_async_callback(self._exit_plugin, name, cm)
+            stack.push_async_callback(tasks.stop)  # tasks end before the lifespan exits
+            if ctx.health.health is Health.STARTING:
+                ctx.set_health(Health.OK)
+            self.metrics.bootstrap.labels(name, "success").set(time.monotonic() - started)
+            self.log.info("plugin started", plugin=name, seconds=round(time.monotonic() - started, 3))
+
+    async def _exit_plugin(self, name: str, cm: Any) -> None:
+        ctx = self.contexts[name]
+        try:
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
+        except Exception as e:
+            self.log.error("plugin failed to stop cleanly", plugin=name, error=f"{type(e).__name__}: {e}")
+            self.exit_code = EXIT_FAILURE
+        finally:
+            ctx.set_health(Health.STOPPED, "stopped")
+        self.log.info("plugin stopped", plugin=name)
+
+    def _ready(self, t0: float) -> None:
+        self.state = "running"
+        seconds = time.monotonic() - t0
+        self.metrics.bootstrap.labels("overall", "success").set(seconds)
+        self.notifier.ready(self._status_line())
+        if self.notifier.watchdog_interval and self._root is not None:
+            self._root.start_soon(self._watchdog, name="watchdog")
+        self.log.info("agent ready", plugins=len(self.order), seconds=round(seconds, 3),
+                      api=str(self.options.api_socket))
+
+    # ----------------------------------------------------------------------------------------
+    # Stopping
+    # ----------------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested", exit_code: int = EXIT_OK) -> None:
+        """Begin a graceful stop, bounded by options.stop_timeout from now."""
+        if exit_code:
+            self.exit_code = exit_code
+        if self._stop is not None and not self._stop.is_set():
+            self.log.info("stop requested", reason=reason)
+            self._stop.set()
+        self._set_deadline()
+
+    def _fail(self, message: str) -> None:
+        self.failure = self.failure or message
+        self.request_stop(message, EXIT_FAILURE)
+
+    def _set_deadline(self) -> None:
+        if self._life is not None:
+            self._life.deadline = min(self._life.deadline, anyio.current_time() + self.options.stop_timeout)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if self._stop is not None and self._stop.is_set():
+                    self.log.warning("second signal: stopping now", signal=signal.Signals(signum).name)
+                    if self._life is not None:
+                        self._life.cancel()
+                    return
+                self.request_stop(f"signal {signal.Signals(signum).name}")
+
+    async def _watch_event(self, event: anyio.Event) -> None:
+        await event.wait()
+        self.request_stop("stop event")
+
+    async def _watchdog(self) -> None:
+        while True:
+            self.notifier.watchdog()
+            await anyio.sleep(self.notifier.watchdog_interval)
+
+    # ----------------------------------------------------------------------------------------
+    # Servers, directories, plugin contexts
+    # ----------------------------------------------------------------------------------------
+
+    async def _serve_api(self) -> web.AppRunner:
+        path = self.options.api_socket
+        if api.socket_in_use(path):
+            raise AgentError(f"another agent is serving {path}")
+        runner = web.AppRunner(api.build_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, api.bind_unix_socket(path)).start()
+        return runner
+
+    async def _serve_metrics(self) -> web.AppRunner:
+        p = self.config.prometheus
+
+        async def metrics(_):
+            return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, p.address or None, p.port).start()
+        except OSError as e:
+            await runner.cleanup()
+            raise AgentError(f"cannot serve metrics on {p.address or '*'}:{p.port}: {e.strerror}") from None
+        return runner
+
+    def _lock_dirs(self, locks: contextlib.ExitStack) -> None:
+        o = self.options
+        o.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        o.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for lock_path in (o.run_dir / "pylium-agent.lock", o.state_dir / "pylium-agent.lock"):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            locks.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise AgentError(f"another pylium-agent (pid {holder}) is using {lock_path.parent}") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _context(self, name: str) -> PluginContext:
+        o = self.options
+        return PluginContext(
+            name=name, config=self.config, node_name=o.node_name, state_dir=o.state_dir, run_dir=o.run_dir,
+            bpf_root=o.bpf_root, log=self.log.bind(plugin=name), metrics=self.metrics.registry,
+            start_task=self._start_task, on_health=self._on_health,
+        )
+
+    def _start_task(self, plugin: str, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        tasks = self._tasks.get(plugin)
+        if tasks is None or tasks.group is None:
+            raise RuntimeError(f"plugin {plugin}: start_task({name!r}) outside the plugin's lifespan")
+        ctx = self.contexts[plugin]
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except Exception as e:
+                ctx.log.error("task failed", task=name, error=f"{type(e).__name__}: {e}", exc_info=e)
+                ctx.set_health(Health.DEGRADED, f"task {name} failed: {type(e).__name__}: {e}")
+                self._fail(f"plugin {plugin}: task {name} failed: {type(e).__name__}: {e}")
+
+        tasks.group.start_soon(guarded, name=f"{plugin}:{name}")
+
+    def _on_health(self, plugin: str, state: HealthState) -> None:
+        self.metrics.set_health(plugin, state.health)
+        if state.health is Health.DEGRADED:
+            self.log.warning("plugin degraded", plugin=plugin, reason=state.message)
+        if self.state == "running":
+            self.notifier.status(self._status_line())
+
+    # ----------------------------------------------------------------------------------------
+    # Introspection for the API
+    # ----------------------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        counts: dict[str, int] = {}
+        for ctx in self.contexts.values():
+            counts[ctx.health.health.value] = counts.get(ctx.health.health.value, 0) + 1
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no plugins"
+        return f"{self.state}: plugins {summary}"
+
+    def status(self) -> dict[str, Any]:
+        plugins = []
+        details: dict[str, str] = {}
+        for name in self.order:
+            ctx, info = self.contexts[name], self.host.plugins[name]
+            plugins.append({"name": name, "health": ctx.health.health.value, "message": ctx.health.message,
+                            "since": ctx.health.since, "version": info.version, "source": info.source})
+            if self.state == "running" and ctx.health.health is not Health.STOPPED:
+                try:
+                    extra = self.host.call("pylium_status_details", name, ctx=ctx)
+                except Exception as e:
+                    extra = {name: f"status unavailable: {type(e).__name__}: {e}"}
+                details.update(extra or {})
+        return {
+            "version": __version__, "node": self.options.node_name, "cluster": self.config.cluster.name,
+            "state": self.state, "uptime_seconds": round(time.time() - self.started_at, 3),
+            "started_at": self.started_at, "failure": self.failure, "plugins": plugins, "details": details,
+        }
+
+    def plugin_list(self) -> list[dict[str, Any]]:
+        out = []
+        for position, name in enumerate(self.order):
+            info = self.host.plugins[name]
+            out.append({"name": name, "source": info.source, "dist": info.dist, "version": info.version,
+                        "entry_point": info.entry_point, "start_order": position + 1,
+                        "start_after": info.start_after, "hooks": self.host.hooks_of(name)})
+        return out
+
+
+def _disabled_names(data: dict[str, Any]) -> list[str]:
+    plugins = data.get("plugins")
+    disabled = plugins.get("disabled") if isinstance(plugins, dict) else None
+    if isinstance(disabled, list):
+        return [d for d in disabled if isinstance(d, str)]
+    return []  # a wrong type is reported by validation

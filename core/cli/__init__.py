@@ -1,0 +1,1 @@
+"""The `pylium` command-line client of the agent's control API."""

@@ -1,0 +1,76 @@
+"""A minimal JSON client for the agent's unix-socket HTTP API (stdlib only: fast to import)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUN_DIR = Path("/var/run/pylium")
+API_SOCKET = "pylium.sock"
+
+
+class AgentUnreachable(Exception):
+    """No agent answers on the socket."""
+
+
+class ApiFailure(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class Client:
+    def __init__(self, socket_path: str | Path, timeout: float = 30.0):
+        self.socket_path = str(socket_path)
+        self.timeout = timeout
+
+    @classmethod
+    def for_run_dir(cls, run_dir: str | Path, timeout: float = 30.0) -> Client:
+        return cls(Path(run_dir) / API_SOCKET, timeout)
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise AgentUnreachable(f"no pylium agent is running (cannot connect to {self.socket_path}: "
+                                       f"{e.strerror})") from None
+            except PermissionError:
+                raise AgentUnreachable(f"permission denied on {self.socket_path} (the API is root-only)") from None
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                data = raw.decode(errors="replace")
+            return resp.status, data
+        finally:
+            conn.close()
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        status, data = self.request(method, path, body)
+        if status >= 400:
+            message = data.get("error") if isinstance(data, dict) else str(data)
+            raise ApiFailure(status, message or f"HTTP {status}")
+        return data

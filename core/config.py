@@ -1,0 +1,323 @@
+"""Agent configuration: Helm-values-shaped YAML, `--set` overrides, seed-era aliases, validation.
+
+The root model is assembled at start from the core's sections plus the sections each plugin
+declares through the `pylium_config_model` hook, so a plugin owns its keys and their docs.
+Any problem (unknown key, wrong type, bad value) is reported as one line per problem naming
+the key path; the agent then exits 78 without starting anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+
+class Section(BaseModel):
+    """Base for every configuration section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ClusterSettings(Section):
+    name: str = Field("default", description="Name of the cluster this node belongs to.")
+    id: int = Field(0, ge=0, le=255, description="Numeric cluster id, unique within a cluster mesh (0-255).")
+
+
+class PrometheusSettings(Section):
+    enabled: bool = Field(True, description="Serve Prometheus metrics.")
+    address: str = Field("", description="Address to bind the metrics server to; empty means all addresses.")
+    port: int = Field(9962, ge=0, le=65535, description="Metrics port (Cilium's agent port); 0 disables.")
+
+
+class PluginsSettings(Section):
+    disabled: list[str] = Field(default_factory=list, description="Names of plugins not to load.")
+
+
+class DebugSettings(Section):
+    enabled: bool = Field(False, description="Log at debug level.")
+
+
+class CoreConfig(Section):
+    """Keys the core owns. Plugins add their own top-level keys next to these."""
+
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    plugins: PluginsSettings = Field(default_factory=PluginsSettings)
+    debug: DebugSettings = Field(default_factory=DebugSettings)
+
+
+# Helm chart keys that describe how the chart deploys pods, not how the agent behaves.
+# People paste whole values files; these are skipped with a warning instead of failing.
+CHART_ONLY_KEYS = frozenset(
+    {"image", "operator", "resources", "nodeSelector", "tolerations", "podAnnotations", "podLabels",
+     "affinity", "priorityClassName", "rollOutCiliumPods", "securityContext", "updateStrategy"}
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem; `problems` holds one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class RawConfig:
+    """The merged, not yet validated configuration, and where each aliased key came from."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    aliased_from: dict[str, str] = field(default_factory=dict)
+    set_keys: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and merging
+# --------------------------------------------------------------------------------------------
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError([f"{p}: cannot read config file: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError([f"{p}{where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p}: the top level must be a mapping of keys, not {type(data).__name__}"])
+    return data
+
+
+def parse_set_value(text: str) -> Any:
+    """Interpret a `--set` value the way Helm does: scalars typed, `{a,b}` as a list."""
+    if text.startswith("{") and text.endswith("}") and ":" not in text:
+        inner = text[1:-1].strip()
+        return [parse_set_value(v.strip()) for v in inner.split(",")] if inner else []
+    try:
+        return yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_set(data: dict[str, Any], expr: str) -> str:
+    """Apply one `a.b.c=value` override in place; returns the key path."""
+    key, sep, value = expr.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError([f"--set {expr!r}: expected KEY=VALUE, for example --set prometheus.port=9962"])
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError([f"--set {expr!r}: empty segment in key path {key!r}"])
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            path = ".".join(parts[: i + 1])
+            raise ConfigError([f"--set {expr!r}: {path} is a value ({child!r}), not a section"])
+        node = child
+    node[parts[-1]] = parse_set_value(value)
+    return key
+
+
+def _pop_path(data: dict[str, Any], path: str) -> tuple[bool, Any]:
+    parts = path.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return False, None
+    if parts[-1] not in node:
+        return False, None
+    value = node.pop(parts[-1])
+    # drop sections the alias emptied, so they do not show up as empty unknown sections
+    if len(parts) > 1 and not node:
+        _pop_path(data, ".".join(parts[:-1]))
+    return True, value
+
+
+def _put_path(raw: RawConfig, path: str, value: Any, old: str) -> None:
+    parts = path.split(".")
+    node = raw.data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError([f"{old}: cannot translate to {path}: {part} is not a section"])
+    if parts[-1] in node and node[parts[-1]] != value:
+        raise ConfigError([f"{old}: conflicts with {path}={node[parts[-1]]!r} (set only one of them)"])
+    node[parts[-1]] = value
+    raw.aliased_from[path] = old
+
+
+def _translate_tunnel(value: Any, old: str) -> dict[str, Any]:
+    v = str(value).lower()
+    if v in ("disabled", "native"):
+        return {"routingMode": "native"}
+    if v in ("vxlan", "geneve"):
+        return {"routingMode": "tunnel", "tunnelProtocol": v}
+    raise ConfigError([f"{old}: must be one of 'vxlan', 'geneve', 'native' or 'disabled' (got {value!r})"])
+
+
+_KPR_OLD = {"strict": True, "partial": True, "probe": True, "disabled": False}
+
+
+def apply_aliases(raw: RawConfig) -> None:
+    """Rewrite the seed article's older spellings to the current keys (ARCHITECTURE §7)."""
+    for old in ("datapath.mode", "tunnel"):
+        found, value = _pop_path(raw.data, old)
+        if found:
+            for new, v in _translate_tunnel(value, old).items():
+                _put_path(raw, new, v, old)
+    found, value = _pop_path(raw.data, "policyEnforcement")
+    if found:
+        _put_path(raw, "policyEnforcementMode", value, "policyEnforcement")
+    found, value = _pop_path(raw.data, "hostServices")
+    if found:
+        if not isinstance(value, dict):
+            raise ConfigError([f"hostServices: must be a section with 'enabled' (got {value!r})"])
+        if "enabled" in value:
+            _put_path(raw, "socketLB.enabled", value["enabled"], "hostServices.enabled")
+        if "protocols" in value:
+            raw.warnings.append("hostServices.protocols: ignored, socket load balancing covers TCP and UDP")
+        for k in set(value) - {"enabled", "protocols"}:
+            raise ConfigError([f"hostServices.{k}: unknown key (allowed: enabled, protocols)"])
+    kpr = raw.data.get("kubeProxyReplacement")
+    if isinstance(kpr, str) and kpr.lower() in _KPR_OLD:
+        raw.data.pop("kubeProxyReplacement")
+        _put_path(raw, "kubeProxyReplacement", _KPR_OLD[kpr.lower()], f"kubeProxyReplacement={kpr}")
+    for key in sorted(CHART_ONLY_KEYS & raw.data.keys()):
+        raw.data.pop(key)
+        raw.warnings.append(f"{key}: Helm chart deployment key, ignored by the agent")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def gather(config_files: list[str | Path] = (), sets: list[str] = (), base: dict[str, Any] | None = None) -> RawConfig:
+    """Merge `base`, config files (later wins) and `--set` overrides, then translate aliases."""
+    raw = RawConfig(data=copy.deepcopy(base or {}))
+    for f in config_files:
+        raw.data = deep_merge(raw.data, load_file(f))
+    for expr in sets:
+        raw.set_keys.add(apply_set(raw.data, expr))
+    apply_aliases(raw)
+    return raw
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(contributions: dict[str, type[BaseModel]]) -> type[Section]:
+    """Root model = core sections + each contributor's fields. `contributions` maps an owner
+    (a plugin name) to a model whose fields are its top-level keys."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    owners: dict[str, str] = {}
+    for name, info in CoreConfig.model_fields.items():
+        fields[name] = (info.annotation, info)
+        owners[name] = "core"
+    problems = []
+    for owner, model in contributions.items():
+        for name, info in model.model_fields.items():
+            if name in owners:
+                problems.append(f"plugin {owner}: config key {name!r} is already owned by {owners[name]}")
+                continue
+            fields[name] = (info.annotation, info)
+            owners[name] = owner
+    if problems:
+        raise ConfigError(problems)
+    return create_model("Config", __base__=Section, **fields)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Keys allowed at the mapping that contains loc[-1], found by walking the model."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = getattr(current, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        current = _model_of(info.annotation)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        m = _model_of(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def _format_error(model: type[BaseModel], raw: RawConfig, err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    path = "".join(f"[{p}]" if isinstance(p, int) else (("." if i else "") + str(p)) for i, p in enumerate(loc))
+    origin = ""
+    top = ".".join(str(p) for p in loc if not isinstance(p, int))
+    if top in raw.aliased_from:
+        origin = f" (written as {raw.aliased_from[top]})"
+    elif top in raw.set_keys:
+        origin = " (from --set)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc)
+        return f"{path}{origin}: unknown key (allowed here: {', '.join(allowed) or 'none'})"
+    msg = err["msg"]
+    if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{path}{origin}: {msg}"
+
+
+def validate(model: type[Section], raw: RawConfig) -> Section:
+    try:
+        return model.model_validate(raw.data)
+    except ValidationError as e:
+        raise ConfigError([_format_error(model, raw, err) for err in e.errors()]) from None
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+def describe(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, description) for every leaf key: the source of docs/config.md."""
+    rows = []
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        sub = _model_of(info.annotation)
+        if sub is not None and not getattr(info.annotation, "__args__", None):
+            rows.extend(describe(sub, path + "."))
+            continue
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        rows.append((path, json.dumps(default), info.description or ""))
+    return rows

@@ -1,0 +1,135 @@
+"""What a plugin receives from the core: declarations, its runtime context, health, API types."""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+if TYPE_CHECKING:
+    import structlog
+    from prometheus_client import CollectorRegistry
+
+    from pylium.core.config import Section
+
+
+class Health(str, enum.Enum):
+    """A plugin's health, as shown by `pylium status` (Cilium's module health words)."""
+
+    STARTING = "STARTING"  # lifespan entered, start-up not finished
+    OK = "OK"
+    DEGRADED = "DEGRADED"  # running, but something is wrong; the message says what
+    STOPPED = "STOPPED"  # not running (not started yet, failed, or stopped)
+
+
+class ApiError(Exception):
+    """Raised by an API handler: answered as ``{"error": message}`` with this HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """A control-API request as a plugin handler sees it."""
+
+    method: str
+    path: str
+    path_params: dict[str, str]
+    query: dict[str, str]
+    body: Any  # decoded JSON, or None
+
+
+ApiHandler = Callable[[ApiRequest], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    method: str
+    path: str
+    handler: ApiHandler
+    plugin: str
+
+
+class Declarations:
+    """Passed to `pylium_declare`: what one plugin asks of the core. Records only, no I/O."""
+
+    def __init__(self, plugin: str, config: Section):
+        self.plugin = plugin
+        self.config = config
+        self.start_after: list[str] = []
+        self.routes: list[ApiRoute] = []
+
+    def after(self, *names: str) -> None:
+        """Start this plugin after the named plugins, when those are loaded."""
+        self.start_after.extend(names)
+
+    def api_route(self, method: str, path: str, handler: ApiHandler) -> None:
+        """Serve `handler` at `method path` on the control API (path params as `{name}`)."""
+        method = method.upper()
+        if method not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            raise ValueError(f"api_route: unsupported method {method!r}")
+        if not path.startswith("/v1/"):
+            raise ValueError(f"api_route: path {path!r} must start with /v1/")
+        self.routes.append(ApiRoute(method, path, handler, self.plugin))
+
+
+@dataclass
+class HealthState:
+    health: Health = Health.STOPPED
+    message: str = "not started"
+    since: float = field(default_factory=time.time)
+
+
+class PluginContext:
+    """Passed to runtime hooks: one plugin's view of its agent."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        config: Section,
+        node_name: str,
+        state_dir: Path,
+        run_dir: Path,
+        bpf_root: Path,
+        log: structlog.typing.FilteringBoundLogger,
+        metrics: CollectorRegistry,
+        start_task: Callable[..., None],
+        on_health: Callable[[str, HealthState], None],
+    ):
+        self.name = name
+        self.config = config
+        self.node_name = node_name
+        self.run_dir = run_dir
+        #: The agent's state directory; the plugin's own durable files go in `plugin_state_dir`.
+        self.state_dir = state_dir
+        #: Where this plugin pins its BPF objects: <bpf-root>/<node>/<plugin>.
+        self.bpf_dir = bpf_root / node_name / name
+        self.log = log
+        self.metrics = metrics
+        self._start_task = start_task
+        self._on_health = on_health
+        self.health = HealthState()
+
+    @property
+    def plugin_state_dir(self) -> Path:
+        """<state-dir>/plugins/<name>, created (mode 0700) on first use."""
+        path = self.state_dir / "plugins" / self.name
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+        return path
+
+    def set_health(self, health: Health, message: str = "") -> None:
+        if (health, message) != (self.health.health, self.health.message):
+            self.health = HealthState(health, message)
+            self._on_health(self.name, self.health)
+
+    def start_task(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run `fn(*args)` as a named task, cancelled before this plugin's lifespan exits."""
+        self._start_task(self.name, name, fn, *args)

@@ -1,0 +1,1 @@
+"""Built-in pylium plugins, each loaded through the `pylium.plugins` entry-point group."""
