@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import anyio
+import zmq
+import zmq.asyncio
 from aiohttp import web
 
-from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, api, config as cfg, log as logging_
+from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, api, config as cfg, events as ev, log as logging_
+from pylium.core.bus import BusCore, BusPaths
+from pylium.core.bus_broker import Broker
+from pylium.core.bus_client import BusClient, Endpoints
 from pylium.core.metrics import AgentMetrics
 from pylium.core.plugin_api import ApiRoute, Declarations, Health, HealthState, PluginContext
 from pylium.core.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
@@ -72,8 +77,10 @@ class _PluginTasks:
 
 class Agent:
     def __init__(self, config: cfg.Section, options: AgentOptions, host: PluginHost, order: list[str],
-                 routes: list[ApiRoute], metrics: AgentMetrics, warnings: list[str] = ()):
+                 routes: list[ApiRoute], metrics: AgentMetrics, warnings: list[str] = (),
+                 registry: ev.Registry | None = None):
         self.config = config
+        self.registry = registry or ev.VOCABULARY
         self.options = options
         self.host = host
         self.order = order
@@ -91,6 +98,9 @@ class Agent:
         self._life: anyio.CancelScope | None = None
         self._root: anyio.abc.TaskGroup | None = None
         self._warnings = list(warnings)
+        self.bus: BusCore | None = None
+        self.broker: Broker | None = None
+        self.core_bus: BusClient | None = None
         for name in order:
             self.contexts[name] = self._context(name)
             metrics.set_health(name, Health.STOPPED)
@@ -137,6 +147,7 @@ class Agent:
             host.register(info)
         host.check()
         routes: dict[tuple[str, str], ApiRoute] = {}
+        registry = ev.VOCABULARY.copy()
         for info in enabled:
             decl = Declarations(info.name, config)
             try:
@@ -149,8 +160,13 @@ class Agent:
                     other = routes[(r.method, r.path)].plugin
                     raise PluginLoadError(f"plugin {info.name}: API route {r.method} {r.path} already served by {other}")
                 routes[(r.method, r.path)] = r
+            for et in decl.event_types:
+                try:
+                    registry.add(et)
+                except ValueError as e:
+                    raise PluginLoadError(f"plugin {info.name}: {e}") from None
         order = host.order([i.name for i in enabled])
-        return cls(config, options, host, order, list(routes.values()), metrics, raw.warnings)
+        return cls(config, options, host, order, list(routes.values()), metrics, raw.warnings, registry)
 
     # ----------------------------------------------------------------------------------------
     # Running
@@ -185,17 +201,22 @@ class Agent:
     async def _run_plugins(self, root: anyio.abc.TaskGroup, t0: float) -> None:
         self.state = "starting"
         runners: list[web.AppRunner] = []
+        zctx = zmq.asyncio.Context()
         try:
             runners.append(await self._serve_api())
             if self.config.prometheus.enabled and self.config.prometheus.port:
                 runners.append(await self._serve_metrics())
-        except (OSError, AgentError) as e:
+            self._start_bus(zctx)
+        except (OSError, AgentError, zmq.ZMQError) as e:
             self._fail(str(e))
         try:
             if self.failure is None:
                 async with contextlib.AsyncExitStack() as stack:
+                    await self._start_broker(stack, root, zctx)
+                    self.core_bus = await self._bus_client(stack, root, "core", zctx)
+                    self.core_bus.owns("plugin.health")
                     try:
-                        await self._start_all(stack, root)
+                        await self._start_all(stack, root, zctx)
                         if self.failure is None and not self._stop.is_set():
                             self._ready(t0)
                             await self._stop.wait()
@@ -203,19 +224,69 @@ class Agent:
                         self.state = "stopping"
                         self.notifier.stopping(self.failure or "Stopping")
                         self.log.info("stopping plugins", reason=self.failure or "stop requested")
+                        self.core_bus.publish(ev.AgentStopping(node=self.options.node_name,
+                                                               reason=self.failure or "stop requested"))
                         self._set_deadline()
+                self.core_bus = None
         finally:
             with anyio.CancelScope(shield=True):
                 for runner in reversed(runners):
                     await runner.cleanup()
+            if self.bus is not None:
+                self.bus.stop()
+            zctx.destroy(linger=0)
             with contextlib.suppress(FileNotFoundError):
                 self.options.api_socket.unlink()
 
-    async def _start_all(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup) -> None:
+    def _start_bus(self, zctx: zmq.Context) -> None:
+        settings = self.config.bus
+        if not settings.tcp.keysDir:
+            tcp = settings.tcp.model_copy(update={"keysDir": str(self.options.state_dir / "bus")})
+            settings = settings.model_copy(update={"tcp": tcp})
+        self.bus = BusCore(node=self.options.node_name, paths=BusPaths(self.options.run_dir), registry=self.registry,
+                           metrics=self.metrics, settings=settings)
+        self.bus.start(zctx)
+        self.metrics.watch_proxy(self.bus.proxy_statistics)
+
+    async def _start_broker(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup,
+                            zctx: zmq.asyncio.Context) -> None:
+        tasks = _PluginTasks()
+        await root.start(tasks.host, name="bus-broker")
+        paths = BusPaths(self.options.run_dir)
+        self.broker = Broker(zctx, paths.rpc, paths.rpc_service, metrics=self.metrics, rejects=self.bus.rejects,
+                             timeout=self.config.bus.requestTimeout, log=self.log.bind(component="broker"),
+                             spawn=lambda name, fn: tasks.group.start_soon(self._guard("core", name, fn), name=name))
+        stack.push_async_callback(self._close_broker)
+        stack.push_async_callback(tasks.stop)
+
+    async def _close_broker(self) -> None:
+        await self.broker.aclose()
+        self.broker = None
+
+    async def _bus_client(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup, source: str,
+                          zctx: zmq.asyncio.Context) -> BusClient:
+        """A bus connection whose helper tasks outlive the owner's lifespan and stop before its
+        sockets close."""
+        tasks = _PluginTasks()
+        await root.start(tasks.host, name=f"{source}:bus")
+        settings = self.config.bus
+        client = BusClient(ctx=zctx, source=source, node=self.options.node_name, registry=self.registry,
+                           endpoints=Endpoints.in_process(), spawn=lambda name, fn: tasks.group.start_soon(
+                               self._guard(source, name, fn), name=f"{source}:{name}"),
+                           metrics=self.metrics, rejects=self.bus.rejects, publisher_queue=settings.publisherQueue,
+                           subscriber_queue=settings.subscriberQueue, request_timeout=settings.requestTimeout,
+                           broker=self.broker)
+        stack.push_async_callback(client.aclose)
+        stack.push_async_callback(tasks.stop)
+        return client
+
+    async def _start_all(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup,
+                         zctx: zmq.asyncio.Context) -> None:
         for name in self.order:
             if self._stop.is_set():
                 return
             ctx = self.contexts[name]
+            ctx.bus = await self._bus_client(stack, root, name, zctx)
             started = time.monotonic()
             tasks = _PluginTasks()
             await root.start(tasks.host, name=f"{name}:tasks")
@@ -258,6 +329,7 @@ class Agent:
         seconds = time.monotonic() - t0
         self.metrics.bootstrap.labels("overall", "success").set(seconds)
         self.notifier.ready(self._status_line())
+        self.core_bus.publish(ev.AgentReady(node=self.options.node_name, version=__version__, plugins=self.order))
         if self.notifier.watchdog_interval and self._root is not None:
             self._root.start_soon(self._watchdog, name="watchdog")
         self.log.info("agent ready", plugins=len(self.order), seconds=round(seconds, 3),
@@ -360,20 +432,27 @@ class Agent:
         tasks = self._tasks.get(plugin)
         if tasks is None or tasks.group is None:
             raise RuntimeError(f"plugin {plugin}: start_task({name!r}) outside the plugin's lifespan")
-        ctx = self.contexts[plugin]
+        tasks.group.start_soon(self._guard(plugin, name, fn, *args), name=f"{plugin}:{name}")
+
+    def _guard(self, plugin: str, name: str, fn: Callable[..., Awaitable[Any]], *args: Any):
+        """Wrap a task: if it raises, the plugin is DEGRADED and the agent stops (exit 1)."""
 
         async def guarded() -> None:
             try:
                 await fn(*args)
             except Exception as e:
-                ctx.log.error("task failed", task=name, error=f"{type(e).__name__}: {e}", exc_info=e)
-                ctx.set_health(Health.DEGRADED, f"task {name} failed: {type(e).__name__}: {e}")
+                log = self.contexts[plugin].log if plugin in self.contexts else self.log
+                log.error("task failed", task=name, error=f"{type(e).__name__}: {e}", exc_info=e)
+                if plugin in self.contexts:
+                    self.contexts[plugin].set_health(Health.DEGRADED, f"task {name} failed: {type(e).__name__}: {e}")
                 self._fail(f"plugin {plugin}: task {name} failed: {type(e).__name__}: {e}")
 
-        tasks.group.start_soon(guarded, name=f"{plugin}:{name}")
+        return guarded
 
     def _on_health(self, plugin: str, state: HealthState) -> None:
         self.metrics.set_health(plugin, state.health)
+        if self.core_bus is not None:
+            self.core_bus.publish(ev.PluginHealth(plugin=plugin, health=state.health.value, message=state.message))
         if state.health is Health.DEGRADED:
             self.log.warning("plugin degraded", plugin=plugin, reason=state.message)
         if self.state == "running":

@@ -59,7 +59,7 @@ def main(config_files, sets, print_config, node_name, state_dir, run_dir, bpf_ro
     agent.log.info("starting agent", version=__version__, plugins=agent.order, state_dir=str(state_dir),
                    run_dir=str(run_dir), bpf_root=str(bpf_root))
     try:
-        code = anyio.run(agent.run)
+        code = anyio.run(agent.run, backend_options={"use_uvloop": True})
     except AgentError as e:
         agent.log.error("cannot start", error=str(e))
         code = EXIT_FAILURE

@@ -39,6 +39,25 @@ class PluginsSettings(Section):
     disabled: list[str] = Field(default_factory=list, description="Names of plugins not to load.")
 
 
+class BusTcpSettings(Section):
+    address: str = Field("", description="host:port of a TCP endpoint for remote subscribers, CURVE-authenticated; "
+                                         "empty disables it.")
+    keysDir: str = Field("", description="Directory of the agent's CURVE key pair (server.key, server.key_secret "
+                                         "0600); default <state-dir>/bus.")
+    authorizedKeysDir: str = Field("", description="Directory of authorised client public keys (*.key); default "
+                                                   "<keysDir>/authorized_keys. Any other key gets nothing.")
+
+
+class BusSettings(Section):
+    subscriberQueue: int = Field(100_000, ge=100, description="Messages queued per subscriber before that "
+                                                              "subscriber loses messages (others are unaffected).")
+    publisherQueue: int = Field(100_000, ge=100, description="Messages an in-process publisher may queue before "
+                                                             "publishing drops (counted in pylium_bus_dropped_total).")
+    maxMessageBytes: int = Field(1 << 20, ge=1024, description="Largest message accepted from outside publishers.")
+    requestTimeout: float = Field(5.0, gt=0, description="Default seconds a request waits for its answer.")
+    tcp: BusTcpSettings = Field(default_factory=BusTcpSettings)
+
+
 class DebugSettings(Section):
     enabled: bool = Field(False, description="Log at debug level.")
 
@@ -49,6 +68,7 @@ class CoreConfig(Section):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
     debug: DebugSettings = Field(default_factory=DebugSettings)
 
 

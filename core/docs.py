@@ -53,7 +53,7 @@ def _command_doc(out: list[str], cmd: click.Command, path: str, parent: click.Co
     out.append(f"```\n{cmd.get_usage(ctx).removeprefix('Usage: ')}\n```\n")
     if cmd.help:
         out.append(inspect.cleandoc(cmd.help) + "\n")
-    params = [p for p in cmd.get_params(ctx) if p.get_help_record(ctx)]
+    params = [p for p in cmd.get_params(ctx) if isinstance(p, click.Option) and p.get_help_record(ctx)]
     if params:
         out.append("| Option | Description |\n|---|---|")
         for p in params:
@@ -65,11 +65,29 @@ def _command_doc(out: list[str], cmd: click.Command, path: str, parent: click.Co
             _command_doc(out, cmd.commands[name], f"{path} {name}", ctx)
 
 
+def event_reference() -> str:
+    from pylium.core import events as ev
+
+    out = []
+    types = sorted(ev.VOCABULARY.types.values(), key=lambda t: t.topic) + [ev.SYNCED_TYPE]
+    for et in types:
+        kind = f"state, family `{et.family}`, key `{et.key}`" + (", deletes" if et.deletes else "") \
+            if et.kind == "state" else "stream"
+        out.append(f"### `{et.topic}`\n\n{et.doc}\n\nKind: {kind}. Published by: {et.owner}.\n")
+        out.append("| Field | Type |\n|---|---|")
+        for f in et.model.__struct_fields__:
+            hint = et.model.__annotations__.get(f, "")
+            out.append(f"| `{f}` | `{_cell(str(hint))}` |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-BLOCKS = {"docs/config.md": {"config-keys": config_keys}, "docs/cli.md": {"cli-reference": cli_reference}}
+BLOCKS = {"docs/config.md": {"config-keys": config_keys}, "docs/cli.md": {"cli-reference": cli_reference},
+          "docs/events.md": {"event-types": event_reference}}
 
 
 def render(text: str, name: str, content: str) -> str:

@@ -79,7 +79,9 @@ def pylium_declare(declare: Declarations) -> None:
     - ``declare.after(*names)``: start after these plugins (when they are loaded);
     - ``declare.api_route(method, path, handler)``: serve ``handler(request)`` on the agent's
       control API at ``path`` (which must start with ``/v1/``); the handler returns a JSON-able
-      value or raises :class:`~pylium.core.plugin_api.ApiError`.
+      value or raises :class:`~pylium.core.plugin_api.ApiError`;
+    - ``declare.event_type(topic, model, state_family=None, key=None)``: add a third-party
+      event type to the bus vocabulary (built-in types live in ``pylium.core.events``).
 
     Raising here stops the agent from starting with exit code 1 and the plugin's name.
     """
@@ -100,7 +102,9 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncContextManager[Any] | None:
     stopped in reverse and the agent exits 1 naming the plugin and the reason. Shutdown of
     the whole agent is bounded (10 s by default); past it, shutdown code is cancelled.
 
-    Long-running work goes in named tasks: ``ctx.start_task("sync", fn, *args)``. Tasks are
+    ``ctx.bus`` is the plugin's connection to the event bus: ``publish(event)``,
+    ``subscribe(*prefixes)``, ``await serve(method, handler)``, ``await request(method, payload)``
+    (see docs/events.md). Long-running work goes in named tasks: ``ctx.start_task("sync", fn, *args)``. Tasks are
     cancelled before the lifespan exits. A task that raises marks the plugin DEGRADED and
     stops the agent (exit 1), so a broken loop is never silently dead.
 

@@ -64,6 +64,7 @@ class Declarations:
         self.config = config
         self.start_after: list[str] = []
         self.routes: list[ApiRoute] = []
+        self.event_types: list[Any] = []
 
     def after(self, *names: str) -> None:
         """Start this plugin after the named plugins, when those are loaded."""
@@ -77,6 +78,17 @@ class Declarations:
         if not path.startswith("/v1/"):
             raise ValueError(f"api_route: path {path!r} must start with /v1/")
         self.routes.append(ApiRoute(method, path, handler, self.plugin))
+
+    def event_type(self, topic: str, model: type, *, state_family: str | None = None, key: str | None = None,
+                   deletes: bool = False) -> None:
+        """Add an event type to the bus vocabulary (third-party events; built-in ones live in
+        pylium.core.events). `model` is a frozen `pylium.core.events.Event` subclass."""
+        from pylium.core import events
+
+        model.topic = topic
+        kind = "state" if state_family else "stream"
+        self.event_types.append(events.EventType(topic, model, kind, family=state_family, key=key,
+                                                 deletes=deletes, owner=self.plugin))
 
 
 @dataclass
@@ -102,6 +114,7 @@ class PluginContext:
         metrics: CollectorRegistry,
         start_task: Callable[..., None],
         on_health: Callable[[str, HealthState], None],
+        bus: Any = None,
     ):
         self.name = name
         self.config = config
@@ -113,6 +126,9 @@ class PluginContext:
         self.bpf_dir = bpf_root / node_name / name
         self.log = log
         self.metrics = metrics
+        #: This plugin's bus connection (pylium.core.bus_client.BusClient): publish, subscribe,
+        #: serve, request.
+        self.bus = bus
         self._start_task = start_task
         self._on_health = on_health
         self.health = HealthState()

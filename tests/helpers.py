@@ -107,6 +107,15 @@ def write_plugin_dist(site: Path, dist: str, version: str, module: str, source: 
     return site
 
 
+DATA = Path(__file__).parent / "data"
+
+
+def install_test_plugin(site: Path, module: str, name: str, attr: str) -> Path:
+    """Install tests/data/<module>.py as plugin `name` (entry point module:attr) into `site`."""
+    return write_plugin_dist(site, f"{name}-test", "0.1", module, (DATA / f"{module}.py").read_text(),
+                             {name: f"{module}:{attr}"})
+
+
 @contextlib.contextmanager
 def datagram_socket(path: Path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 
 from pylium.core import docs
@@ -25,6 +26,9 @@ def test_cli_reference_covers_every_command_and_option():
     for name, cmd in main.commands.items():
         assert f"### `pylium {name}`" in text
         for p in cmd.params:
+            if not isinstance(p, click.Option):
+                assert p.make_metavar(click.Context(cmd)) in text  # arguments appear in the usage line
+                continue
             for opt in p.opts:
                 assert opt in text, f"pylium {name} {opt} undocumented"
 

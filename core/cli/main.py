@@ -111,5 +111,9 @@ def plugins(client: Client, output: str) -> None:
         ([p["start_order"], p["name"], p["version"], p["source"], ", ".join(p["hooks"])] for p in rows)))
 
 
+from pylium.core.cli.events import events  # noqa: E402
+
+main.add_command(events)
+
 if __name__ == "__main__":
     main()

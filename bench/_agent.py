@@ -1,0 +1,51 @@
+"""Start a real pylium-agent for a benchmark, with the benchmark plugin installed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pylium.core.cli.client import AgentUnreachable, Client
+
+HERE = Path(__file__).parent
+
+
+@contextlib.contextmanager
+def bench_agent(*extra: str):
+    root = Path(tempfile.mkdtemp(prefix="pylium-bench-"))
+    site = root / "site"
+    site.mkdir()
+    shutil.copy(HERE / "benchplugin.py", site / "benchplugin.py")
+    info = site / "pylium_bench-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pylium-bench\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pylium.plugins]\nbenchpub = benchplugin:BenchPub\n")
+    run_dir = root / "run"
+    args = [str(Path(sys.executable).parent / "pylium-agent"), "--node-name", "bench", "--run-dir", str(run_dir),
+            "--state-dir", str(root / "state"), "--bpf-root", str(root / "bpf"), "--set", "prometheus.port=0",
+            "--log-format", "json", *extra]
+    log = open(root / "agent.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(site)})
+    client = Client.for_run_dir(run_dir, timeout=30)
+    try:
+        for _ in range(300):
+            try:
+                if client.get("/v1/status")["state"] == "running":
+                    break
+            except (AgentUnreachable, OSError):
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(f"agent exited: {(root / 'agent.log').read_text()}")
+            time.sleep(0.05)
+        yield client, run_dir
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,470 @@
+"""What plugins use to talk over the bus: publish, subscribe, serve and send requests.
+
+In the agent each plugin gets one :class:`BusClient` as ``ctx.bus``. A plugin running in
+another process uses the same class through :func:`connect`, over the ipc endpoints in the
+agent's run directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import anyio
+import anyio.lowlevel
+import msgspec
+import zmq
+import zmq.asyncio
+
+from pylium.core import bus as busmod, bus_broker as rpc, events as ev
+from pylium.core.bus_broker import NoService, RpcError, RpcTimeout  # noqa: F401  (re-exported)
+
+Handler = Callable[[Any], Awaitable[Any]]
+YIELD_EVERY = 64  # messages handled between forced turns of the event loop
+_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE
+_raw_get = zmq.backend.Socket.get  # skips pyzmq's enum wrapping: this runs on every publish
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+Spawn = Callable[[str, Callable[..., Awaitable[Any]]], None]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    publish: str
+    subscribe: str
+    rpc: str
+    rpc_service: str
+
+    @classmethod
+    def in_process(cls) -> Endpoints:
+        return cls(busmod.PROXY_IN, busmod.PROXY_OUT, "", "")  # requests go straight to the broker
+
+    @classmethod
+    def for_run_dir(cls, run_dir: str | Path) -> Endpoints:
+        p = busmod.BusPaths(Path(run_dir))
+        return cls(p.publish, p.subscribe, p.rpc, p.rpc_service)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One event as a subscriber sees it."""
+
+    topic: str
+    header: ev.Header
+    event: ev.Event
+
+
+class _NoMetrics:
+    """Stands in for the agent's counters in outside processes."""
+
+    def __getattr__(self, name):
+        return self
+
+    def labels(self, *a):
+        return self
+
+    def inc(self, n=1):
+        pass
+
+    def observe(self, value):
+        pass
+
+
+# ============================================================================================
+# Publishing
+# ============================================================================================
+
+
+class Publisher:
+    """One publishing connection: validates, numbers and sends events; owns state families
+    and replays their current objects to each new subscriber, followed by `<family>.synced`."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, *, source: str, node: str,
+                 registry: ev.Registry, metrics: Any, queue: int, spawn: Spawn):
+        self.source, self.node, self.registry, self.metrics = source, node, registry, metrics
+        self._sock = ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription: each one gets a replay
+        self._sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue is reported, not silently dropped
+        self._sock.setsockopt(zmq.SNDHWM, queue)
+        self._sock.setsockopt(zmq.LINGER, 1000)
+        self._sock.connect(endpoint)
+        self._send_now = zmq.Socket.shadow(self._sock.underlying)  # sync, non-blocking sends
+        self._seq: dict[str, int] = {}
+        self._state: dict[str, dict[str, tuple[str, bytes, int]]] = {}  # family -> key -> (topic, payload, rev)
+        self._owned: set[str] = set()
+        self._last_rev = 0
+        self._published = metrics.bus_published.labels(source)
+        self._dropped = metrics.bus_dropped.labels(source, "publisher_queue_full")
+        spawn(f"bus-replay:{source}", self._serve_replays)
+
+    def owns(self, *families: str) -> None:
+        """Answer subscriptions for these state families even while they are empty."""
+        unknown = set(families) - self.registry.families()
+        if unknown:
+            raise ValueError(f"unknown state families: {sorted(unknown)}")
+        self._owned.update(families)
+
+    def publish(self, event: ev.Event, revision: int | None = None) -> int | None:
+        """Send now, never blocking. Returns the sequence number, or None when the queue to
+        the proxy is full (the message is dropped and counted)."""
+        topic = getattr(type(event), "topic", None)
+        et = self.registry.types.get(topic) if topic else None
+        if et is None or not isinstance(event, et.model):
+            raise TypeError(f"{type(event).__name__} is not a registered event type")
+        payload = ev.encode(event)
+        key = rev = None
+        if et.kind == "state":
+            key = str(getattr(event, et.key))
+            rev = self._next_rev(revision)
+            family = self._state.setdefault(et.family, {})
+            self._owned.add(et.family)
+            if et.deletes:
+                family.pop(key, None)
+            else:
+                family[key] = (topic, payload, rev)
+        seq = self._seq.get(topic, 0) + 1
+        self._seq[topic] = seq
+        header = ev.encode(ev.Header(v=ev.SCHEMA_VERSION, type=topic, source=self.source, node=self.node, seq=seq,
+                                     time=time.time_ns(), key=key, rev=rev))
+        send = self._send_now.send
+        try:  # the high-water mark is checked on a message's first frame only
+            send(topic.encode(), _NOBLOCK_MORE)
+        except zmq.Again:
+            self._dropped.inc()
+            return None
+        send(header, zmq.SNDMORE)
+        send(payload)
+        # A send can swallow the socket's edge-triggered "readable" signal that the replay
+        # reader waits on: if a notice is pending, let pyzmq wake it (as its own sends do).
+        if _raw_get(self._send_now, _EVENTS) & _POLLIN:
+            self._sock._schedule_remaining_events()
+        self._published.inc()
+        return seq
+
+    def _next_rev(self, revision: int | None) -> int:
+        # Automatic revisions follow the clock, so they keep growing across agent restarts.
+        rev = revision if revision is not None else max(self._last_rev + 1, time.time_ns())
+        self._last_rev = max(self._last_rev, rev)
+        return rev
+
+    async def _serve_replays(self) -> None:
+        while True:
+            note = await self._sock.recv()
+            if note[:1] == b"\x01":
+                await self._replay(note[1:].decode(errors="replace"))
+
+    async def _replay(self, prefix: str) -> None:
+        for family in sorted(self._owned):
+            objects = self._state.get(family, {})
+            count = 0
+            for key in list(objects):
+                entry = objects.get(key)  # read at send time: never older than what was published
+                if entry is None or not entry[0].startswith(prefix):
+                    continue
+                topic, payload, rev = entry
+                header = ev.Header(v=ev.SCHEMA_VERSION, type=topic, source=self.source, node=self.node,
+                                   seq=self._seq.get(topic, 0), time=time.time_ns(), key=key, rev=rev,
+                                   replay=True)
+                await self._sock.send_multipart([topic.encode(), ev.encode(header), payload])
+                count += 1
+                if count % YIELD_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()
+            synced = f"{family}.{ev.SYNCED}"
+            if synced.startswith(prefix):
+                seq = self._seq.get(synced, 0) + 1
+                self._seq[synced] = seq
+                header = ev.Header(v=ev.SCHEMA_VERSION, type=synced, source=self.source, node=self.node,
+                                   seq=seq, time=time.time_ns())
+                await self._sock.send_multipart([synced.encode(), ev.encode(header),
+                                                 ev.encode(ev.Synced(family=family, count=count))])
+            if count:
+                self.metrics.bus_replayed.labels(self.source).inc(count)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# ============================================================================================
+# Subscribing
+# ============================================================================================
+
+
+class Subscription:
+    """An async iterator of :class:`Received` events for some topic prefixes. Counts what it
+    lost (sequence gaps) and skips what it cannot decode (counted, logged once per source)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, prefixes: tuple[str, ...], *,
+                 registry: ev.Registry, name: str, metrics: Any, queue: int, rejects: Any = None):
+        self.registry, self.name, self.metrics, self.rejects = registry, name, metrics, rejects
+        self._sock = ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, queue)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        for p in prefixes or ("",):
+            self._sock.subscribe(p.encode())
+        self._last: dict[tuple[str, str, str], int] = {}
+        self._since_yield = 0
+        self.lost = 0
+
+    def __aiter__(self) -> AsyncIterator[Received]:
+        return self
+
+    async def __anext__(self) -> Received:
+        while True:
+            # Awaiting a ready socket does not yield to the event loop: under a flood, give
+            # other tasks (the API) a turn every so often.
+            self._since_yield += 1
+            if self._since_yield >= YIELD_EVERY:
+                self._since_yield = 0
+                await anyio.lowlevel.checkpoint()
+            frames = await self._sock.recv_multipart()
+            received = self._decode(frames)
+            if received is not None:
+                return received
+
+    def _decode(self, frames: list[bytes]) -> Received | None:
+        try:
+            topic_raw, header_raw, payload = frames
+            header = ev.decode_header(header_raw)
+            topic = topic_raw.decode()
+            event = self.registry.decode(topic, payload)
+        except (ValueError, ev.UnknownTopic, msgspec.DecodeError, msgspec.ValidationError) as e:
+            if self.rejects is not None:
+                self.rejects.reject(f"subscriber:{self.name}", "undecodable", str(e))
+            return None
+        if not header.replay:
+            stream = (header.node, header.source, topic)
+            last = self._last.get(stream)
+            if last is not None and header.seq > last + 1:
+                gap = header.seq - last - 1
+                self.lost += gap
+                self.metrics.bus_lost.labels(self.name).inc(gap)
+            self._last[stream] = header.seq
+        return Received(topic, header, event)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# ============================================================================================
+# Requests
+# ============================================================================================
+
+
+class _Requester:
+    """Outside the agent: a DEALER to rpc.sock; one reader task matches answers to requests."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, spawn: Spawn, name: str):
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._waiting: dict[bytes, list[Any]] = {}
+        spawn(f"bus-replies:{name}", self._read_replies)
+
+    async def _read_replies(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            if len(frames) == 4 and frames[1] in self._waiting:
+                slot = self._waiting[frames[1]]
+                slot[1] = (frames[2], frames[3])
+                slot[0].set()
+
+    async def request(self, method: str, payload: Any, timeout: float) -> Any:
+        corr = next(self._ids).to_bytes(8, "big")
+        slot: list[Any] = [anyio.Event(), None]
+        self._waiting[corr] = slot
+        try:
+            await self._sock.send_multipart([b"", corr, method.encode(), ev.encode(payload)])
+            with anyio.move_on_after(timeout):
+                await slot[0].wait()
+        finally:
+            self._waiting.pop(corr, None)
+        if slot[1] is None:
+            raise RpcTimeout("timeout", f"request {method!r} got no answer within {timeout:g}s")
+        return rpc.raise_for(*slot[1])
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _Service:
+    """Outside the agent: a DEALER to rpc-svc.sock serving methods; each request in its own
+    task. Pings (and re-registers) every second, so the broker forgets dead processes and a
+    restarted agent learns about live ones."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, spawn: Spawn, name: str):
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 1000)
+        self._sock.connect(endpoint)
+        self._handlers: dict[str, Handler] = {}
+        self._registered = anyio.Event()
+        self._spawn, self._name = spawn, name
+        spawn(f"bus-service:{name}", self._serve)
+        spawn(f"bus-service-ping:{name}", self._ping)
+
+    async def add(self, method: str, handler: Handler) -> None:
+        if method in self._handlers:
+            raise ValueError(f"method {method!r} is already served here")
+        self._handlers[method] = handler
+        self._registered = anyio.Event()
+        await self._register()
+        with anyio.fail_after(5):
+            await self._registered.wait()
+
+    async def _register(self) -> None:
+        await self._sock.send_multipart([b"", rpc.REGISTER, ev.encode(sorted(self._handlers))])
+
+    async def _ping(self) -> None:
+        while True:
+            await anyio.sleep(1)
+            if self._handlers:
+                await self._register()
+            await self._sock.send_multipart([b"", rpc.PING])
+
+    async def _serve(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            if len(frames) == 2 and frames[1] == rpc.REGISTERED:
+                self._registered.set()
+            elif len(frames) == 5:
+                self._spawn("bus-request", self._answer_one(*frames[1:]))
+
+    def _answer_one(self, client: bytes, corr: bytes, method: bytes, payload: bytes):
+        async def answer() -> None:
+            handler = self._handlers.get(method.decode(errors="replace"))
+            if handler is None:
+                outcome, body = rpc.NO_SERVICE, rpc.error_body("no_service", f"{method!r} is not served by {self._name}")
+            else:
+                outcome, body = await rpc.invoke(handler, payload, self._name)
+            await self._sock.send_multipart([b"", client, corr, outcome, body])
+
+        return answer
+
+    async def unregister_all(self) -> None:
+        if self._handlers:
+            await self._sock.send_multipart([b"", rpc.UNREGISTER, ev.encode(sorted(self._handlers))])
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# ============================================================================================
+# The facade a plugin gets
+# ============================================================================================
+
+
+class BusClient:
+    """``ctx.bus``: one plugin's connection to the bus. Sockets are created on first use."""
+
+    def __init__(self, *, ctx: zmq.asyncio.Context, source: str, node: str, registry: ev.Registry,
+                 endpoints: Endpoints, spawn: Spawn, metrics: Any = None, rejects: Any = None,
+                 publisher_queue: int = 100_000, subscriber_queue: int = 100_000,
+                 request_timeout: float = 5.0, broker: rpc.Broker | None = None):
+        self.source, self.node, self.registry = source, node, registry
+        self._broker = broker  # in the agent: requests and services go straight to the broker
+        self._ctx, self._endpoints, self._spawn = ctx, endpoints, spawn
+        self._metrics = metrics or _NoMetrics()
+        self._rejects = rejects
+        self._publisher_queue, self._subscriber_queue = publisher_queue, subscriber_queue
+        self.request_timeout = request_timeout
+        self._publisher: Publisher | None = None
+        self._requester: _Requester | None = None
+        self._service: _Service | None = None
+        self._subscriptions: list[Subscription] = []
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self._ctx, self._endpoints.publish, source=self.source, node=self.node,
+                                        registry=self.registry, metrics=self._metrics,
+                                        queue=self._publisher_queue, spawn=self._spawn)
+        return self._publisher
+
+    def publish(self, event: ev.Event, revision: int | None = None) -> int | None:
+        """Publish an event of a registered type (validated); state events update this
+        plugin's replay cache. Never blocks; returns the sequence number or None if dropped."""
+        return self.publisher.publish(event, revision)
+
+    def owns(self, *families: str) -> None:
+        """Replay (and mark synced) these state families for new subscribers, even when empty."""
+        self.publisher.owns(*families)
+
+    @asynccontextmanager
+    async def subscribe(self, *prefixes: str) -> AsyncIterator[Subscription]:
+        """``async with ctx.bus.subscribe("plugin.") as events: async for e in events: ...``"""
+        sub = Subscription(self._ctx, self._endpoints.subscribe, prefixes, registry=self.registry,
+                           name=self.source, metrics=self._metrics, queue=self._subscriber_queue,
+                           rejects=self._rejects)
+        self._subscriptions.append(sub)
+        try:
+            yield sub
+        finally:
+            self._subscriptions.remove(sub)
+            sub.close()
+
+    async def serve(self, method: str, handler: Handler) -> None:
+        """Answer requests for `method` with ``await handler(payload)``. Raise RpcError(code,
+        message) for a clear error; any other exception is answered as code "internal"."""
+        if self._broker is not None:
+            self._broker.serve(self.source, method, handler)
+            return
+        if self._service is None:
+            self._service = _Service(self._ctx, self._endpoints.rpc_service, self._spawn, self.source)
+        await self._service.add(method, handler)
+
+    async def request(self, method: str, payload: Any = None, timeout: float | None = None) -> Any:
+        """Call whichever plugin serves `method`. Raises NoService, RpcTimeout or RpcError."""
+        timeout = timeout or self.request_timeout
+        if self._broker is None and self._requester is None:
+            self._requester = _Requester(self._ctx, self._endpoints.rpc, self._spawn, self.source)
+        start = time.monotonic()
+        outcome = "ok"
+        try:
+            if self._broker is not None:
+                return await self._broker.call(method, payload, timeout)
+            return await self._requester.request(method, payload, timeout)
+        except NoService:
+            outcome = "no_service"
+            raise
+        except RpcTimeout:
+            outcome = "timeout"
+            raise
+        except RpcError:
+            outcome = "error"
+            raise
+        finally:
+            self._metrics.bus_request_seconds.labels(outcome).observe(time.monotonic() - start)
+
+    async def aclose(self) -> None:
+        if self._broker is not None:
+            self._broker.unserve(self.source)
+        if self._service is not None:
+            with anyio.move_on_after(1):
+                await self._service.unregister_all()
+        for part in (self._service, self._requester, self._publisher, *self._subscriptions):
+            if part is not None:
+                part.close()
+
+
+@asynccontextmanager
+async def connect(run_dir: str | Path, *, source: str, node: str | None = None,
+                  registry: ev.Registry | None = None) -> AsyncIterator[BusClient]:
+    """A bus client for a plugin that runs in its own process, next to an agent."""
+    ctx = zmq.asyncio.Context()
+    try:
+        async with anyio.create_task_group() as tg:
+            client = BusClient(ctx=ctx, source=source, node=node or os.uname().nodename,
+                               registry=registry or ev.VOCABULARY, endpoints=Endpoints.for_run_dir(run_dir),
+                               spawn=lambda name, fn: tg.start_soon(fn, name=name))
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                tg.cancel_scope.cancel()
+    finally:
+        ctx.destroy(linger=0)

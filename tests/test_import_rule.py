@@ -1,0 +1,69 @@
+"""Plugins never import each other (they talk over the bus), and the core imports no plugin."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def forbidden_imports(plugins_dir: Path, core_dir: Path | None = None) -> list[str]:
+    """Every import of one plugin's code from another plugin, or of any plugin from the core."""
+    problems = []
+
+    def imported(path: Path, package: list[str]):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield alias.name, node.lineno
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the module's package
+                    base = package[: len(package) - node.level + 1]
+                    name = ".".join(base + ([node.module] if node.module else []))
+                    yield name, node.lineno
+                    if not node.module:
+                        for alias in node.names:
+                            yield f"{name}.{alias.name}", node.lineno
+                else:
+                    yield node.module or "", node.lineno
+                    for alias in node.names:
+                        yield f"{node.module}.{alias.name}", node.lineno
+
+    for plugin in sorted(p for p in plugins_dir.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        for path in plugin.rglob("*.py"):
+            package = ["pylium", "plugins", *path.relative_to(plugins_dir).parent.parts]
+            for name, line in imported(path, package):
+                parts = name.split(".")
+                if parts[:2] == ["pylium", "plugins"] and len(parts) > 2 and parts[2] != plugin.name:
+                    problems.append(f"{path.relative_to(plugins_dir.parent)}:{line}: plugin {plugin.name} imports {name}")
+    if core_dir is not None:
+        for path in core_dir.rglob("*.py"):
+            package = ["pylium", "core", *path.relative_to(core_dir).parent.parts]
+            for name, line in imported(path, package):
+                if name.split(".")[:2] == ["pylium", "plugins"] and name != "pylium.plugins":
+                    problems.append(f"{path.relative_to(core_dir.parent)}:{line}: the core imports {name}")
+    return problems
+
+
+def test_no_plugin_imports_another_and_the_core_imports_none():
+    assert forbidden_imports(ROOT / "plugins", ROOT / "core") == []
+
+
+def test_the_checker_catches_every_form(tmp_path):
+    plugins = tmp_path / "plugins"
+    (plugins / "ipam").mkdir(parents=True)
+    (plugins / "lb").mkdir()
+    (plugins / "lb" / "plugin.py").write_text("from pylium.plugins.lb import maglev\nfrom . import maglev\n")
+    (plugins / "ipam" / "plugin.py").write_text(
+        "import pylium.plugins.lb.maglev\n"
+        "from pylium.plugins.lb import maglev\n"
+        "from pylium.plugins import lb\n"
+        "from ..lb import maglev\n"
+        "from .allocator import Allocator\n"
+    )
+    problems = forbidden_imports(plugins)
+    assert len([p for p in problems if "plugin ipam" in p]) >= 4
+    assert not any("plugin lb" in p for p in problems)
+    assert all(":5:" not in p for p in problems)  # own-package relative import is fine
