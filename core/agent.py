@@ -30,6 +30,7 @@ from pylium.core.metrics import AgentMetrics
 from pylium.core.plugin_api import ApiRoute, Declarations, Health, HealthState, PluginContext
 from pylium.core.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
 from pylium.core.sdnotify import Notifier
+from pylium.core.store import LocalStore
 
 API_SOCKET = "pylium.sock"
 
@@ -100,6 +101,7 @@ class Agent:
         self._warnings = list(warnings)
         self.bus: BusCore | None = None
         self.broker: Broker | None = None
+        self.store: LocalStore | None = None
         self.core_bus: BusClient | None = None
         for name in order:
             self.contexts[name] = self._context(name)
@@ -212,6 +214,10 @@ class Agent:
         try:
             if self.failure is None:
                 async with contextlib.AsyncExitStack() as stack:
+                    self.store = LocalStore(self.options.state_dir / "store" / "local.db")
+                    stack.push_async_callback(self.store.close)
+                    for ctx in self.contexts.values():
+                        ctx.store = self.store
                     await self._start_broker(stack, root, zctx)
                     self.core_bus = await self._bus_client(stack, root, "core", zctx)
                     self.core_bus.owns("plugin.health")
@@ -278,6 +284,7 @@ class Agent:
                            broker=self.broker)
         stack.push_async_callback(client.aclose)
         stack.push_async_callback(tasks.stop)
+        await client.ready()
         return client
 
     async def _start_all(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup,

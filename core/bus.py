@@ -30,6 +30,7 @@ PROXY_IN = "inproc://bus-in"
 PROXY_OUT = "inproc://bus"
 GATE_OUT = "inproc://bus-gate"
 CONTROL = "inproc://bus-control"
+ANCHOR = b"\x00anchor"  # a topic no event has: see BusCore.start
 GATE_CONTROL = "inproc://bus-gate-control"
 
 
@@ -105,6 +106,7 @@ class BusCore:
         self.rejects = RejectLog(metrics.bus_rejected, self.log)
         self._threads: list[threading.Thread] = []
         self._proxy_ctl: zmq.Socket | None = None
+        self._anchor: zmq.Socket | None = None
         self._gate_ctl: zmq.Socket | None = None
         self._auth = None
         self._stats_lock = threading.Lock()
@@ -125,6 +127,12 @@ class BusCore:
         back.setsockopt(zmq.LINGER, 0)
         back.bind(PROXY_OUT)
         bind_private(back, self.paths.subscribe)
+        # A subscription that always exists: every publisher, in or out of the process, receives
+        # it on connecting, which tells it the proxy knows it (no slow-joiner loss).
+        self._anchor = context.socket(zmq.SUB)
+        self._anchor.setsockopt(zmq.LINGER, 0)
+        self._anchor.connect(PROXY_OUT)
+        self._anchor.subscribe(ANCHOR)
         if s.tcp.address:
             self._bind_curve(back, s)
         ctl_here, ctl_there = self._pair(CONTROL)
@@ -176,9 +184,9 @@ class BusCore:
                 ctl.send(b"TERMINATE")
         for t in self._threads:
             t.join(5)
-        for ctl in (self._gate_ctl, self._proxy_ctl):
-            if ctl is not None:
-                ctl.close(0)
+        for sock in (self._gate_ctl, self._proxy_ctl, self._anchor):
+            if sock is not None:
+                sock.close(0)
         if self._auth is not None:
             self._auth.stop()
         for endpoint in (self.paths.subscribe, self.paths.publish):

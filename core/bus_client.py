@@ -97,6 +97,7 @@ class Publisher:
         self._state: dict[str, dict[str, tuple[str, bytes, int]]] = {}  # family -> key -> (topic, payload, rev)
         self._owned: set[str] = set()
         self._last_rev = 0
+        self.connected = anyio.Event()  # set once the proxy's first subscription arrived
         self._published = metrics.bus_published.labels(source)
         self._dropped = metrics.bus_dropped.labels(source, "publisher_queue_full")
         spawn(f"bus-replay:{source}", self._serve_replays)
@@ -154,7 +155,8 @@ class Publisher:
     async def _serve_replays(self) -> None:
         while True:
             note = await self._sock.recv()
-            if note[:1] == b"\x01":
+            self.connected.set()
+            if note[:1] == b"\x01" and note[1:2] != b"\x00":  # \x00...: the bus's anchor, not a subscriber
                 await self._replay(note[1:].decode(errors="replace"))
 
     async def _replay(self, prefix: str) -> None:
@@ -385,6 +387,12 @@ class BusClient:
                                         queue=self._publisher_queue, spawn=self._spawn)
         return self._publisher
 
+    async def ready(self, timeout: float = 5.0) -> None:
+        """Wait until the proxy knows this client's publisher, so nothing published is lost to a
+        not-yet-connected socket."""
+        with anyio.fail_after(timeout):
+            await self.publisher.connected.wait()
+
     def publish(self, event: ev.Event, revision: int | None = None) -> int | None:
         """Publish an event of a registered type (validated); state events update this
         plugin's replay cache. Never blocks; returns the sequence number or None if dropped."""
@@ -462,6 +470,7 @@ async def connect(run_dir: str | Path, *, source: str, node: str | None = None,
                                registry=registry or ev.VOCABULARY, endpoints=Endpoints.for_run_dir(run_dir),
                                spawn=lambda name, fn: tg.start_soon(fn, name=name))
             try:
+                await client.ready()
                 yield client
             finally:
                 await client.aclose()

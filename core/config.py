@@ -58,6 +58,14 @@ class BusSettings(Section):
     tcp: BusTcpSettings = Field(default_factory=BusTcpSettings)
 
 
+class FamilySettings(Section):
+    enabled: bool = Field(True, description="Enable this address family.")
+
+
+class Ipv6Settings(FamilySettings):
+    enabled: bool = Field(False, description="Enable IPv6 (dual stack when IPv4 is enabled too).")
+
+
 class DebugSettings(Section):
     enabled: bool = Field(False, description="Log at debug level.")
 
@@ -66,6 +74,8 @@ class CoreConfig(Section):
     """Keys the core owns. Plugins add their own top-level keys next to these."""
 
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    ipv4: FamilySettings = Field(default_factory=FamilySettings)
+    ipv6: Ipv6Settings = Field(default_factory=Ipv6Settings)
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
@@ -125,7 +135,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 def parse_set_value(text: str) -> Any:
     """Interpret a `--set` value the way Helm does: scalars typed, `{a,b}` as a list."""
-    if text.startswith("{") and text.endswith("}") and ":" not in text:
+    if text.startswith("{") and text.endswith("}"):
         inner = text[1:-1].strip()
         return [parse_set_value(v.strip()) for v in inner.split(",")] if inner else []
     try:

@@ -189,6 +189,23 @@ class PluginHealth(Event):
 
 
 # ============================================================================================
+# IPAM
+# ============================================================================================
+
+
+@stream("ipam.pool.exhausted", owner="ipam")
+class IpamPoolExhausted(Event):
+    """An allocation failed: a pool has no free address of a family left on this node."""
+
+    pool: str
+    family: Literal["ipv4", "ipv6"]
+    cidrs: list[str]  # the pool's CIDRs
+    blocks: list[str]  # this node's blocks of the pool
+    used: int
+    total: int
+
+
+# ============================================================================================
 # Encoding helpers
 # ============================================================================================
 

@@ -115,6 +115,7 @@ class PluginContext:
         start_task: Callable[..., None],
         on_health: Callable[[str, HealthState], None],
         bus: Any = None,
+        store: Any = None,
     ):
         self.name = name
         self.config = config
@@ -129,6 +130,8 @@ class PluginContext:
         #: This plugin's bus connection (pylium.core.bus_client.BusClient): publish, subscribe,
         #: serve, request.
         self.bus = bus
+        #: The cluster store (pylium.core.store.ClusterStore): what nodes share.
+        self.store = store
         self._start_task = start_task
         self._on_health = on_health
         self.health = HealthState()

@@ -110,6 +110,43 @@ def write_plugin_dist(site: Path, dist: str, version: str, module: str, source: 
 DATA = Path(__file__).parent / "data"
 
 
+class BusRequester:
+    """Plain-zmq requests to an agent's rpc.sock; many may be in flight at once."""
+
+    def __init__(self, run_dir: Path):
+        import zmq
+
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(f"ipc://{run_dir}/rpc.sock")
+        self._next = 0
+
+    def send(self, method: str, payload) -> bytes:
+        import json
+
+        self._next += 1
+        corr = str(self._next).encode()
+        self._sock.send_multipart([b"", corr, method.encode(), json.dumps(payload).encode()])
+        return corr
+
+    def receive(self, timeout: float = 10) -> tuple[bytes, str, object]:
+        import json
+
+        if not self._sock.poll(int(timeout * 1000)):
+            raise TimeoutError("no answer")
+        _, corr, outcome, body = self._sock.recv_multipart()
+        return corr, outcome.decode(), json.loads(body)
+
+    def call(self, method: str, payload, timeout: float = 10) -> tuple[str, object]:
+        corr = self.send(method, payload)
+        got, outcome, body = self.receive(timeout)
+        assert got == corr
+        return outcome, body
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+
 def install_test_plugin(site: Path, module: str, name: str, attr: str) -> Path:
     """Install tests/data/<module>.py as plugin `name` (entry point module:attr) into `site`."""
     return write_plugin_dist(site, f"{name}-test", "0.1", module, (DATA / f"{module}.py").read_text(),

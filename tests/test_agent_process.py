@@ -40,14 +40,16 @@ def _env(*sites: Path) -> dict:
 def test_third_party_plugin_discovered_and_served(start_agent, agent_dirs, hello_site):
     agent = start_agent("--set", "hello.greeting=ahoy", env=_env(hello_site))
     status = agent.wait_ready()
-    assert [p["name"] for p in status["plugins"]] == ["hello"]
-    hello = status["plugins"][0]
+    assert [p["name"] for p in status["plugins"]] == ["ipam", "hello"]  # built-ins first, same group
+    hello = status["plugins"][1]
     assert hello["health"] == "OK" and hello["version"] == "1.2.3"
     assert hello["source"] == "third-party (hello-pylium)"
 
     r = run_cli(agent_dirs, "plugins", "-o", "json")
     assert r.returncode == 0, r.stderr
-    [p] = json.loads(r.stdout)
+    builtin, p = json.loads(r.stdout)
+    assert (builtin["name"], builtin["source"], builtin["entry_point"]) == (
+        "ipam", "built-in", "pylium.plugins.ipam.plugin:IpamPlugin")
     assert p["entry_point"] == "hello_pylium:HelloPlugin"
     assert p["hooks"] == ["pylium_config_model", "pylium_declare", "pylium_lifespan", "pylium_status_details"]
 
@@ -58,14 +60,14 @@ def test_third_party_plugin_discovered_and_served(start_agent, agent_dirs, hello
     assert code == 400 and "letters and digits" in body["error"]
     r = run_cli(agent_dirs, "status")
     assert r.returncode == 0, r.stderr
-    assert "Hello:" in r.stdout and "hello" in r.stdout and "OK(1)" in r.stdout
+    assert "Hello:" in r.stdout and "hello" in r.stdout and "OK(2)" in r.stdout
     assert agent.stop() == 0
 
 
 def test_disabled_plugin_is_not_loaded_but_its_keys_stay_valid(start_agent, agent_dirs, hello_site):
     agent = start_agent("--set", "plugins.disabled={hello}", "--set", "hello.greeting=hi", env=_env(hello_site))
     status = agent.wait_ready()
-    assert status["plugins"] == []
+    assert [p["name"] for p in status["plugins"]] == ["ipam"]
     code, _ = agent_dirs.client.request("GET", "/v1/hello/x")
     assert code == 404
     assert agent.stop() == 0
@@ -74,7 +76,7 @@ def test_disabled_plugin_is_not_loaded_but_its_keys_stay_valid(start_agent, agen
 def test_disabling_an_unknown_plugin_is_a_config_error(start_agent, hello_site):
     agent = start_agent("--set", "plugins.disabled={nope}", env=_env(hello_site))
     assert agent.proc.wait(30) == 78
-    assert "plugins.disabled: unknown plugin 'nope' (installed: hello)" in agent.log
+    assert "plugins.disabled: unknown plugin 'nope' (installed: ipam, hello)" in agent.log
 
 
 def test_hook_without_spec_is_an_error_at_load(start_agent, tmp_path):
@@ -222,7 +224,7 @@ def test_sd_notify_protocol(start_agent, agent_dirs, tmp_path, hello_site):
 
         receive_until("READY=1")
         ready = next(m for m in messages if "READY=1" in m)
-        assert "STATUS=running: plugins OK 1" in ready
+        assert "STATUS=running: plugins OK 2" in ready
         assert f"MAINPID={agent.proc.pid}" in ready
         before = len(messages)
         receive_until("WATCHDOG=1")  # pinged every WATCHDOG_USEC/2

@@ -23,14 +23,21 @@ def test_cli_reference_covers_every_command_and_option():
     from pylium.core.cli.main import main
 
     text = (ROOT / "docs" / "cli.md").read_text()
-    for name, cmd in main.commands.items():
-        assert f"### `pylium {name}`" in text
+
+    def walk(group, path):
+        for name, cmd in group.commands.items():
+            yield f"{path} {name}", cmd
+            if isinstance(cmd, click.Group):
+                yield from walk(cmd, f"{path} {name}")
+
+    for name, cmd in walk(main, "pylium"):
+        assert f"### `{name}`" in text
         for p in cmd.params:
             if not isinstance(p, click.Option):
                 assert p.make_metavar(click.Context(cmd)) in text  # arguments appear in the usage line
                 continue
             for opt in p.opts:
-                assert opt in text, f"pylium {name} {opt} undocumented"
+                assert opt in text, f"{name} {opt} undocumented"
 
 
 def test_readme_documents_setup_run_test_first():

@@ -115,5 +115,21 @@ from pylium.core.cli.events import events  # noqa: E402
 
 main.add_command(events)
 
+
+def _plugin_commands() -> None:
+    """Commands plugins contribute through the `pylium.cli` entry points (`pylium ipam ...`)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="pylium.cli"):
+        if ep.name in main.commands:
+            continue
+        try:
+            main.add_command(ep.load(), ep.name)
+        except Exception as e:  # a broken third-party command must not break the CLI
+            click.echo(f"warning: cannot load command {ep.name!r} ({ep.value}): {e}", err=True)
+
+
+_plugin_commands()
+
 if __name__ == "__main__":
     main()
