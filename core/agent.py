@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import time
@@ -26,6 +27,8 @@ from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, api, config as cfg, 
 from pylium.core.bus import BusCore, BusPaths
 from pylium.core.bus_broker import Broker
 from pylium.core.bus_client import BusClient, Endpoints
+from pylium.core.endpoints import EndpointManager
+from pylium.core.manifests import Manifests
 from pylium.core.metrics import AgentMetrics
 from pylium.core.plugin_api import ApiRoute, Declarations, Health, HealthState, PluginContext
 from pylium.core.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
@@ -79,9 +82,11 @@ class _PluginTasks:
 class Agent:
     def __init__(self, config: cfg.Section, options: AgentOptions, host: PluginHost, order: list[str],
                  routes: list[ApiRoute], metrics: AgentMetrics, warnings: list[str] = (),
-                 registry: ev.Registry | None = None):
+                 registry: ev.Registry | None = None, stages: list = (), bpf_maps: dict | None = None):
         self.config = config
         self.registry = registry or ev.VOCABULARY
+        self.stages = list(stages)
+        self.bpf_map_specs = bpf_maps or {}
         self.options = options
         self.host = host
         self.order = order
@@ -102,6 +107,10 @@ class Agent:
         self.bus: BusCore | None = None
         self.broker: Broker | None = None
         self.store: LocalStore | None = None
+        self.datapath = None
+        self.endpoints: EndpointManager | None = None
+        manifests_dir = config.standalone.manifestsDir
+        self.manifests = Manifests(Path(manifests_dir) if manifests_dir else None, self.log.bind(component="manifests"))
         self.core_bus: BusClient | None = None
         for name in order:
             self.contexts[name] = self._context(name)
@@ -150,6 +159,8 @@ class Agent:
         host.check()
         routes: dict[tuple[str, str], ApiRoute] = {}
         registry = ev.VOCABULARY.copy()
+        stages: dict[tuple[str, int], object] = {}
+        bpf_maps: dict[str, list] = {}
         for info in enabled:
             decl = Declarations(info.name, config)
             try:
@@ -167,8 +178,17 @@ class Agent:
                     registry.add(et)
                 except ValueError as e:
                     raise PluginLoadError(f"plugin {info.name}: {e}") from None
+            for st in decl.stages:
+                other = stages.get((st.attach, st.slot))
+                if other is not None:
+                    raise PluginLoadError(f"plugin {info.name}: slot {st.slot} of {st.attach} is already taken by "
+                                          f"{other.plugin}")
+                stages[(st.attach, st.slot)] = st
+            if decl.maps:
+                bpf_maps[info.name] = decl.maps
         order = host.order([i.name for i in enabled])
-        return cls(config, options, host, order, list(routes.values()), metrics, raw.warnings, registry)
+        return cls(config, options, host, order, list(routes.values()), metrics, raw.warnings, registry,
+                   list(stages.values()), bpf_maps)
 
     # ----------------------------------------------------------------------------------------
     # Running
@@ -220,10 +240,18 @@ class Agent:
                         ctx.store = self.store
                     await self._start_broker(stack, root, zctx)
                     self.core_bus = await self._bus_client(stack, root, "core", zctx)
-                    self.core_bus.owns("plugin.health")
+                    self.core_bus.owns("plugin.health", "endpoint")
                     try:
-                        await self._start_all(stack, root, zctx)
+                        await self._start_datapath(stack)
+                        self.endpoints = EndpointManager(self)
+                        self.manifests.scan()
+                        if self.failure is None:
+                            await self._start_all(stack, root, zctx)
                         if self.failure is None and not self._stop.is_set():
+                            await self.endpoints.restore()
+                            await self._drain_cni_queue()
+                            root.start_soon(self._guard("core", "manifests", self.manifests.watch,
+                                                        self.endpoints.refresh_pod_labels), name="manifests")
                             self._ready(t0)
                             await self._stop.wait()
                     finally:
@@ -253,6 +281,56 @@ class Agent:
                            metrics=self.metrics, settings=settings)
         self.bus.start(zctx)
         self.metrics.watch_proxy(self.bus.proxy_statistics)
+
+    async def _start_datapath(self, stack: contextlib.AsyncExitStack) -> None:
+        """Maps, dispatchers and every plugin's stages, compiled once per start (child processes)."""
+        if not self.stages:
+            return
+        from pylium.core.bpf.compiler import CompileError
+        from pylium.core.bpf.datapath import Datapath
+
+        started = time.monotonic()
+        dp = Datapath(self.options.bpf_root, self.options.node_name, self.log.bind(component="datapath"))
+        try:
+            dp.open_maps(self.bpf_map_specs)
+            await dp.compile(self.stages)
+            dp.install_stages()
+        except (CompileError, OSError) as e:
+            dp.close()
+            self.metrics.bootstrap.labels("bpf", "failure").set(time.monotonic() - started)
+            self._fail(f"datapath: {e}")
+            return
+        stack.callback(self._close_datapath)
+        self.datapath = dp
+        for name, ctx in self.contexts.items():
+            ctx.datapath = dp
+            ctx.bpf_maps = dp.plugin_maps.get(name, {})
+        self.metrics.bootstrap.labels("bpf", "success").set(time.monotonic() - started)
+        self.log.info("datapath loaded", seconds=round(dp.compile_seconds, 2), stages=len(self.stages),
+                      dispatch=dp.dispatch_ids())
+
+    def _close_datapath(self) -> None:
+        dp, self.datapath = self.datapath, None  # requests still in flight stop touching the maps
+        if dp is not None:
+            dp.close()
+
+    async def _drain_cni_queue(self) -> None:
+        """CNI DELs that arrived while the agent was down wait on disk; carry them out now."""
+        queue = self.options.run_dir / "cni-del-queue"
+        for item in sorted(queue.glob("*.json")) if queue.is_dir() else []:
+            try:
+                req = json.loads(item.read_text())
+                await self.endpoints.delete(req["container_id"], req.get("ifname") or None, reason="queued CNI DEL")
+            except (ValueError, KeyError, OSError) as e:
+                self.log.error("bad queued CNI DEL; dropped", file=str(item), error=str(e))
+            item.unlink(missing_ok=True)
+
+    def pod_labels(self, namespace: str, name: str) -> dict[str, str]:
+        return self.manifests.pod_labels(namespace, name)
+
+    def publish(self, event: ev.Event) -> None:
+        if self.core_bus is not None:
+            self.core_bus.publish(event)
 
     async def _start_broker(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup,
                             zctx: zmq.asyncio.Context) -> None:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from pylium.core.plugin_api import ApiError, ApiRequest, ApiRoute
+from pylium.core import api_endpoints
+from pylium.core.plugin_api import ApiError, ApiRequest, ApiRoute, EndpointError
 
 if TYPE_CHECKING:
     from pylium.core.agent import Agent
@@ -29,6 +30,8 @@ async def _errors_as_json(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         return _json({"error": e.message}, e.status)
+    except EndpointError as e:
+        return _json({"error": e.message, "code": e.code}, e.status)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -80,6 +83,7 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_get("/v1/config", config)
     app.router.add_get("/v1/plugins", plugins)
     app.router.add_get("/v1/openapi.yaml", openapi)
+    api_endpoints.add_routes(app, agent)
     for route in agent.api_routes:
         app.router.add_route(route.method, route.path, _plugin_handler(route, agent))
     return app

@@ -66,6 +66,11 @@ class Ipv6Settings(FamilySettings):
     enabled: bool = Field(False, description="Enable IPv6 (dual stack when IPv4 is enabled too).")
 
 
+class StandaloneSettings(Section):
+    manifestsDir: str = Field("/etc/pylium/manifests", description="Directory of Kubernetes-shaped YAML "
+                                                                  "(Pods, Namespaces, policies, Services), watched.")
+
+
 class DebugSettings(Section):
     enabled: bool = Field(False, description="Log at debug level.")
 
@@ -79,6 +84,7 @@ class CoreConfig(Section):
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     plugins: PluginsSettings = Field(default_factory=PluginsSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
+    standalone: StandaloneSettings = Field(default_factory=StandaloneSettings)
     debug: DebugSettings = Field(default_factory=DebugSettings)
 
 

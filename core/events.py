@@ -189,6 +189,48 @@ class PluginHealth(Event):
 
 
 # ============================================================================================
+# Endpoints
+# ============================================================================================
+
+
+class EndpointAddress(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    ip: str
+    family: Literal["ipv4", "ipv6"]
+    cidr: str  # the address with its block's prefix length
+    gateway: str
+
+
+class _EndpointEvent(Event):
+    id: int  # endpoint id, unique on its node
+    container_id: str
+    ifname: str  # interface inside the container
+    netns: str
+    state: str  # Cilium's endpoint states: regenerating, ready, disconnecting, ...
+    identity: int  # security identity (reserved:init = 5 until labels are known)
+    labels: list[str]  # "source:key=value"
+    addresses: list[EndpointAddress]
+    host_ifname: str  # host side of the veth
+    host_ifindex: int
+    mac: str
+    host_mac: str
+
+
+@state("endpoint.created", family="endpoint", key="id")
+class EndpointCreated(_EndpointEvent):
+    """An endpoint was created and is fully programmed: it can send and receive."""
+
+
+@state("endpoint.updated", family="endpoint", key="id")
+class EndpointUpdated(_EndpointEvent):
+    """An endpoint changed: labels, identity or state."""
+
+
+@state("endpoint.deleted", family="endpoint", key="id", deletes=True)
+class EndpointDeleted(_EndpointEvent):
+    """An endpoint was removed (CNI DEL, garbage collection, or its namespace vanished)."""
+
+
+# ============================================================================================
 # IPAM
 # ============================================================================================
 

@@ -29,6 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from pylium.core.endpoints import Endpoint
     from pylium.core.plugin_api import Declarations, PluginContext
 
 PROJECT = "pylium"
@@ -81,7 +82,13 @@ def pylium_declare(declare: Declarations) -> None:
       control API at ``path`` (which must start with ``/v1/``); the handler returns a JSON-able
       value or raises :class:`~pylium.core.plugin_api.ApiError`;
     - ``declare.event_type(topic, model, state_family=None, key=None)``: add a third-party
-      event type to the bus vocabulary (built-in types live in ``pylium.core.events``).
+      event type to the bus vocabulary (built-in types live in ``pylium.core.events``);
+    - ``declare.bpf_maps(*specs)``: BPF maps this plugin owns (:class:`pylium.core.bpf.maps.MapSpec`),
+      created or checked at start and pinned under ``<bpf-root>/<node>/<plugin>/``;
+    - ``declare.bpf_stage(attach, slot, source, function)``: a program (C under ``bpf/``)
+      for a slot of an attach point (``from-container``, ``to-container``; slots in
+      ``bpf/include/pylium_consts.h``), compiled once per agent start and tail-called by the
+      core's dispatcher.
 
     Raising here stops the agent from starting with exit code 1 and the plugin's name.
     """
@@ -117,6 +124,53 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncContextManager[Any] | None:
         def pylium_lifespan(ctx):
             return self._run(ctx)       # an @asynccontextmanager method
     """
+
+
+# ============================================================================================
+# Endpoints: called in start order (unplug: reverse order), awaited one after the other
+# ============================================================================================
+
+
+@hookspec
+async def pylium_endpoint_plug(ctx: PluginContext, endpoint: Endpoint) -> None:
+    """Set up this plugin's part of a new endpoint (a CNI ADD), after IPAM gave its addresses.
+
+    ``endpoint`` (:class:`pylium.core.endpoints.Endpoint`) carries the id, container id,
+    interface name, network namespace path, labels and ``addresses``; a plugin that wires the
+    endpoint (connectivity) fills in ``host_ifname``, ``host_ifindex``, ``mac``, ``host_mac``
+    and ``mtu``. The endpoint becomes reachable only after every plugin returned, so no packet
+    passes before, say, its policy exists. Raise :class:`~pylium.core.plugin_api.EndpointError`
+    (code, message) to refuse: the core then calls ``pylium_endpoint_unplug`` on the plugins
+    that already plugged it, frees its addresses, and answers the error (a CNI error).
+    """
+
+
+@hookspec
+async def pylium_endpoint_unplug(ctx: PluginContext, endpoint: Endpoint) -> None:
+    """Remove this plugin's part of an endpoint (CNI DEL, garbage collection, a failed ADD,
+    or a namespace that vanished while the agent was down). Must be idempotent and must cope
+    with a half-built endpoint or one whose devices are already gone. Exceptions are logged;
+    the other plugins still clean up."""
+
+
+@hookspec
+async def pylium_endpoint_restore(ctx: PluginContext, endpoint: Endpoint) -> bool | None:
+    """At agent start, take back an endpoint of the previous run: re-sync this plugin's state
+    with what survived (programs stay attached and maps pinned across restarts). Return False
+    if the endpoint cannot live on (its devices are gone): the core then removes it. Called
+    only for endpoints whose network namespace still exists."""
+
+
+@hookspec
+async def pylium_endpoint_update(ctx: PluginContext, endpoint: Endpoint, changed: list[str]) -> None:
+    """An endpoint changed (``changed`` names the fields, e.g. ``["labels"]``): recompute what
+    depends on them (identity, policy)."""
+
+
+@hookspec
+async def pylium_endpoint_check(ctx: PluginContext, endpoint: Endpoint) -> str | None:
+    """CNI CHECK: return a sentence describing what is wrong with this plugin's part of the
+    endpoint (e.g. "eth0 has no address 10.0.0.5"), or None when it is as it should be."""
 
 
 # ============================================================================================

@@ -34,6 +34,15 @@ class ApiError(Exception):
         self.message = message
 
 
+class EndpointError(Exception):
+    """An endpoint cannot be created or changed; `code` is machine-readable (the CNI plugin
+    maps it to a CNI error code), `message` names what was wrong."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
 @dataclass(frozen=True)
 class ApiRequest:
     """A control-API request as a plugin handler sees it."""
@@ -65,6 +74,8 @@ class Declarations:
         self.start_after: list[str] = []
         self.routes: list[ApiRoute] = []
         self.event_types: list[Any] = []
+        self.maps: list[Any] = []
+        self.stages: list[Any] = []
 
     def after(self, *names: str) -> None:
         """Start this plugin after the named plugins, when those are loaded."""
@@ -78,6 +89,23 @@ class Declarations:
         if not path.startswith("/v1/"):
             raise ValueError(f"api_route: path {path!r} must start with /v1/")
         self.routes.append(ApiRoute(method, path, handler, self.plugin))
+
+    def bpf_maps(self, *specs: Any) -> None:
+        """BPF maps this plugin owns (pylium.core.bpf.maps.MapSpec): created or checked at
+        start, pinned under <bpf-root>/<node>/<plugin>/, open in ctx.bpf_maps[name]."""
+        self.maps.extend(specs)
+
+    def bpf_stage(self, attach: str, slot: int, source: str, function: str) -> None:
+        """Put `function` of `source` (a path under bpf/) in `slot` of `attach`."""
+        from pylium.core.bpf.structs import ATTACH_POINTS, SLOTS
+
+        if attach not in ATTACH_POINTS:
+            raise ValueError(f"bpf_stage: unknown attach point {attach!r} (known: {', '.join(ATTACH_POINTS)})")
+        if not 0 <= slot < SLOTS:
+            raise ValueError(f"bpf_stage: slot {slot} is not in 0..{SLOTS - 1}")
+        from pylium.core.bpf.datapath import Stage
+
+        self.stages.append(Stage(self.plugin, attach, slot, source, function))
 
     def event_type(self, topic: str, model: type, *, state_family: str | None = None, key: str | None = None,
                    deletes: bool = False) -> None:
@@ -132,6 +160,10 @@ class PluginContext:
         self.bus = bus
         #: The cluster store (pylium.core.store.ClusterStore): what nodes share.
         self.store = store
+        #: The core's datapath (pylium.core.bpf.datapath.Datapath), None when no plugin
+        #: declared a BPF stage; and this plugin's own pinned maps, by name.
+        self.datapath: Any = None
+        self.bpf_maps: dict[str, Any] = {}
         self._start_task = start_task
         self._on_health = on_health
         self.health = HealthState()

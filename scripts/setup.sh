@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 DEB_PACKAGES="python3-bpfcc linux-headers-amd64 iproute2 iputils-ping wireguard-tools wireguard-go \
-etcd-server etcd-client bpftool iptables procps psmisc"
+etcd-server etcd-client bpftool iptables procps psmisc util-linux gcc \
+containerd runc containernetworking-plugins umoci golang-go golang-github-appc-cni-dev"
 
 say() { printf 'setup: %s\n' "$*"; }
 
@@ -68,4 +69,11 @@ if [ "$(readlink "$site/bcc" 2>/dev/null)" != /usr/lib/python3/dist-packages/bcc
     ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 fi
 "$VENV/bin/python" -c 'import bcc' || { echo "setup: bcc is not importable from $VENV" >&2; exit 1; }
+
+# 6. Real third-party peers for the tests: cnitool (built from Debian's CNI source with Debian's
+#    Go), a busybox OCI image for containerd, and the request/response benchmark probe.
+mkdir -p .tools
+[ -x .tools/cnitool ] || { say "building cnitool"; ./scripts/build-cnitool.sh "$PWD/.tools/cnitool" >/dev/null; }
+[ -s .tools/busybox-oci.tar ] || { say "building the busybox image"; ./scripts/build-busybox-image.sh "$PWD/.tools/busybox-oci.tar" >/dev/null; }
+[ .tools/rrprobe -nt bench/rrprobe.c ] || gcc -O2 -o .tools/rrprobe bench/rrprobe.c
 say "ok"

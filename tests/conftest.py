@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN, AgentDirs, AgentProcess
+from lab import Lab, require_datapath, skip_or_fail
 
 
 @pytest.fixture
@@ -26,7 +27,10 @@ def start_agent(agent_dirs: AgentDirs, tmp_path: Path):
               metrics: bool = False) -> AgentProcess:
         d = dirs or agent_dirs
         log_path = tmp_path / f"agent-{len(started)}.log"
-        args = [str(BIN / "pylium-agent"), *d.args(), "--log-format", "json"]
+        # Agents here run in the test's own namespace: no datapath (connectivity) unless a
+        # test disables plugins itself. Datapath tests use the `lab` fixture.
+        args = [str(BIN / "pylium-agent"), *d.args(), "--log-format", "json",
+                "--set", "plugins.disabled={connectivity}"]
         if not metrics:
             args += ["--set", "prometheus.port=0"]
         full_env = {**os.environ, **(env or {})}
@@ -43,3 +47,16 @@ def start_agent(agent_dirs: AgentDirs, tmp_path: Path):
             ap.proc.wait(10)
 
 
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A node namespace, an outside namespace and helpers to run an agent and pods in them."""
+    reason = require_datapath()
+    if reason:
+        skip_or_fail(reason)
+    the_lab = Lab(tmp_path)
+    try:
+        yield the_lab
+    finally:
+        the_lab.close()

@@ -17,10 +17,11 @@ class AgentUnreachable(Exception):
 
 
 class ApiFailure(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, data=None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.data = data
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -72,5 +73,5 @@ class Client:
         status, data = self.request(method, path, body)
         if status >= 400:
             message = data.get("error") if isinstance(data, dict) else str(data)
-            raise ApiFailure(status, message or f"HTTP {status}")
+            raise ApiFailure(status, message or f"HTTP {status}", data)
         return data

@@ -111,9 +111,11 @@ def plugins(client: Client, output: str) -> None:
         ([p["start_order"], p["name"], p["version"], p["source"], ", ".join(p["hooks"])] for p in rows)))
 
 
+from pylium.core.cli.endpoint import bpf, endpoint, install_cni  # noqa: E402
 from pylium.core.cli.events import events  # noqa: E402
 
-main.add_command(events)
+for _command in (events, endpoint, bpf, install_cni):
+    main.add_command(_command)
 
 
 def _plugin_commands() -> None:

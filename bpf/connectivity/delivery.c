@@ -1,0 +1,122 @@
+/* Connectivity stages: deliver a pod's packet to another local pod (BPF redirect, no trip
+ * through the host's stack) or hand it to the stack; answer ARP for the pod's gateway. */
+#include "pylium_lib.h"
+#include "connectivity_maps.h"
+
+#include <uapi/linux/if_arp.h>
+
+struct arp_eth {
+    __u8 sha[6];
+    __be32 sip;
+    __u8 tha[6];
+    __be32 tip;
+} __attribute__((packed));
+
+/* Answer every ARP request of a pod (except for its own address) with the gateway's MAC. */
+static __always_inline int arp_reply(struct __sk_buff *skb, struct lxc_info *lxc) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct arphdr *arp = (void *)(eth + 1);
+    struct arp_eth *body = (void *)(arp + 1);
+    if ((void *)(body + 1) > data_end || arp->ar_op != bpf_htons(ARPOP_REQUEST) || body->tip == lxc->ip4)
+        return TC_ACT_OK;
+    __u8 requester[6];
+    __be32 sip = body->sip, tip = body->tip;
+    __builtin_memcpy(requester, body->sha, 6);
+    __builtin_memcpy(eth->h_dest, requester, 6);
+    __builtin_memcpy(eth->h_source, lxc->host_mac, 6);
+    arp->ar_op = bpf_htons(ARPOP_REPLY);
+    __builtin_memcpy(body->sha, lxc->host_mac, 6);
+    body->sip = tip;
+    __builtin_memcpy(body->tha, requester, 6);
+    body->tip = sip;
+    return bpf_redirect(skb->ifindex, 0);
+}
+
+/* In this node's pod blocks, yet neither an endpoint nor a host address (the gateway). */
+static __always_inline int unroutable(struct endpoint_key *dst) {
+    struct ipcache_key k = {.prefixlen = 32 + (dst->family == 4 ? 32 : 128), .family = dst->family};
+    __builtin_memcpy(k.addr, dst->addr, 16);
+    if (!local_blocks.lookup(&k))
+        return 0;
+    struct ipcache_info *info = ipcache.lookup(&k);
+    return !(info && info->identity == ID_HOST);
+}
+
+/* Route to a local endpoint: rewrite MACs, decrement the TTL, then run the destination's
+ * to-container stages, which end in to_delivery below. */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_info *ep, int v6) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if (v6) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end)
+            return DROP(skb, DROP_INVALID, METRIC_EGRESS);
+        if (ip6->hop_limit <= 1)
+            return DROP(skb, DROP_TTL_EXCEEDED, METRIC_EGRESS);
+        ip6->hop_limit -= 1;
+    } else {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return DROP(skb, DROP_INVALID, METRIC_EGRESS);
+        if (ip->ttl <= 1)
+            return DROP(skb, DROP_TTL_EXCEEDED, METRIC_EGRESS);
+        /* RFC 1624 incremental update: the TTL is the high byte of its 16-bit word */
+        __u32 sum = (__u16)~ip->check + (__u16)~bpf_htons(ip->ttl << 8) + bpf_htons((ip->ttl - 1) << 8);
+        sum = (sum & 0xffff) + (sum >> 16);
+        ip->check = ~((sum & 0xffff) + (sum >> 16));
+        ip->ttl -= 1;
+    }
+    __builtin_memcpy(eth->h_dest, ep->mac, 6);
+    __builtin_memcpy(eth->h_source, ep->host_mac, 6);
+    skb->cb[CB_FLAGS] |= CB_F_LOCAL;
+    skb->cb[CB_ENDPOINTS] = cb_src_ep(skb) | ((__u32)ep->ep_id << 16);
+    skb->cb[CB_DELIVER] = ep->ifindex;
+    skb->cb[CB_DST_ID] = ep->identity;
+    return to_chain(skb, 0);
+}
+
+/* from-container, last slot: where a pod's packet goes next. */
+int from_delivery(struct __sk_buff *skb) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return DROP(skb, DROP_INVALID, METRIC_EGRESS);
+    struct endpoint_key dst;
+    int v6 = 0;
+    if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+        __u32 ifindex = skb->ifindex;
+        struct lxc_info *lxc = lxc_by_ifindex.lookup(&ifindex);
+        return lxc ? arp_reply(skb, lxc) : TC_ACT_OK;
+    } else if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return DROP(skb, DROP_INVALID, METRIC_EGRESS);
+        key_v4(&dst, ip->daddr);
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end)
+            return DROP(skb, DROP_INVALID, METRIC_EGRESS);
+        if (ip6->daddr.in6_u.u6_addr8[0] == 0xff)
+            return TC_ACT_OK; /* multicast (neighbour discovery): the stack's */
+        key_v6(&dst, &ip6->daddr);
+        v6 = 1;
+    } else {
+        return TC_ACT_OK;
+    }
+    struct endpoint_info *ep = endpoints.lookup(&dst);
+    if (ep)
+        return deliver_local(skb, ep, v6);
+    if (unroutable(&dst))
+        return DROP(skb, DROP_UNROUTABLE, METRIC_EGRESS);
+    count(skb, 0, METRIC_EGRESS);
+    return TC_ACT_OK; /* the host, or beyond it (routed, masqueraded) */
+}
+
+/* to-container, last slot: hand the packet to the pod. */
+int to_delivery(struct __sk_buff *skb) {
+    count(skb, 0, METRIC_INGRESS);
+    if (skb->cb[CB_FLAGS] & CB_F_LOCAL)
+        return bpf_redirect_peer(skb->cb[CB_DELIVER], 0);
+    return TC_ACT_OK;
+}

@@ -1,0 +1,72 @@
+/* Keys and values of the core's shared maps; mirrored in pylium/core/bpf/structs.py. */
+#pragma once
+
+/* An IPv4 (first 4 bytes of addr) or IPv6 address. */
+struct endpoint_key {
+    __u8 addr[16];
+    __u8 family; /* 4 or 6 */
+    __u8 pad[3];
+};
+
+/* A local endpoint, found by one of its addresses. */
+struct endpoint_info {
+    __u32 ifindex;    /* host-side veth */
+    __u16 ep_id;
+    __u16 flags;
+    __u8 mac[6];      /* the pod's interface */
+    __u8 host_mac[6]; /* the host-side veth: the pod's gateway */
+    __u32 identity;
+    __u32 pad;
+};
+
+/* A local endpoint, found by the ifindex of its host-side veth. */
+struct lxc_info {
+    __u16 ep_id;
+    __u16 flags;
+    __u32 identity;
+    __u32 ip4;        /* network order; 0 when none */
+    __u8 ip6[16];
+    __u8 mac[6];
+    __u8 host_mac[6];
+};
+
+/* LPM key: prefixlen counts the 32 bits of family + pad before the address bits. */
+struct ipcache_key {
+    __u32 prefixlen;
+    __u8 family;
+    __u8 pad[3];
+    __u8 addr[16];
+};
+
+struct ipcache_info {
+    __u32 identity;
+    __u32 tunnel_ip4; /* node to tunnel to; 0 = local or direct */
+    __u8 encrypt_key;
+    __u8 flags;
+    __u16 pad;
+};
+
+struct metrics_value {
+    __u64 count;
+    __u64 bytes;
+};
+
+/* One record in the events ring buffer (drop, trace or policy verdict). */
+struct pylium_event {
+    __u8 type;      /* MSG_DROP, MSG_TRACE, MSG_POLICY_VERDICT */
+    __u8 subtype;   /* drop reason or trace observation point */
+    __u16 src_ep;
+    __u16 dst_ep;
+    __u8 dir;       /* METRIC_INGRESS or METRIC_EGRESS */
+    __u8 flags;
+    __u32 ifindex;
+    __u32 hash;     /* skb hash: groups packets of one flow */
+    __u32 src_identity;
+    __u32 dst_identity;
+    __u32 orig_len;
+    __u16 cap_len;
+    __u16 line;     /* source line that produced the record */
+    __u32 rule_ids[2]; /* policy rules that decided (policy verdicts and drops) */
+    __u64 ts;
+    __u8 data[PYLIUM_CAPTURE_LEN];
+};

@@ -1,0 +1,1 @@
+"""The BPF toolkit: compile with bcc in a child process, pin, validate, attach, test-run."""

@@ -1,0 +1,196 @@
+"""The core's datapath: shared maps, dispatch programs, stage slots, attachment to devices.
+
+At every agent start: open (or create) the pinned maps, checking each against its Python
+declaration; compile the dispatchers and every plugin's stages once, in child processes, in
+parallel; put the stages in their slots (an atomic swap per slot, so running traffic never
+sees an empty slot); and re-attach the dispatchers to existing endpoints with a hitless
+`tc filter replace`. Programs stay attached and maps pinned while the agent is down.
+
+Pins: <bpf-root>/<node>/<owner>/<map>_v<N> and <bpf-root>/<node>/<owner>/prog_<function>.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pylium.core.bpf import libbpf
+from pylium.core.bpf.compiler import CompileError, Job, compile_job
+from pylium.core.bpf.maps import MapSpec, PinnedMap
+from pylium.core.bpf.structs import ATTACH_POINTS, CORE_MAPS, EVENTS_BYTES, SLOTS
+
+DISPATCHERS = {"from-container": "from_container", "to-container": "to_container"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A plugin's program for one slot of one attach point."""
+
+    plugin: str
+    attach: str  # "from-container" or "to-container"
+    slot: int
+    source: str  # path under bpf/
+    function: str
+
+
+class Datapath:
+    def __init__(self, bpf_root: Path, node: str, log: Any):
+        self.root = bpf_root / node
+        self.log = log
+        self.maps: dict[str, PinnedMap] = {}  # core maps by C name
+        self.plugin_maps: dict[str, dict[str, PinnedMap]] = {}
+        self.dispatch_fds: dict[str, int] = {}
+        self.stages: list[Stage] = []
+        self.compile_seconds = 0.0
+
+
+    def pin_dir(self, owner: str) -> Path:
+        return self.root / owner
+
+    # ---- maps ---------------------------------------------------------------------------
+
+    def open_maps(self, plugin_specs: dict[str, list[MapSpec]]) -> None:
+        for spec in CORE_MAPS:
+            self.maps[spec.name] = PinnedMap.open_or_create(spec, self.pin_dir("core"), self.log)
+        self._remove_old_versions("core", CORE_MAPS)
+        for plugin, specs in plugin_specs.items():
+            self.plugin_maps[plugin] = {s.name: PinnedMap.open_or_create(s, self.pin_dir(plugin), self.log)
+                                        for s in specs}
+            self._remove_old_versions(plugin, specs)
+
+    def _remove_old_versions(self, owner: str, specs: list[MapSpec]) -> None:
+        """Pins of an earlier layout (<name>_v<older>) are dead weight once the new one exists.
+        Program arrays are kept: unpinning one empties it under attached programs."""
+        for spec in specs:
+            if spec.type == libbpf.MAP_PROG_ARRAY:
+                continue
+            for old in self.pin_dir(owner).glob(f"{spec.name}_v*"):
+                if old.name != spec.pin_name and old.name[len(spec.name) + 2:].isdigit():
+                    self.log.info("removing pinned map of an older layout", map=str(old))
+                    old.unlink()
+
+    # ---- programs -----------------------------------------------------------------------
+
+    def _defines(self, owner: str) -> dict[str, str]:
+        return {"PYLIUM_CORE_PIN": f'"{self.pin_dir("core")}"', "PYLIUM_PIN": f'"{self.pin_dir(owner)}"',
+                "PYLIUM_EVENTS_BYTES": str(EVENTS_BYTES)}
+
+    async def compile(self, stages: list[Stage], parallel: int | None = None) -> None:
+        """Compile the dispatchers and every stage, at most `parallel` at a time."""
+        self.stages = stages
+        jobs = [Job("core", "core/dispatch.c",
+                    {fn: str(self.pin_dir("core") / f"prog_{fn}") for fn in DISPATCHERS.values()},
+                    self._defines("core"))]
+        by_source: dict[tuple[str, str], dict[str, str]] = {}
+        for st in stages:
+            by_source.setdefault((st.plugin, st.source), {})[st.function] = str(self.pin_dir(st.plugin) / f"prog_{st.function}")
+        jobs += [Job(plugin, source, fns, self._defines(plugin)) for (plugin, source), fns in by_source.items()]
+        results: dict[int, dict] = {}
+        limiter = anyio.CapacityLimiter(parallel or os.cpu_count() or 2)
+        start = anyio.current_time()
+
+        async def run(i: int, job: Job) -> None:
+            async with limiter:
+                results[i] = await compile_job(job)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, job in enumerate(jobs):
+                    tg.start_soon(run, i, job)
+        except BaseExceptionGroup as group:  # report the first failure, not a group
+            raise group.exceptions[0] from None
+        self.compile_seconds = anyio.current_time() - start
+        for i, job in enumerate(jobs):
+            self._check_tables(job, results[i]["tables"])
+        for attach, fn in DISPATCHERS.items():
+            if attach in self.dispatch_fds:
+                os.close(self.dispatch_fds[attach])
+            self.dispatch_fds[attach] = libbpf.obj_get(str(self.pin_dir("core") / f"prog_{fn}"))
+
+    def _check_tables(self, job: Job, tables: dict) -> None:
+        """The C declarations must match the Python mirrors the agent reads the maps with."""
+        known = {s.name: s for s in CORE_MAPS}
+        for maps in self.plugin_maps.values():
+            known.update({m.spec.name: m.spec for m in maps.values()})
+        for name, t in tables.items():
+            spec = known.get(name)
+            if spec is None:
+                continue
+            want = (spec.key_size, spec.value_size, spec.max_entries)
+            have = (t["key_size"], t["value_size"], t["max_entries"])
+            if spec.key is not None and want != have:
+                raise CompileError(f"{job.owner}: {job.source}: map {name} is declared in C with key/value/entries "
+                                   f"{have} but in Python with {want}")
+
+    def install_stages(self) -> None:
+        """Put each stage in its slot (atomic replace); empty the slots nobody claims now."""
+        wanted: dict[tuple[str, int], Stage] = {(s.attach, s.slot): s for s in self.stages}
+        for attach, attach_id in ATTACH_POINTS.items():
+            slots = self.maps[f"calls_{attach.replace('-', '_')}"]
+            mask = 0
+            for slot in range(SLOTS):
+                key = ct.c_uint32(slot)
+                stage = wanted.get((attach, slot))
+                if stage is None:
+                    continue
+                fd = libbpf.obj_get(str(self.pin_dir(stage.plugin) / f"prog_{stage.function}"))
+                try:
+                    slots.put(key, ct.c_uint32(fd))
+                finally:
+                    os.close(fd)
+                mask |= 1 << slot
+            # the mask grows before emptied slots are deleted: a packet never misreads a slot
+            self.maps["slot_mask"].put(ct.c_uint32(attach_id), ct.c_uint32(mask))
+            for slot in range(SLOTS):
+                if not mask & (1 << slot):
+                    slots.delete(ct.c_uint32(slot))
+
+    # ---- attachment ---------------------------------------------------------------------
+
+    async def attach(self, ifname: str) -> None:
+        """Attach both dispatchers to an endpoint's host-side veth (clsact, direct action),
+        replacing older ones: a hitless upgrade.
+
+        Not tcx: a tcx attach waits for an RCU grace period while holding the RTNL lock
+        (8-16 ms here), which serialised concurrent CNI ADDs; clsact costs 1% of request/
+        response rate against tcx in an A/B run and attaches in about a millisecond. Done by
+        `tc -batch` in a worker thread (vfork): twenty at once run in parallel."""
+        commands = [f"qdisc replace dev {ifname} clsact"]
+        for attach, fn in DISPATCHERS.items():
+            direction = "ingress" if attach == "from-container" else "egress"
+            commands.append(f"filter replace dev {ifname} {direction} prio 1 handle 1 bpf da "
+                            f"object-pinned {self.pin_dir('core') / f'prog_{fn}'}")
+        result = await anyio.to_thread.run_sync(lambda: subprocess.run(
+            ["tc", "-batch", "-"], input="\n".join(commands).encode() + b"\n", capture_output=True))
+        if result.returncode != 0:
+            raise OSError(f"attaching the dispatchers to {ifname}: {result.stderr.decode(errors='replace').strip()}")
+
+    def attached_program_ids(self, ifname: str) -> dict[str, list[int]]:
+        """Program ids of the filters on a device, per attach point (for status and tests)."""
+        out = {}
+        for attach in DISPATCHERS:
+            direction = "ingress" if attach == "from-container" else "egress"
+            shown = subprocess.run(["tc", "-j", "filter", "show", "dev", ifname, direction], capture_output=True)
+            filters = json.loads(shown.stdout or b"[]") if shown.returncode == 0 else []
+            out[attach] = [f["options"]["prog"]["id"] for f in filters if "prog" in f.get("options", {})]
+        return out
+
+    def dispatch_ids(self) -> dict[str, int]:
+        return {attach: libbpf.prog_info(fd).id for attach, fd in self.dispatch_fds.items()}
+
+    def close(self) -> None:
+        for fd in self.dispatch_fds.values():
+            os.close(fd)
+        self.dispatch_fds.clear()
+        for m in self.maps.values():
+            m.close()
+        for maps in self.plugin_maps.values():
+            for m in maps.values():
+                m.close()

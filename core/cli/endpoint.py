@@ -1,0 +1,163 @@
+"""`pylium endpoint ...`, `pylium bpf ...` and `pylium install-cni`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pylium.core.cli.output import emit, output_option, print_table
+
+ENDPOINT_HEADERS = ["ENDPOINT", "IDENTITY", "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS"]
+
+
+def _endpoint_row(ep: dict) -> list:
+    return [ep["id"], ep["identity"], "\n".join(ep["labels"]) or "-", _ip(ep, "ipv6"), _ip(ep, "ipv4"),
+            ep["state"]]
+
+
+def _ip(ep: dict, family: str) -> str:
+    return next((a["ip"] for a in ep["addresses"] if a["family"] == family), "")
+
+
+@click.group()
+def endpoint() -> None:
+    """Endpoints (pods) on this node."""
+
+
+@endpoint.command("list")
+@output_option
+@click.pass_obj
+def endpoint_list(client, output: str) -> None:
+    """List endpoints: id, identity, labels, addresses, state."""
+    emit(client.get("/v1/endpoints"), output, lambda eps: print_table(ENDPOINT_HEADERS, map(_endpoint_row, eps)))
+
+
+@endpoint.command("get")
+@click.argument("endpoint_id", type=int)
+@click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default="json", help="Output format.")
+@click.pass_obj
+def endpoint_get(client, endpoint_id: int, output: str) -> None:
+    """Show one endpoint in full."""
+    emit(client.get(f"/v1/endpoints/{endpoint_id}"), output, lambda d: None)
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    if not key:
+        raise click.BadParameter(f"{text!r}: expected [source:]key=value")
+    return key, value
+
+
+@endpoint.command("labels")
+@click.argument("endpoint_id", type=int)
+@click.option("-a", "--add", "adds", multiple=True, metavar="[SOURCE:]KEY=VALUE",
+              help="Add or change a label (source 'unspec' when omitted); repeatable.")
+@click.option("-d", "--delete", "deletes", multiple=True, metavar="[SOURCE:]KEY", help="Remove a label; repeatable.")
+@output_option
+@click.pass_obj
+def endpoint_labels(client, endpoint_id: int, adds, deletes, output: str) -> None:
+    """Show, add or delete an endpoint's labels."""
+    if adds or deletes:
+        ep = client.call("POST", f"/v1/endpoints/{endpoint_id}/labels",
+                         {"add": dict(_label(a) for a in adds), "delete": list(deletes)})
+    else:
+        ep = client.get(f"/v1/endpoints/{endpoint_id}")
+    emit(ep["labels"], output, lambda labels: click.echo("\n".join(labels) or "(no labels)"))
+
+
+@click.group()
+def bpf() -> None:
+    """Inspect the datapath's BPF maps."""
+
+
+@bpf.group("endpoint")
+def bpf_endpoint() -> None:
+    """The local endpoints map (address -> where to deliver)."""
+
+
+@bpf_endpoint.command("list")
+@output_option
+@click.pass_obj
+def bpf_endpoint_list(client, output: str) -> None:
+    """List the endpoints map: IP ADDRESS, LOCAL ENDPOINT INFO."""
+    emit(client.get("/v1/bpf/endpoints"), output, lambda rows: print_table(
+        ["IP ADDRESS", "LOCAL ENDPOINT INFO"],
+        ([r["ip"], f"id={r['endpoint']} ifindex={r['ifindex']} mac={r['mac']} nodemac={r['host_mac']} "
+                   f"identity={r['identity']}"] for r in rows)))
+
+
+@bpf.group("ipcache")
+def bpf_ipcache() -> None:
+    """The ipcache map (prefix -> identity)."""
+
+
+@bpf_ipcache.command("list")
+@output_option
+@click.pass_obj
+def bpf_ipcache_list(client, output: str) -> None:
+    """List the ipcache: IP PREFIX/ADDRESS, IDENTITY."""
+    emit(client.get("/v1/bpf/ipcache"), output, lambda rows: print_table(
+        ["IP PREFIX/ADDRESS", "IDENTITY"],
+        ([r["prefix"], f"identity={r['identity']} encryptkey={r['encrypt_key']} tunnelendpoint={r['tunnel_endpoint']}"]
+         for r in rows)))
+
+
+@click.command("install-cni")
+@click.option("--conf-dir", type=click.Path(file_okay=False, path_type=Path), default="/etc/cni/net.d",
+              show_default=True, help="Where the runtime reads CNI network configurations.")
+@click.option("--bin-dir", type=click.Path(file_okay=False, path_type=Path), default="/opt/cni/bin",
+              show_default=True, help="Where the runtime looks for CNI plugin binaries.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory of the agent the plugin calls [default: the global --run-dir].")
+@click.option("--portmap/--no-portmap", default=None,
+              help="Chain Debian's portmap plugin after pylium [default: when a portmap binary is found].")
+@click.option("--name", default="pylium", show_default=True, help="Network name in the configuration.")
+@click.pass_context
+def install_cni(ctx, conf_dir: Path, bin_dir: Path, run_dir: Path | None, portmap: bool | None, name: str) -> None:
+    """Write 05-pylium.conflist and install the pylium-cni binary for the container runtime."""
+    socket_path = Path(run_dir or Path(ctx.obj.socket_path).parent).absolute() / "pylium.sock"
+    from pylium.core import cni
+
+    source = Path(cni.__file__)
+    if portmap is None:
+        portmap = any((d / "portmap").exists() for d in (bin_dir, Path("/usr/lib/cni")))
+    plugins = [{"type": "pylium-cni", "socketPath": str(socket_path)}]
+    if portmap:
+        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    target = bin_dir / "pylium-cni"
+    tmp_bin = bin_dir / ".pylium-cni.tmp"
+    kind = _install_plugin(source, tmp_bin)
+    if target.is_symlink():
+        target.unlink()
+    os.replace(tmp_bin, target)
+    conflist = conf_dir / "05-pylium.conflist"
+    tmp = conflist.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cniVersion": "1.0.0", "name": name, "plugins": plugins}, indent=2) + "\n")
+    os.replace(tmp, conflist)
+    click.echo(f"wrote {conflist} (socketPath {socket_path}{', portmap chained' if portmap else ''}); "
+               f"installed {target} ({kind})")
+
+
+def _install_plugin(python_source: Path, target: Path) -> str:
+    """The C plugin (~1 ms of CPU to start) when a C compiler is at hand, else a standalone
+    copy of the Python one run with `python -SE` (~25 ms)."""
+    import shutil
+    import subprocess
+
+    c_source = python_source.with_name("cni_plugin.c")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler and c_source.exists():
+        built = subprocess.run([compiler, "-O2", "-o", str(target), str(c_source)], capture_output=True, text=True)
+        if built.returncode == 0:
+            return "C plugin"
+        click.echo(f"warning: compiling {c_source} failed, installing the Python plugin: {built.stderr.strip()}",
+                   err=True)
+    target.write_text(f"#!{sys.executable} -SE\n" + python_source.read_text())
+    target.chmod(0o755)
+    return "Python plugin"

@@ -1,0 +1,1 @@
+"""Connectivity: endpoint wiring (veth), local delivery by BPF redirect, host routes, masquerade."""

@@ -1,0 +1,12 @@
+"""ctypes mirrors of bpf/connectivity/connectivity_maps.h."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+from pylium.core.bpf import libbpf
+from pylium.core.bpf.maps import MapSpec
+from pylium.core.bpf.structs import IpcacheKey
+
+# This node's pod address blocks: an address in them without an endpoint is unroutable.
+LOCAL_BLOCKS = MapSpec("local_blocks", libbpf.MAP_LPM_TRIE, IpcacheKey, ct.c_uint32, 1024, flags=libbpf.F_NO_PREALLOC)

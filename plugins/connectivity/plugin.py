@@ -1,0 +1,130 @@
+"""Connectivity plugin: hook implementations; the work is in netlink.py, masquerade.py and the
+C stages in bpf/connectivity/delivery.c."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+from contextlib import asynccontextmanager
+
+import anyio
+
+from pylium.core.bpf.structs import IpcacheInfo, IpcacheKey
+from pylium.core.hookspecs import hookimpl
+from pylium.plugins.connectivity import masquerade, netlink
+from pylium.plugins.connectivity.config import ConnectivityConfig
+from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
+
+SLOT_FROM_DELIVERY, SLOT_TO_DELIVERY = 7, 7  # bpf/include/pylium_consts.h
+ID_HOST = 1  # reserved:host
+
+
+class ConnectivityPlugin:
+    def __init__(self) -> None:
+        self.ctx = None
+        self._blocks: tuple = ()
+        self._refresh: anyio.Lock | None = None  # created on the agent's event loop
+
+    @hookimpl
+    def pylium_config_model(self):
+        return ConnectivityConfig
+
+    @hookimpl
+    def pylium_declare(self, declare):
+        declare.after("ipam")
+        declare.bpf_maps(LOCAL_BLOCKS)
+        declare.bpf_stage("from-container", SLOT_FROM_DELIVERY, "connectivity/delivery.c", "from_delivery")
+        declare.bpf_stage("to-container", SLOT_TO_DELIVERY, "connectivity/delivery.c", "to_delivery")
+
+    @hookimpl
+    def pylium_lifespan(self, ctx):
+        return self._run(ctx)
+
+    @asynccontextmanager
+    async def _run(self, ctx):
+        self.ctx = ctx
+        self._refresh = anyio.Lock()
+        self.mtu = ctx.config.MTU or await anyio.to_thread.run_sync(netlink.default_mtu)
+        netlink.sysctl("net/ipv4/ip_forward", "1")
+        # New host-side veths inherit these: no per-endpoint sysctl writes on the ADD path.
+        netlink.sysctl("net/ipv4/conf/default/rp_filter", "0")
+        netlink.sysctl("net/ipv4/conf/default/forwarding", "1")
+        if ctx.config.ipv6.enabled:
+            netlink.sysctl("net/ipv6/conf/all/forwarding", "1")
+            netlink.sysctl("net/ipv6/conf/default/accept_dad", "0")
+        await self.refresh_blocks()
+        ctx.log.info("connectivity ready", mtu=self.mtu, blocks=self._blocks)
+        try:
+            yield
+        finally:
+            self.ctx = None  # devices, routes, maps and rules stay: the datapath outlives the agent
+
+    async def refresh_blocks(self) -> None:
+        """Follow IPAM's pools: gateway addresses on the host device, the local-blocks map and
+        the masquerade chain. Cheap when nothing changed."""
+        answer = await self.ctx.bus.request("ipam.list", {})
+        pools = answer["pools"]
+        blocks = tuple(sorted({b for p in pools for b in p["blocks"]}))
+        async with self._refresh:
+            if blocks == self._blocks:
+                return
+            routers = sorted({r for p in pools for r in p["routers"]})
+            await anyio.to_thread.run_sync(netlink.ensure_host_device, self.ctx.config.connectivity.hostDevice, routers)
+            local = self.ctx.bpf_maps["local_blocks"]
+            for key in list(local.keys()):
+                if key.cidr not in blocks:
+                    local.delete(key)
+            for b in blocks:
+                local.put(IpcacheKey.of(b), ct.c_uint32(1))
+            ipcache = self.ctx.datapath.maps["ipcache"]
+            for r in routers:  # the gateways live on the node: reserved:host
+                ipcache.put(IpcacheKey.of(r), IpcacheInfo(identity=ID_HOST))
+            cfg = self.ctx.config
+            for family, enabled in ((4, cfg.enableIPv4Masquerade), (6, cfg.enableIPv6Masquerade)):
+                fam = "ipv4" if family == 4 else "ipv6"
+                if not getattr(cfg, fam).enabled:
+                    continue
+                mine = [b for b in blocks if ipaddress.ip_network(b).version == family]
+                cluster = sorted({c for p in pools if p["family"] == fam for c in p["cidrs"]})
+                await anyio.to_thread.run_sync(masquerade.apply, self.ctx.node_name, family, mine, cluster, enabled)
+            self._blocks = blocks
+
+    # ---- endpoints ------------------------------------------------------------------------
+
+    @hookimpl
+    async def pylium_endpoint_plug(self, ctx, endpoint):
+        if any(a["block"] not in self._blocks for a in endpoint.addresses):
+            await self.refresh_blocks()  # the address comes from a block claimed since
+        endpoint.host_ifname = netlink.host_ifname(ctx.node_name, endpoint.container_id, endpoint.ifname)
+        done = await netlink.plug(netns=endpoint.netns, ifname=endpoint.ifname, host_name=endpoint.host_ifname,
+                                  mtu=endpoint.mtu or self.mtu, addresses=endpoint.addresses)
+        endpoint.host_ifindex, endpoint.host_mac, endpoint.mac, endpoint.mtu = (
+            done.host_ifindex, done.host_mac, done.mac, done.mtu)
+        await ctx.datapath.attach(endpoint.host_ifname)
+
+    @hookimpl
+    async def pylium_endpoint_unplug(self, ctx, endpoint):
+        name = endpoint.host_ifname or netlink.host_ifname(ctx.node_name, endpoint.container_id, endpoint.ifname)
+        await anyio.to_thread.run_sync(netlink.unplug, name)
+
+    @hookimpl
+    async def pylium_endpoint_restore(self, ctx, endpoint):
+        idx = await anyio.to_thread.run_sync(netlink.host_ifindex, endpoint.host_ifname)
+        if idx is None or idx != endpoint.host_ifindex:
+            return False
+        await ctx.datapath.attach(endpoint.host_ifname)  # the new dispatchers, hitlessly
+        return True
+
+    @hookimpl
+    async def pylium_endpoint_check(self, ctx, endpoint):
+        return await anyio.to_thread.run_sync(lambda: netlink.check(
+            netns=endpoint.netns, ifname=endpoint.ifname, host_name=endpoint.host_ifname,
+            addresses=endpoint.addresses))
+
+    @hookimpl
+    def pylium_status_details(self):
+        if self.ctx is None:
+            return None
+        masq = "IPTables" if self.ctx.config.enableIPv4Masquerade else "Disabled"
+        return {"Routing": "Network: Native  Host: BPF (local delivery by redirect)",
+                "Masquerading": f"{masq} [{', '.join(self._blocks) or 'no blocks'}]"}

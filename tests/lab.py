@@ -1,0 +1,168 @@
+"""A lab for datapath tests: a node (network namespace) with an agent in it, pods (namespaces
+wired by the agent), an "outside" namespace behind the node. Unique names per test; close()
+removes everything it created. Only addresses inside these namespaces are used."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helpers import BIN, IN_CI, AgentDirs, AgentProcess
+
+BPF_TEST_ROOT = Path("/sys/fs/bpf/pylium-test")
+POD_CIDR = "10.210.0.0/16"
+NODE_IP, OUTSIDE_IP = "10.250.0.1", "10.250.0.2"
+
+
+def require_datapath() -> str | None:
+    """Why the datapath cannot run here, or None. In CI a missing capability is an error."""
+    if os.geteuid() != 0:
+        return "datapath tests need root"
+    if not Path("/sys/fs/bpf").is_mount():
+        return "bpffs is not mounted on /sys/fs/bpf (make setup mounts it)"
+    try:
+        subprocess.run([sys.executable, "-c", "import bcc"], check=True, capture_output=True)
+    except subprocess.CalledProcessError:
+        return "bcc is not importable (make setup links Debian's python3-bpfcc)"
+    return None
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@dataclass
+class Pod:
+    name: str
+    netns: str  # namespace name
+    endpoint: dict
+
+    @property
+    def path(self) -> str:
+        return f"/var/run/netns/{self.netns}"
+
+    @property
+    def ip(self) -> str:
+        return next(a["ip"] for a in self.endpoint["addresses"] if a["family"] == "ipv4")
+
+
+@dataclass
+class Lab:
+    tmp: Path
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    namespaces: list[str] = field(default_factory=list)
+    agents: list[AgentProcess] = field(default_factory=list)
+    cni_plugin: Path = BIN / "pylium-cni"
+
+    def __post_init__(self) -> None:
+        self.prefix = f"pl{self.id}"
+        self.node_ns = self._netns("node")
+        self.out_ns = self._netns("out")
+        self.dirs = AgentDirs(self.tmp / "agent", f"node-{self.id}")
+        self.bpf_root = BPF_TEST_ROOT / self.id
+        self.manifests = self.tmp / "manifests"
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        ext, out = f"{self.prefix}e", f"{self.prefix}o"
+        sh("ip", "link", "add", ext, "netns", self.node_ns, "type", "veth", "peer", "name", out, "netns", self.out_ns)
+        for ns, dev, ip in ((self.node_ns, ext, NODE_IP), (self.out_ns, out, OUTSIDE_IP)):
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def _netns(self, name: str) -> str:
+        ns = f"{self.prefix}-{name}"
+        sh("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        return ns
+
+    # ---- the agent -------------------------------------------------------------------------
+
+    def agent_args(self, *extra: str) -> list[str]:
+        return [str(BIN / "pylium-agent"), "--node-name", self.dirs.node, "--run-dir", str(self.dirs.run_dir),
+                "--state-dir", str(self.dirs.state_dir), "--bpf-root", str(self.bpf_root), "--log-format", "json",
+                "--set", "prometheus.port=0", "--set", f"ipam.operator.clusterPoolIPv4PodCIDRList={{{POD_CIDR}}}",
+                "--set", f"standalone.manifestsDir={self.manifests}", *extra]
+
+    def start_agent(self, *extra: str, wait: bool = True, env: dict | None = None) -> AgentProcess:
+        log_path = self.tmp / f"agent-{len(self.agents)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.node_ns}", *self.agent_args(*extra)],
+                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        agent = AgentProcess(proc, self.dirs, log_path)
+        self.agents.append(agent)
+        if wait:
+            agent.wait_ready(timeout=60)
+        return agent
+
+    @property
+    def api(self):
+        return self.dirs.client
+
+    # ---- pods ------------------------------------------------------------------------------
+
+    def netns(self, name: str) -> str:
+        return self._netns(name)
+
+    def pod(self, name: str, **body) -> Pod:
+        ns = self._netns(name)
+        ep = self.api.call("POST", "/v1/cni/add", {"container_id": f"{self.prefix}-{name}", "ifname": "eth0",
+                                                   "netns": f"/var/run/netns/{ns}", **body})
+        return Pod(name, ns, ep)
+
+    def exec(self, ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
+
+    def node(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("nsenter", f"--net=/var/run/netns/{self.node_ns}", *cmd, check=check)
+
+    def cni(self, command: str, env: dict, conf: dict | str, in_node: bool = True) -> subprocess.CompletedProcess:
+        """Run the CNI plugin (self.cni_plugin: the Python one by default) as a runtime would."""
+        stdin = conf if isinstance(conf, str) else json.dumps(conf)
+        full = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni", **env}
+        prefix = ["nsenter", f"--net=/var/run/netns/{self.node_ns}"] if in_node else []
+        return subprocess.run([*prefix, str(self.cni_plugin)], input=stdin, capture_output=True, text=True,
+                              env=full, timeout=120)
+
+    def install_c_plugin(self) -> Path:
+        """The plugin as `pylium install-cni` installs it (the C one, with gcc at hand)."""
+        bin_dir = self.tmp / "cni-bin"
+        sh(str(BIN / "pylium"), "install-cni", "--conf-dir", str(self.tmp / "net.d"), "--bin-dir", str(bin_dir),
+           "--run-dir", str(self.dirs.run_dir), "--no-portmap")
+        self.cni_plugin = bin_dir / "pylium-cni"
+        return self.cni_plugin
+
+    def conf(self, **extra) -> dict:
+        return {"cniVersion": "1.0.0", "name": "pylium", "type": "pylium-cni",
+                "socketPath": str(self.dirs.run_dir / "pylium.sock"), **extra}
+
+    def node_links(self) -> list[str]:
+        out = self.node("ip", "-o", "link").stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    def close(self) -> None:
+        for agent in self.agents:
+            if agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGKILL)
+                agent.proc.wait(10)
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(self.bpf_root, ignore_errors=True)
+        deadline = time.monotonic() + 5  # namespace teardown is asynchronous in the kernel
+        while any(ns in sh("ip", "netns", "list").stdout for ns in self.namespaces) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def skip_or_fail(reason: str):
+    import pytest
+
+    if IN_CI:
+        pytest.fail(f"datapath unavailable in CI: {reason}")
+    pytest.skip(reason)
