@@ -343,3 +343,19 @@ def test_endpoints_are_replayed_on_the_bus(two_pods):
             break
         seen[json.loads(header)["key"]] = json.loads(payload)
     assert {p["addresses"][0]["ip"] for p in seen.values()} == {a.ip, b.ip}
+
+
+def test_dual_stack_pods(lab):
+    lab.start_agent("--set", "ipv6.enabled=true",
+                    "--set", "ipam.operator.clusterPoolIPv6PodCIDRList={fd00:210::/104}")
+    a, b = lab.pod("a"), lab.pod("b")
+    b6 = next(x["ip"] for x in b.endpoint["addresses"] if x["family"] == "ipv6")
+    a6 = next(x["ip"] for x in a.endpoint["addresses"] if x["family"] == "ipv6")
+    assert b6.startswith("fd00:210::")
+    r = lab.exec(a.netns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", b6, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ttl=63" in r.stdout or "hlim=63" in r.stdout  # one routed hop, in BPF
+    gateway6 = next(x["gateway"] for x in a.endpoint["addresses"] if x["family"] == "ipv6")
+    assert lab.exec(a.netns, "ping", "-6", "-c", "1", "-W", "1", gateway6, check=False).returncode == 0
+    assert lab.node("ping", "-6", "-c", "1", "-W", "1", a6, check=False).returncode == 0
+    assert ping(lab, a.netns, b.ip)

@@ -31,8 +31,8 @@ class Job:
     """What one child compiles: one source file, its functions, where to pin them."""
 
     owner: str  # plugin (or "core") the programs belong to, for messages
-    source: str  # path relative to bpf/
-    functions: dict[str, str]  # function name -> pin path
+    source: str  # path relative to bpf/ (or absolute: a third-party plugin's own C)
+    functions: dict[str, str | dict]  # function -> pin path, or {"pin", "type", "attach_type"}
     defines: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
@@ -116,9 +116,12 @@ def _child() -> int:
         json.dump({"error": f"compile failed: {e}".splitlines()[0][:300]}, sys.stdout)
         return 1
     programs = {}
-    for name, pin in job["functions"].items():
+    for name, spec in job["functions"].items():
+        spec = spec if isinstance(spec, dict) else {"pin": spec}
+        pin = spec["pin"]
+        prog_type = getattr(BPF, spec.get("type", "SCHED_CLS"))  # e.g. CGROUP_SOCK_ADDR
         try:
-            fn = bpf.load_func(name, BPF.SCHED_CLS)
+            fn = bpf.load_func(name, prog_type, attach_type=spec.get("attach_type", -1))
         except Exception as e:  # the verifier's log went to stderr
             json.dump({"error": f"program {name} rejected: {e}"}, sys.stdout)
             return 1

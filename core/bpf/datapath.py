@@ -49,10 +49,25 @@ class Datapath:
         self.dispatch_fds: dict[str, int] = {}
         self.stages: list[Stage] = []
         self.compile_seconds = 0.0
+        self._ours: dict[str, set[int]] = {}  # program pin -> ids it held in earlier runs
 
 
     def pin_dir(self, owner: str) -> Path:
         return self.root / owner
+
+    async def compile_programs(self, owner: str, source: str, functions: dict[str, dict]) -> dict:
+        """Compile extra programs of a plugin (e.g. cgroup socket hooks) once, pinned under its
+        directory: {"function": {"type": "CGROUP_SOCK_ADDR", "attach_type": 10}}. The program
+        each pin held before (an earlier run's, maybe still attached) is remembered as ours."""
+        specs = {fn: {**spec, "pin": str(self.pin_dir(owner) / f"prog_{fn}")}
+                 for fn, spec in functions.items()}
+        for spec in specs.values():
+            if os.path.exists(spec["pin"]):
+                fd = libbpf.obj_get(spec["pin"])
+                self._ours.setdefault(spec["pin"], set()).add(libbpf.prog_info(fd).id)
+                os.close(fd)
+        result = await compile_job(Job(owner, source, specs, self._defines(owner)))
+        return {fn: Path(pin) for fn, pin in result["programs"].items()}
 
     # ---- maps ---------------------------------------------------------------------------
 
@@ -181,6 +196,76 @@ class Datapath:
             filters = json.loads(shown.stdout or b"[]") if shown.returncode == 0 else []
             out[attach] = [f["options"]["prog"]["id"] for f in filters if "prog" in f.get("options", {})]
         return out
+
+    # ---- cgroup socket hooks (socket-level load balancing) ------------------------------
+
+    @staticmethod
+    def cgroup_programs(cgroup: Path, attach_type: int) -> list[tuple[int, str]]:
+        """(id, name) of the programs attached to a cgroup at a hook, in run order."""
+        cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            out = []
+            for prog_id in libbpf.prog_query(cg, attach_type):
+                fd = libbpf.prog_fd_by_id(prog_id)
+                try:
+                    out.append((prog_id, libbpf.prog_info(fd).name.decode()))
+                finally:
+                    os.close(fd)
+            return out
+        finally:
+            os.close(cg)
+
+    def _our_ids(self, program_pin: Path) -> set[int]:
+        """Programs this pin holds or held (earlier runs): the only ones we detach or replace."""
+        fd = libbpf.obj_get(str(program_pin))
+        try:
+            return self._ours.setdefault(str(program_pin), set()) | {libbpf.prog_info(fd).id}
+        finally:
+            os.close(fd)
+
+    def attach_cgroup(self, program_pin: Path, cgroup: Path, attach_type: int) -> int:
+        """Attach a pinned socket program to a cgroup next to anyone else's (ALLOW_MULTI);
+        an earlier version of it is replaced atomically. Returns its id."""
+        fd = libbpf.obj_get(str(program_pin))
+        cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            info = libbpf.prog_info(fd)
+            attached = libbpf.prog_query(cg, attach_type)
+            ours = [pid for pid in attached if pid in self._our_ids(program_pin) and pid != info.id]
+            if info.id not in attached:
+                old = libbpf.prog_fd_by_id(ours[0]) if ours else None
+                try:
+                    libbpf.prog_attach(fd, cg, attach_type, replace_fd=old, flags=libbpf.F_ALLOW_MULTI)
+                finally:
+                    if old is not None:
+                        os.close(old)
+                ours = ours[1:]
+            for stale in ours:  # more than one copy of ours: keep only the new one
+                self._detach_cgroup_id(stale, cg, attach_type)
+            return info.id
+        finally:
+            os.close(cg)
+            os.close(fd)
+
+    def detach_cgroup(self, program_pin: Path, cgroup: Path, attach_type: int) -> int:
+        """Detach what this pin holds or held from a cgroup hook, nothing else; returns how many."""
+        cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            mine = self._our_ids(program_pin)
+            ours = [pid for pid in libbpf.prog_query(cg, attach_type) if pid in mine]
+            for pid in ours:
+                self._detach_cgroup_id(pid, cg, attach_type)
+            return len(ours)
+        finally:
+            os.close(cg)
+
+    @staticmethod
+    def _detach_cgroup_id(prog_id: int, cg: int, attach_type: int) -> None:
+        fd = libbpf.prog_fd_by_id(prog_id)
+        try:
+            libbpf.prog_detach(fd, cg, attach_type)
+        finally:
+            os.close(fd)
 
     def dispatch_ids(self) -> dict[str, int]:
         return {attach: libbpf.prog_info(fd).id for attach, fd in self.dispatch_fds.items()}

@@ -84,8 +84,10 @@ _lib.bpf_prog_detach2.argtypes = [ct.c_int, ct.c_int, ct.c_int]
 _lib.bpf_prog_query.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(ct.c_uint32),
                                 ct.POINTER(ct.c_uint32), ct.POINTER(ct.c_uint32)]
 
-TCX_INGRESS, TCX_EGRESS = 46, 47  # enum bpf_attach_type (bcc 0.26 has no names for them)
-F_REPLACE = 1 << 2
+CGROUP_INET4_CONNECT, CGROUP_INET6_CONNECT = 10, 11  # enum bpf_attach_type
+CGROUP_UDP4_SENDMSG, CGROUP_UDP6_SENDMSG, CGROUP_UDP4_RECVMSG, CGROUP_UDP6_RECVMSG = 14, 15, 19, 20
+CGROUP_INET4_GETPEERNAME, CGROUP_INET6_GETPEERNAME = 29, 30
+F_ALLOW_MULTI, F_REPLACE = 1 << 1, 1 << 2
 
 # Map and program types used here (uapi enum values).
 MAP_HASH, MAP_ARRAY, MAP_PROG_ARRAY, MAP_PERCPU_HASH, MAP_PERCPU_ARRAY = 1, 2, 3, 5, 6
@@ -151,10 +153,12 @@ def next_key(fd: int, key, next_) -> bool:
     return True
 
 
-def prog_attach(prog_fd: int, target: int, attach_type: int, replace_fd: int | None = None) -> None:
+def prog_attach(prog_fd: int, target: int, attach_type: int, replace_fd: int | None = None,
+                flags: int = 0) -> None:
     """Attach (legacy BPF_PROG_ATTACH: it outlives this process); atomically replace
     `replace_fd` when given."""
-    opts = AttachOpts(sz=ct.sizeof(AttachOpts), flags=F_REPLACE if replace_fd is not None else 0,
+    flags |= F_REPLACE if replace_fd is not None else 0
+    opts = AttachOpts(sz=ct.sizeof(AttachOpts), flags=flags,
                       replace_prog_fd=replace_fd or 0)
     _check(_lib.bpf_prog_attach_opts(prog_fd, target, attach_type, ct.byref(opts)), "attach program")
 

@@ -62,13 +62,14 @@ def plug_commands(*, netns: str, ifname: str, host_name: str, mtu: int, addresse
     for a in addresses:
         v6 = a["family"] == "ipv6"
         bits = 128 if v6 else 32
-        family = "-6 " if v6 else ""
-        node += [f"{family}route add {a['ip']}/{bits} dev {host_name} scope link",
-                 f"{family}neigh add {a['ip']} lladdr {mac} dev {host_name} nud permanent"]
+        # `ip -batch` takes no per-line -6: the family comes from the addresses themselves.
+        default = "::/0" if v6 else "0.0.0.0/0"
+        node += [f"route add {a['ip']}/{bits} dev {host_name} scope link",
+                 f"neigh add {a['ip']} lladdr {mac} dev {host_name} nud permanent"]
         pod += [f"addr add {a['ip']}/{bits} dev {ifname}" + (" nodad" if v6 else ""),
-                f"{family}route add {a['gateway']}/{bits} dev {ifname} scope link",
-                f"{family}neigh add {a['gateway']} lladdr {host_mac} dev {ifname} nud permanent",
-                f"{family}route add default via {a['gateway']} dev {ifname}"]
+                f"route add {a['gateway']}/{bits} dev {ifname} scope link",
+                f"neigh add {a['gateway']} lladdr {host_mac} dev {ifname} nud permanent",
+                f"route add {default} via {a['gateway']} dev {ifname}"]
     return node, pod
 
 
