@@ -6,7 +6,7 @@ and server are pinned to one CPU (cross-CPU numbers on this VM measure wake-up l
 the datapath). Rounds alternate pylium and baseline; medians and the median of the per-round
 ratios are printed.
 
-    .venv/bin/python bench/datapath_rr.py [--rounds 7] [--seconds 3]
+    .venv/bin/python bench/datapath_rr.py [--rounds 7] [--seconds 3] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="Agent configuration, as pylium-agent --set (repeatable).")
     args = parser.parse_args()
     probe = rrprobe()
-    with node_with_agent() as (node, client, netns, _, _):
+    with node_with_agent(*(x for kv in args.set for x in ("--set", kv))) as (node, client, netns, _, _):
         a, b = netns("a"), netns("b")
         add_pod(client, a)
         b_ip = add_pod(client, b)

@@ -1,7 +1,8 @@
 /* rrprobe: a netperf-like TCP request/response probe (1-byte ping-pong).
  *   rrprobe srv ADDR PORT SECONDS        serve until SECONDS pass
  *   rrprobe rr  ADDR PORT SECONDS        one connection, ping-pong; prints transactions/s
- *   rrprobe crr ADDR PORT SECONDS        connect, 1 byte each way, close; prints transactions/s */
+ *   rrprobe crr ADDR PORT SECONDS        connect, 1 byte each way, close; prints transactions/s
+ *   rrprobe udp ADDR PORT SECONDS RATE   send RATE 1-byte datagrams a second (paced per ms); prints sent/s */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -28,7 +29,10 @@ static int connect_to(struct sockaddr_in *sa) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) { fprintf(stderr, "usage: rrprobe srv|rr|crr ADDR PORT SECONDS\n"); return 2; }
+    if (argc != 5 && !(argc == 6 && !strcmp(argv[1], "udp"))) {
+        fprintf(stderr, "usage: rrprobe srv|rr|crr ADDR PORT SECONDS | rrprobe udp ADDR PORT SECONDS RATE\n");
+        return 2;
+    }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
     inet_pton(AF_INET, argv[2], &sa.sin_addr);
     double seconds = atof(argv[4]);
@@ -49,6 +53,18 @@ int main(int argc, char **argv) {
     }
     long n = 0;
     double end = now() + seconds, start = now();
+    if (!strcmp(argv[1], "udp")) {
+        double rate = atof(argv[5]);
+        int s = socket(AF_INET, SOCK_DGRAM, 0);
+        while (now() < end) {
+            long due = (long)((now() - start) * rate);  /* packets that should be out by now */
+            for (; n < due; n++)
+                if (sendto(s, &b, 1, 0, (struct sockaddr *)&sa, sizeof sa) != 1) { perror("udp"); return 1; }
+            usleep(1000);
+        }
+        printf("%.0f\n", n / (now() - start));
+        return 0;
+    }
     if (!strcmp(argv[1], "rr")) {
         int s = connect_to(&sa);
         while (now() < end) {

@@ -281,16 +281,18 @@ class Agent:
                            metrics=self.metrics, settings=settings)
         self.bus.start(zctx)
         self.metrics.watch_proxy(self.bus.proxy_statistics)
+        self.metrics.watch_datapath(lambda: self.datapath, lambda: self.endpoints.endpoints if self.endpoints else {})
 
     async def _start_datapath(self, stack: contextlib.AsyncExitStack) -> None:
         """Maps, dispatchers and every plugin's stages, compiled once per start (child processes)."""
         if not self.stages:
             return
         from pylium.core.bpf.compiler import CompileError
-        from pylium.core.bpf.datapath import Datapath
+        from pylium.core.bpf.datapath import Datapath, MonitorSettings
 
         started = time.monotonic()
-        dp = Datapath(self.options.bpf_root, self.options.node_name, self.log.bind(component="datapath"))
+        dp = Datapath(self.options.bpf_root, self.options.node_name, self.log.bind(component="datapath"),
+                      MonitorSettings.from_config(self.config.bpf))
         try:
             dp.open_maps(self.bpf_map_specs)
             await dp.compile(self.stages)

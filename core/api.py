@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
 from pylium.core import api_endpoints
@@ -46,7 +48,13 @@ def _plugin_handler(route: ApiRoute, agent: Agent):
                 body = await request.json()
             except ValueError:
                 raise ApiError(400, "request body is not valid JSON") from None
-        req = ApiRequest(request.method, request.path, dict(request.match_info), dict(request.query), body)
+        transport = request.transport
+
+        def disconnected() -> bool:
+            return transport is None or transport.is_closing()
+
+        req = ApiRequest(request.method, request.path, dict(request.match_info), dict(request.query), body,
+                         disconnected)
         try:
             result = await route.handler(req)
         except ApiError:
@@ -54,9 +62,32 @@ def _plugin_handler(route: ApiRoute, agent: Agent):
         except Exception as e:  # a plugin bug must answer 500, not kill the server
             agent.log.error("api handler failed", plugin=route.plugin, path=route.path, exc_info=e)
             raise ApiError(500, f"{route.plugin}: {type(e).__name__}: {e}") from None
+        if hasattr(result, "__aiter__"):
+            return await _stream(request, result, route, agent)
         return _json(result)
 
     return handle
+
+
+async def _stream(request: web.Request, items, route: ApiRoute, agent: Agent) -> web.StreamResponse:
+    """Send an async iterator as NDJSON until it ends or the client goes away."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    try:
+        async for item in items:
+            await resp.write(item if isinstance(item, bytes) else msgspec.json.encode(item) + b"\n")
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client left
+    except Exception as e:  # headers are out: end the stream with an error line
+        agent.log.error("api stream failed", plugin=route.plugin, path=route.path, exc_info=e)
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write(msgspec.json.encode({"error": f"{route.plugin}: {type(e).__name__}: {e}"}) + b"\n")
+    finally:
+        if hasattr(items, "aclose"):
+            await items.aclose()
+    return resp
 
 
 def build_app(agent: Agent) -> web.Application:

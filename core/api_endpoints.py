@@ -161,7 +161,35 @@ def add_routes(app: web.Application, agent: Agent) -> None:
                  "encrypt_key": v.encrypt_key} for key, v in dp.maps["ipcache"].items()]
         return _json(sorted(rows, key=lambda r: r["prefix"]))
 
+    async def bpf_metrics(_):
+        dp = agent.datapath
+        if dp is None:
+            raise EndpointError("not_ready", "no datapath is loaded", 503)
+        from pylium.core.bpf.monitor import METRIC_DIRECTIONS, drop_reason
+        from pylium.core.metrics import read_bpf_metrics
+
+        rows = [{"reason": reason, "description": drop_reason(reason)[1] if reason else "Forwarded",
+                 "direction": METRIC_DIRECTIONS.get(direction, "UNKNOWN"), "packets": packets, "bytes": nbytes}
+                for reason, direction, packets, nbytes in read_bpf_metrics(dp.maps["metrics"])]
+        return _json(rows)
+
+    async def metrics(request: web.Request):
+        """Every sample of the agent's metrics registry, optionally those whose name matches a regex."""
+        import re
+
+        pattern = request.query.get("pattern", "")
+        try:
+            wanted = re.compile(pattern) if pattern else None
+        except re.error as e:
+            raise EndpointError("bad_request", f"pattern {pattern!r}: {e}") from None
+        rows = [{"name": sample.name, "labels": sample.labels, "value": sample.value}
+                for family in agent.metrics.registry.collect() for sample in family.samples
+                if not sample.name.endswith("_created") and (wanted is None or wanted.search(sample.name))]
+        return _json(rows)
+
     r = app.router
+    r.add_get("/v1/metrics", metrics)
+    r.add_get("/v1/bpf/metrics", bpf_metrics)
     r.add_get("/v1/endpoints", list_endpoints)
     r.add_get("/v1/endpoints/{id}", get_endpoint)
     r.add_post("/v1/endpoints/{id}/labels", labels)

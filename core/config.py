@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 
 class Section(BaseModel):
@@ -75,6 +76,90 @@ class DebugSettings(Section):
     enabled: bool = Field(False, description="Log at debug level.")
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a Go-style duration ("5s", "500ms", "1m30s")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {value!r} (write for example 5s, 500ms or 1m)")
+    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+class EventToggle(Section):
+    enabled: bool = Field(True, description="Report these events in the events ring buffer.")
+
+
+class BpfEventsSettings(Section):
+    drop: EventToggle = Field(default_factory=EventToggle, description="Drop events.")
+    trace: EventToggle = Field(default_factory=EventToggle, description="Trace events.")
+    policyVerdict: EventToggle = Field(default_factory=EventToggle, description="Policy verdict events.")
+    ringBufferSize: int = Field(1 << 22, description="Bytes of the kernel ring buffer the datapath reports "
+                                                     "events into (a power of two, at least 4096).")
+
+    @field_validator("ringBufferSize")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 4096 or v & (v - 1):
+            raise ValueError("must be a power of two of at least 4096")
+        return v
+
+
+class BpfSettings(Section):
+    monitorAggregation: str = Field(
+        "medium", description="How much the datapath aggregates trace events: none (every packet at every "
+                              "observation point), lowest/low (no traces where packets are received), "
+                              "medium/maximum (per connection: first packet, new TCP flags, every interval).")
+    monitorAggregationInterval: str = Field(
+        "5s", description="At medium and above, how often an active connection is reported again. "
+                          "Alias: bpf.monitorInterval.")
+    monitorAggregationFlags: str = Field(
+        "syn,fin,rst", description="At medium and above, TCP flags whose first appearance on a connection is "
+                                   "reported (comma-separated syn, fin, rst, psh, ack, urg, ece, cwr, or all). "
+                                   "Alias: bpf.monitorFlags.")
+    events: BpfEventsSettings = Field(default_factory=BpfEventsSettings)
+
+    @field_validator("monitorAggregation")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        from pylium.core.bpf.monitor import AGGREGATION_LEVELS
+
+        if str(v).lower() not in AGGREGATION_LEVELS:
+            raise ValueError(f"must be one of {', '.join(AGGREGATION_LEVELS)}")
+        return str(v).lower()
+
+    @field_validator("monitorAggregationInterval", mode="before")
+    @classmethod
+    def _interval(cls, v: Any) -> str:
+        if parse_duration(v) <= 0:
+            raise ValueError("must be longer than zero")
+        return str(v) if not isinstance(v, (int, float)) else f"{v}s"
+
+    @field_validator("monitorAggregationFlags", mode="before")
+    @classmethod
+    def _flags(cls, v: Any) -> str:
+        from pylium.core.bpf.monitor import TCP_FLAGS
+
+        names = [f.strip().lower() for f in str(v).replace(" ", ",").split(",") if f.strip()]
+        bad = [n for n in names if n != "all" and n not in TCP_FLAGS]
+        if bad or not names:
+            raise ValueError(f"unknown TCP flag {', '.join(bad) or '(none given)'} "
+                             f"(allowed: all, {', '.join(TCP_FLAGS)})")
+        return ",".join(names)
+
+    def aggregation_level(self) -> int:
+        from pylium.core.bpf.monitor import AGGREGATION_LEVELS
+
+        return AGGREGATION_LEVELS[self.monitorAggregation]
+
+    def tcp_flag_mask(self) -> int:
+        from pylium.core.bpf.monitor import TCP_FLAGS
+
+        names = self.monitorAggregationFlags.split(",")
+        return 0xFF if "all" in names else sum(TCP_FLAGS[n] for n in set(names))
+
+
 class CoreConfig(Section):
     """Keys the core owns. Plugins add their own top-level keys next to these."""
 
@@ -86,6 +171,7 @@ class CoreConfig(Section):
     bus: BusSettings = Field(default_factory=BusSettings)
     standalone: StandaloneSettings = Field(default_factory=StandaloneSettings)
     debug: DebugSettings = Field(default_factory=DebugSettings)
+    bpf: BpfSettings = Field(default_factory=BpfSettings)
 
 
 # Helm chart keys that describe how the chart deploys pods, not how the agent behaves.
@@ -220,6 +306,11 @@ def apply_aliases(raw: RawConfig) -> None:
         if found:
             for new, v in _translate_tunnel(value, old).items():
                 _put_path(raw, new, v, old)
+    for old, new in (("bpf.monitorInterval", "bpf.monitorAggregationInterval"),
+                     ("bpf.monitorFlags", "bpf.monitorAggregationFlags")):  # Helm's spellings
+        found, value = _pop_path(raw.data, old)
+        if found:
+            _put_path(raw, new, value, old)
     found, value = _pop_path(raw.data, "policyEnforcement")
     if found:
         _put_path(raw, "policyEnforcementMode", value, "policyEnforcement")
@@ -326,7 +417,7 @@ def _format_error(model: type[BaseModel], raw: RawConfig, err: dict[str, Any]) -
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc)
         return f"{path}{origin}: unknown key (allowed here: {', '.join(allowed) or 'none'})"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
         msg = f"{msg} (got {err['input']!r})"
     return f"{path}{origin}: {msg}"

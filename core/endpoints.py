@@ -73,7 +73,7 @@ class Endpoint(msgspec.Struct, kw_only=True):
                     addresses=[ev.EndpointAddress(ip=a["ip"], family=a["family"], cidr=a["cidr"],
                                                   gateway=a["gateway"]) for a in self.addresses],
                     host_ifname=self.host_ifname, host_ifindex=self.host_ifindex, mac=self.mac,
-                    host_mac=self.host_mac)
+                    host_mac=self.host_mac, namespace=self.k8s_namespace, pod_name=self.k8s_pod_name)
 
 
 def netns_id(path: str) -> str:

@@ -213,6 +213,8 @@ class _EndpointEvent(Event):
     host_ifindex: int
     mac: str
     host_mac: str
+    namespace: str = ""  # the pod's namespace (K8S_POD_NAMESPACE), when known
+    pod_name: str = ""  # the pod's name (K8S_POD_NAME), when known
 
 
 @state("endpoint.created", family="endpoint", key="id")

@@ -6,7 +6,7 @@ import platform
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from pylium.core.plugin_api import Health
 
@@ -29,6 +29,80 @@ class _ProxyCollector:
                 if value is not None:
                     family.add_metric([side, direction], value)
         yield family
+
+
+# Cilium's endpoint states (cilium_endpoint_state{endpoint_state})
+ENDPOINT_STATES = ("creating", "waiting-for-identity", "not-ready", "waiting-to-regenerate", "regenerating",
+                   "restoring", "ready", "disconnecting", "disconnected", "invalid")
+_PRESSURE_TYPES = {"hash", "lru_hash", "lpm_trie", "percpu_hash"}
+
+
+class _DatapathCollector:
+    """Cilium's datapath and endpoint metrics, read from the BPF maps and the endpoint table
+    when scraped: drops and forwards per reason and direction, map operations and pressure."""
+
+    def __init__(self, datapath: Callable[[], object], endpoints: Callable[[], dict]):
+        self._datapath, self._endpoints = datapath, endpoints
+
+    def collect(self):
+        eps = self._endpoints() or {}
+        yield GaugeMetricFamily("cilium_endpoint", "Number of endpoints managed by this agent", value=len(eps))
+        states = GaugeMetricFamily("cilium_endpoint_state", "Count of all endpoints", labels=["endpoint_state"])
+        for state in ENDPOINT_STATES:
+            states.add_metric([state], sum(1 for e in eps.values() if e.state == state))
+        yield states
+        dp = self._datapath()
+        if dp is None:
+            return
+        yield from _bpf_counters(dp.maps["metrics"])
+        ops = CounterMetricFamily("cilium_bpf_map_ops", "Total operations on BPF maps by the agent",
+                                  labels=["map_name", "operation", "outcome"])
+        pressure = GaugeMetricFamily("cilium_bpf_map_pressure", "Fill percentage of BPF maps (0..1)",
+                                     labels=["map_name"])
+        from pylium.core.bpf.maps import TYPE_NAMES
+
+        for m in dp.all_maps():
+            for (operation, outcome), n in sorted(m.ops.items()):
+                ops.add_metric([m.spec.name, operation, outcome], n)
+            if TYPE_NAMES.get(m.spec.type) in _PRESSURE_TYPES and m.fd >= 0:
+                pressure.add_metric([m.spec.name], m.count() / m.spec.max_entries)
+        yield ops
+        yield pressure
+
+
+def _bpf_counters(metrics_map):
+    """cilium_drop_count/bytes{reason,direction} and cilium_forward_count/bytes{direction}."""
+    from pylium.core.bpf.monitor import METRIC_DIRECTIONS, drop_reason
+
+    labels = ["reason", "direction"]
+    drops = CounterMetricFamily("cilium_drop_count", "Total dropped packets", labels=labels)
+    drop_bytes = CounterMetricFamily("cilium_drop_bytes", "Total dropped bytes", labels=labels)
+    fwd = CounterMetricFamily("cilium_forward_count", "Total forwarded packets", labels=["direction"])
+    fwd_bytes = CounterMetricFamily("cilium_forward_bytes", "Total forwarded bytes", labels=["direction"])
+    for reason, direction, packets, nbytes in read_bpf_metrics(metrics_map):
+        dir_name = METRIC_DIRECTIONS.get(direction, "UNKNOWN")
+        if reason == 0:
+            fwd.add_metric([dir_name], packets)
+            fwd_bytes.add_metric([dir_name], nbytes)
+        else:
+            drops.add_metric([drop_reason(reason)[1], dir_name], packets)
+            drop_bytes.add_metric([drop_reason(reason)[1], dir_name], nbytes)
+    yield from (drops, drop_bytes, fwd, fwd_bytes)
+
+
+def read_bpf_metrics(metrics_map) -> list[tuple[int, int, int, int]]:
+    """(reason, direction, packets, bytes) of every non-empty slot, summed over CPUs."""
+    import ctypes as ct
+
+    out = []
+    for index in range(metrics_map.spec.max_entries):
+        values = metrics_map.get(ct.c_uint32(index))
+        if values is None:
+            continue
+        packets = sum(v.count for v in values)
+        if packets:
+            out.append((index >> 2, index & 3, packets, sum(v.bytes for v in values)))
+    return out
 
 
 class AgentMetrics:
@@ -66,6 +140,9 @@ class AgentMetrics:
 
     def watch_proxy(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_ProxyCollector(stats))
+
+    def watch_datapath(self, datapath: Callable[[], object], endpoints: Callable[[], dict]) -> None:
+        self.registry.register(_DatapathCollector(datapath, endpoints))
 
     def set_health(self, plugin: str, health: Health) -> None:
         for state in Health:

@@ -52,8 +52,12 @@ class ApiRequest:
     path_params: dict[str, str]
     query: dict[str, str]
     body: Any  # decoded JSON, or None
+    #: True once the client has gone away: long-running (streaming) handlers check it.
+    disconnected: Callable[[], bool] = lambda: False
 
 
+#: A handler returns JSON-able data, or an async iterator to stream: each item is sent as it
+#: comes, bytes as they are, anything else as one JSON line (NDJSON, chunked).
 ApiHandler = Callable[[ApiRequest], Awaitable[Any]]
 
 

@@ -1,4 +1,4 @@
-"""Minimal packet builders for BPF_PROG_TEST_RUN tables (Ethernet, IPv4/IPv6, ICMP, UDP, ARP)."""
+"""Minimal packet builders for BPF_PROG_TEST_RUN tables (Ethernet, IPv4/IPv6, ICMP, UDP, TCP, ARP)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def icmp_echo(ident: int = 7, seq: int = 1) -> bytes:
 
 def udp(sport: int, dport: int, data: bytes = b"hello") -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+
+
+def tcp(sport: int, dport: int, flags: int, seq: int = 1) -> bytes:
+    """A TCP header without options (checksum left 0: programs here do not check it)."""
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
 
 
 def ipv6(src: str, dst: str, payload: bytes, next_header: int = 17, hop_limit: int = 64) -> bytes:

@@ -9,18 +9,22 @@ import shutil
 import socket
 import struct
 import uuid
+from pathlib import Path
 
 import anyio
 import pytest
 import structlog
 
 from lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
-from packets import SkBuff, arp_request, checksum, ether, icmp_echo, ipv4, ipv6, mac, udp
+from packets import SkBuff, arp_request, checksum, ether, icmp_echo, ipv4, ipv6, mac, tcp, udp
 
 from pylium.core.bpf import libbpf
+from pylium.core.bpf.compiler import BPF_DIR
+from pylium.core.bpf import monitor
 from pylium.core.bpf.datapath import Datapath, Stage
-from pylium.core.bpf.structs import (CORE_MAPS, EndpointInfo, EndpointKey, IpcacheInfo, IpcacheKey, LxcInfo,
-                                     mac_bytes, metrics_index)
+from pylium.core.bpf.ringbuf import RingReader
+from pylium.core.bpf.structs import (CORE_MAPS, EVENT_HEADER, EndpointInfo, EndpointKey, IpcacheInfo, IpcacheKey,
+                                     LxcInfo, mac_bytes, metrics_index)
 from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
@@ -165,3 +169,72 @@ def test_cost_of_dispatch_and_delivery(dp):
     ret, _, _, ns = libbpf.test_run(dp.dispatch_fds["from-container"], from_a("192.0.2.99"), ctx, repeat=20000)
     assert ret == TC_ACT_OK
     assert ns < 5000, f"{ns} ns per packet through dispatch and the delivery stage"
+
+
+# ---- events: what the programs report for the observability plugin ---------------------------
+# The fixture compiles with the default monitor settings: aggregation medium, flags syn,fin,rst.
+
+FIELDS = ("ts", "type", "subtype", "dir", "trace_reason", "src_ep", "dst_ep", "flags", "line", "ifindex", "hash",
+          "src_identity", "dst_identity", "orig_len", "cap_len", "file", "rule0", "rule1")
+
+
+@pytest.fixture
+def events(dp):
+    reader = RingReader(dp.maps["events"].fd)
+    reader.drain()
+
+    def read() -> list[dict]:
+        out = []
+        for raw in reader.drain():
+            record = dict(zip(FIELDS, EVENT_HEADER.unpack_from(raw)))
+            record["packet"] = raw[EVENT_HEADER.size:EVENT_HEADER.size + record["cap_len"]]
+            out.append(record)
+        return out
+
+    yield read
+    reader.close()
+
+
+def _source_line(dp, record) -> str:
+    source = dp.source_files[record["file"]]
+    return (Path(BPF_DIR) / source).read_text().splitlines()[record["line"] - 1]
+
+
+def test_a_drop_record_names_reason_place_endpoints_and_packet(dp, events):
+    packet = from_a("10.9.0.77")
+    assert run(dp, "from-container", packet)[0] == TC_ACT_SHOT
+    (drop,) = [r for r in events() if r["type"] == monitor.MSG_DROP]
+    assert drop["subtype"] == 151 and drop["dir"] == 2 and drop["src_ep"] == 1 and drop["src_identity"] == 5
+    assert drop["orig_len"] == len(packet) and drop["packet"] == packet
+    assert drop["flags"] == 0  # is_reply of a drop is left to the reader (no lookups on the drop path)
+    assert "DROP_UNROUTABLE" in _source_line(dp, drop), "file and line point at the DROP() that dropped it"
+
+
+def test_traces_are_aggregated_per_connection_at_medium(dp, events):
+    def to_b(flags: int) -> bytes:
+        return ether(HOST_A, MAC_A, 0x0800) + ipv4(POD_A, POD_B, tcp(41000, 80, flags), proto=6)
+
+    syn, ack, psh_ack, fin_ack = 0x02, 0x10, 0x18, 0x11
+    seen = []
+    for flags in (syn, ack, ack, ack, psh_ack, psh_ack, fin_ack, fin_ack):
+        assert run(dp, "from-container", to_b(flags))[0] == TC_ACT_REDIRECT
+        traces = [r for r in events() if r["type"] == monitor.MSG_TRACE]
+        assert all(r["subtype"] == 0 and r["dst_ep"] == 2 for r in traces), "only to-endpoint at medium"
+        seen.append([monitor.TRACE_REASONS[r["trace_reason"]] for r in traces])
+    # reported: the first packet, then a packet that shows a flag of the default
+    # monitorAggregationFlags (syn, fin, rst) not seen before: here the first FIN
+    assert seen == [["NEW"], [], [], [], [], [], ["ESTABLISHED"], []]
+
+
+def test_a_reply_is_recognised_from_the_opposite_direction(dp, events):
+    outside = "192.0.2.50"
+    request = ether(HOST_A, MAC_A, 0x0800) + ipv4(POD_A, outside, udp(5353, 53), proto=17)
+    reply = ether(MAC_A, HOST_A, 0x0800) + ipv4(outside, POD_A, udp(53, 5353), proto=17)
+    run(dp, "from-container", request)
+    (out,) = [r for r in events() if r["type"] == monitor.MSG_TRACE]
+    assert out["subtype"] == 3 and out["trace_reason"] == 1  # to-stack, new
+    run(dp, "to-container", reply)
+    (back,) = [r for r in events() if r["type"] == monitor.MSG_TRACE]
+    assert back["subtype"] == 0 and back["trace_reason"] == 3  # to-endpoint, reply
+    assert back["flags"] == monitor.EVENT_F_REPLY_KNOWN | monitor.EVENT_F_REPLY
+    assert back["src_identity"] == 2 and back["dst_ep"] == 1  # world (not in the ipcache) to endpoint 1

@@ -275,7 +275,7 @@ def test_ipam_list_cli(ipam_agent, agent_dirs):
 def test_bad_ipam_config_exits_78(start_agent):
     agent = start_agent(*_args("ipam.mode=multi-pool"))
     assert agent.proc.wait(30) == 78
-    assert "ipam: Value error, multi-pool mode needs at least one pool in ipam.pools" in agent.log
+    assert "ipam: multi-pool mode needs at least one pool in ipam.pools" in agent.log
     agent = start_agent(*_args("ipam.operator.clusterPoolIPv4PodCIDRList={10.0.0.0/40}"))
     assert agent.proc.wait(30) == 78
     assert "ipam.operator.clusterPoolIPv4PodCIDRList" in agent.log and "is not a CIDR" in agent.log

@@ -73,6 +73,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_
     skb->cb[CB_ENDPOINTS] = cb_src_ep(skb) | ((__u32)ep->ep_id << 16);
     skb->cb[CB_DELIVER] = ep->ifindex;
     skb->cb[CB_DST_ID] = ep->identity;
+    count(skb, 0, METRIC_EGRESS);
     return to_chain(skb, 0);
 }
 
@@ -110,13 +111,17 @@ int from_delivery(struct __sk_buff *skb) {
     if (unroutable(&dst))
         return DROP(skb, DROP_UNROUTABLE, METRIC_EGRESS);
     count(skb, 0, METRIC_EGRESS);
+    TRACE(skb, TRACE_TO_STACK, METRIC_EGRESS);
     return TC_ACT_OK; /* the host, or beyond it (routed, masqueraded) */
 }
 
 /* to-container, last slot: hand the packet to the pod. */
 int to_delivery(struct __sk_buff *skb) {
     count(skb, 0, METRIC_INGRESS);
-    if (skb->cb[CB_FLAGS] & CB_F_LOCAL)
+    if (skb->cb[CB_FLAGS] & CB_F_LOCAL) {
+        TRACE_DEV(skb, TRACE_TO_LXC, METRIC_INGRESS, skb->cb[CB_DELIVER]);
         return bpf_redirect_peer(skb->cb[CB_DELIVER], 0);
+    }
+    TRACE(skb, TRACE_TO_LXC, METRIC_INGRESS);
     return TC_ACT_OK;
 }

@@ -35,7 +35,40 @@ int from_container(struct __sk_buff *skb) {
         if (!link_local && !unspecified && !same)
             return DROP(skb, DROP_INVALID_SOURCE_IP, METRIC_EGRESS);
     }
+    TRACE(skb, TRACE_FROM_LXC, METRIC_EGRESS);
     return from_chain(skb, 0);
+}
+
+/* Who sent a packet that reaches a pod through the host's stack: the ipcache's identity of its
+ * source address; reserved:world when the ipcache does not know it, reserved:host for non-IP. */
+static __always_inline __u32 stack_source_identity(struct __sk_buff *skb) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct ipcache_key k = {};
+    if ((void *)(eth + 1) > data_end)
+        return ID_HOST;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return ID_WORLD;
+        k.prefixlen = 32 + 32;
+        k.family = 4;
+        __builtin_memcpy(k.addr, &ip->saddr, 4);
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end)
+            return ID_WORLD;
+        __u32 first = bpf_ntohl(ip6->saddr.in6_u.u6_addr32[0]);
+        if ((first & 0xffc00000) == 0xfe800000 || (first == 0 && ip6->saddr.in6_u.u6_addr32[3] == 0))
+            return ID_HOST; /* link-local or unspecified: the host's own neighbour discovery */
+        k.prefixlen = 32 + 128;
+        k.family = 6;
+        __builtin_memcpy(k.addr, &ip6->saddr, 16);
+    } else {
+        return ID_HOST;
+    }
+    struct ipcache_info *info = ipcache.lookup(&k);
+    return info ? info->identity : ID_WORLD;
 }
 
 /* tc egress of an endpoint's host-side veth: a packet from the host's stack to the pod. */
@@ -44,6 +77,7 @@ int to_container(struct __sk_buff *skb) {
     struct lxc_info *lxc = lxc_by_ifindex.lookup(&ifindex);
     if (!lxc)
         return TC_ACT_OK;
-    cb_reset(skb, 0, lxc->ep_id, ID_HOST, lxc->identity);
+    cb_reset(skb, 0, lxc->ep_id, stack_source_identity(skb), lxc->identity);
+    TRACE(skb, TRACE_FROM_STACK, METRIC_INGRESS);
     return to_chain(skb, 0);
 }

@@ -38,12 +38,51 @@
 #define MSG_TRACE 4
 #define MSG_POLICY_VERDICT 5
 
-#define TRACE_TO_LXC 0
+#define TRACE_TO_LXC 0     /* "to-endpoint" */
 #define TRACE_TO_HOST 2
 #define TRACE_TO_STACK 3
-#define TRACE_FROM_LXC 5
+#define TRACE_FROM_LXC 5   /* "from-endpoint" */
 #define TRACE_FROM_HOST 7
 #define TRACE_FROM_STACK 8
+
+/* Why a trace was reported (flow.proto TraceReason). */
+#define TRACE_REASON_UNKNOWN 0
+#define TRACE_REASON_NEW 1
+#define TRACE_REASON_ESTABLISHED 2
+#define TRACE_REASON_REPLY 3
+
+/* pylium_event.flags */
+#define EVENT_F_REPLY_KNOWN 0x1 /* is_reply below is meaningful */
+#define EVENT_F_REPLY 0x2       /* the packet goes against its connection's first direction */
+#define EVENT_F_ALLOWED 0x4     /* policy verdicts: the packet was allowed */
+#define EVENT_F_AUDIT 0x8       /* policy verdicts: denied by policy, let through (audit mode) */
+#define EVENT_F_REDIRECT 0x10   /* policy verdicts: redirected to a proxy */
+
+/* ---- Monitor aggregation (bpf.monitorAggregation, as Cilium's datapath) ------------------- */
+#define AGGREGATE_NONE 0      /* a trace at every observation point */
+#define AGGREGATE_LOWEST 1    /* no traces at receive (from-*) points */
+#define AGGREGATE_LOW 2       /* as lowest */
+#define AGGREGATE_MEDIUM 3    /* per connection: first packet, new TCP flags, every interval */
+#define AGGREGATE_MAXIMUM 4   /* as medium */
+
+#ifndef MONITOR_AGGREGATION
+#define MONITOR_AGGREGATION AGGREGATE_MEDIUM
+#endif
+#ifndef MONITOR_INTERVAL_NS
+#define MONITOR_INTERVAL_NS 5000000000ULL
+#endif
+#ifndef MONITOR_FLAGS
+#define MONITOR_FLAGS 0x07 /* TCP flags whose first appearance is reported: FIN 0x01, SYN 0x02, RST 0x04 */
+#endif
+#ifndef PYLIUM_TRACE_EVENTS
+#define PYLIUM_TRACE_EVENTS 1 /* bpf.events.trace.enabled */
+#endif
+#ifndef PYLIUM_DROP_EVENTS
+#define PYLIUM_DROP_EVENTS 1 /* bpf.events.drop.enabled */
+#endif
+#ifndef PYLIUM_FILE_ID
+#define PYLIUM_FILE_ID 0 /* source file of a record when call sites are not numbered by the agent */
+#endif
 
 /* ---- Metrics directions (pkg/maps/metricsmap) -------------------------------------------- */
 #define METRIC_INGRESS 1 /* towards an endpoint */
@@ -59,6 +98,10 @@
 #define ID_INIT 5
 
 #define PYLIUM_CAPTURE_LEN 128 /* packet bytes copied into drop and trace records */
+
+#define RB_NO_WAKEUP 1    /* BPF_RB_NO_WAKEUP */
+#define RB_FORCE_WAKEUP 2 /* BPF_RB_FORCE_WAKEUP */
+#define EVENTS_WAKEUP_BATCH 64 /* records a CPU writes before it wakes the reader */
 
 #ifndef PYLIUM_EVENTS_BYTES
 #define PYLIUM_EVENTS_BYTES (1 << 22) /* events ring buffer: 4 MiB */

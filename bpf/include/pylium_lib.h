@@ -9,6 +9,7 @@
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 #include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
 
 #include "pylium_consts.h"
 #include "pylium_structs.h"
@@ -28,7 +29,7 @@ static __always_inline void cb_reset(struct __sk_buff *skb, __u16 src_ep, __u16 
 static __always_inline __u16 cb_src_ep(struct __sk_buff *skb) { return skb->cb[CB_ENDPOINTS] & 0xffff; }
 static __always_inline __u16 cb_dst_ep(struct __sk_buff *skb) { return skb->cb[CB_ENDPOINTS] >> 16; }
 
-/* ---- metrics and events --------------------------------------------------------------- */
+/* ---- metrics -------------------------------------------------------------------------- */
 
 static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir) {
     __u32 index = METRICS_INDEX(reason, dir);
@@ -39,41 +40,199 @@ static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir) 
     }
 }
 
-static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 subtype, __u8 dir, __u16 line) {
+/* ---- flows (the monitor's view of connections) ---------------------------------------- */
+
+/* The packet's direction of a connection: addresses, protocol, ports (ICMP echo: the id in
+ * both). Returns 0 for what is not IP. */
+static __always_inline int flow_of(struct __sk_buff *skb, struct flow_key *k, __u8 *tcp_flags) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    __u32 l4;
+    __builtin_memset(k, 0, sizeof(*k));
+    *tcp_flags = 0;
+    if ((void *)(eth + 1) > data_end)
+        return 0;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return 0;
+        __builtin_memcpy(k->saddr, &ip->saddr, 4);
+        __builtin_memcpy(k->daddr, &ip->daddr, 4);
+        k->proto = ip->protocol;
+        k->family = 4;
+        if (ip->frag_off & bpf_htons(0x1fff))
+            return 1; /* a later fragment: no ports */
+        l4 = ETH_HLEN + ip->ihl * 4;
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end)
+            return 0;
+        __builtin_memcpy(k->saddr, &ip6->saddr, 16);
+        __builtin_memcpy(k->daddr, &ip6->daddr, 16);
+        k->proto = ip6->nexthdr;
+        k->family = 6;
+        l4 = ETH_HLEN + sizeof(struct ipv6hdr);
+    } else {
+        return 0;
+    }
+    __u8 *l4h = data + (l4 & 0x7f); /* direct access: no helper call on the per-packet path */
+    if (k->proto == IPPROTO_TCP) {
+        if ((void *)(l4h + 14) > data_end)
+            return 1;
+        __builtin_memcpy(&k->sport, l4h, 4); /* source and destination port */
+        *tcp_flags = l4h[13];
+    } else if (k->proto == IPPROTO_UDP) {
+        if ((void *)(l4h + 4) > data_end)
+            return 1;
+        __builtin_memcpy(&k->sport, l4h, 4);
+    } else if (k->proto == IPPROTO_ICMP || k->proto == IPPROTO_ICMPV6) {
+        if ((void *)(l4h + 6) > data_end)
+            return 1;
+        __u8 type = l4h[0]; /* echo request and reply: the identifier in both ports */
+        if (type == 8 || type == 0 || type == 128 || type == 129) {
+            __builtin_memcpy(&k->sport, l4h + 4, 2);
+            k->dport = k->sport;
+        }
+    }
+    return 1;
+}
+
+static __always_inline void flow_reverse(struct flow_key *r, const struct flow_key *k) {
+    __builtin_memcpy(r, k, sizeof(*r));
+    __builtin_memcpy(r->saddr, k->daddr, 16);
+    __builtin_memcpy(r->daddr, k->saddr, 16);
+    r->sport = k->dport;
+    r->dport = k->sport;
+}
+
+/* EVENT_F_REPLY_KNOWN | EVENT_F_REPLY, without changing state: a direction is a reply when
+ * the monitor saw the opposite direction first. */
+static __always_inline __u16 reply_flags(struct flow_key *k) {
+    struct flow_state *s = trace_flows.lookup(k);
+    if (s)
+        return EVENT_F_REPLY_KNOWN | (s->is_reply ? EVENT_F_REPLY : 0);
+    struct flow_key r;
+    flow_reverse(&r, k);
+    return EVENT_F_REPLY_KNOWN | (trace_flows.lookup(&r) ? EVENT_F_REPLY : 0);
+}
+
+/* ---- events --------------------------------------------------------------------------- */
+
+static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 subtype, __u8 dir, __u8 reason,
+                                 __u16 flags, __u32 ifindex, __u8 file, __u16 line) {
     struct pylium_event *e = events.ringbuf_reserve(sizeof(struct pylium_event));
-    if (!e)
-        return; /* ring full: userspace counts the loss from the kernel's drop counter */
+    if (!e) {
+        __u32 zero = 0;
+        __u64 *lost = events_lost.lookup(&zero);
+        if (lost)
+            *lost += 1;
+        return;
+    }
     __u32 len = skb->len;
+    e->ts = bpf_ktime_get_ns();
     e->type = type;
     e->subtype = subtype;
+    e->dir = dir;
+    e->trace_reason = reason;
     e->src_ep = cb_src_ep(skb);
     e->dst_ep = cb_dst_ep(skb);
-    e->dir = dir;
-    e->flags = 0;
-    e->ifindex = skb->ifindex;
+    e->flags = flags;
+    e->line = line;
+    e->ifindex = ifindex;
     e->hash = skb->hash;
     e->src_identity = skb->cb[CB_SRC_ID];
     e->dst_identity = skb->cb[CB_DST_ID];
     e->orig_len = len;
-    e->line = line;
+    e->file = file;
+    e->pad = 0;
     e->rule_ids[0] = 0;
     e->rule_ids[1] = 0;
-    e->ts = bpf_ktime_get_ns();
+    e->pad2 = 0;
     if (len > PYLIUM_CAPTURE_LEN)
         len = PYLIUM_CAPTURE_LEN;
     if (len < 1 || bpf_skb_load_bytes(skb, 0, e->data, len) < 0)
         len = 0;
     e->cap_len = len;
-    events.ringbuf_submit(e, 0);
+    /* Wake the reader once per EVENTS_WAKEUP_BATCH records of a CPU, not per record (a wake-up
+     * costs more than the record); the reader also drains on a short timer. */
+    __u32 zero = 0;
+    __u32 *unsignalled = events_unsignalled.lookup(&zero);
+    __u64 wake = RB_NO_WAKEUP;
+    if (unsignalled && ++*unsignalled >= EVENTS_WAKEUP_BATCH) {
+        *unsignalled = 0;
+        wake = RB_FORCE_WAKEUP;
+    }
+    events.ringbuf_submit(e, wake);
 }
 
+static __always_inline int rx_point(__u8 obs) {
+    return obs == TRACE_FROM_LXC || obs == TRACE_FROM_HOST || obs == TRACE_FROM_STACK;
+}
+
+/* Report a packet at an observation point, as bpf.monitorAggregation allows: at medium and
+ * above a direction of a connection is reported on its first packet, on TCP flags (of
+ * MONITOR_FLAGS) not reported before, and once per MONITOR_INTERVAL_NS; never per packet. */
+static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u32 ifindex, __u8 file,
+                                  __u16 line) {
+#if PYLIUM_TRACE_EVENTS
+    if (MONITOR_AGGREGATION >= AGGREGATE_LOWEST && rx_point(obs))
+        return;
+    struct flow_key k;
+    __u8 tcp_flags;
+    if (!flow_of(skb, &k, &tcp_flags)) {
+        if (MONITOR_AGGREGATION < AGGREGATE_MEDIUM)
+            emit(skb, MSG_TRACE, obs, dir, TRACE_REASON_UNKNOWN, 0, ifindex, file, line);
+        return;
+    }
+    if (rx_point(obs)) { /* aggregation none: report, the transmit point keeps the state */
+        emit(skb, MSG_TRACE, obs, dir, TRACE_REASON_UNKNOWN, reply_flags(&k), ifindex, file, line);
+        return;
+    }
+    __u64 now = bpf_ktime_get_ns();
+    struct flow_state *s = trace_flows.lookup(&k);
+    int report = 1;
+    __u8 is_reply;
+    if (!s || (tcp_flags & 0x02)) { /* first packet, or a SYN: a new connection on this tuple */
+        struct flow_key r;
+        flow_reverse(&r, &k);
+        is_reply = trace_flows.lookup(&r) != 0;
+        struct flow_state fresh = {.last_report = now, .flags_seen = tcp_flags & MONITOR_FLAGS,
+                                   .is_reply = is_reply};
+        trace_flows.update(&k, &fresh);
+    } else {
+        is_reply = s->is_reply;
+        __u8 fresh_flags = tcp_flags & MONITOR_FLAGS & ~s->flags_seen;
+        if (MONITOR_AGGREGATION >= AGGREGATE_MEDIUM)
+            report = fresh_flags || now - s->last_report >= MONITOR_INTERVAL_NS;
+        if (fresh_flags)
+            s->flags_seen |= fresh_flags;
+        if (report)
+            s->last_report = now;
+    }
+    if (report) {
+        __u8 reason = is_reply ? TRACE_REASON_REPLY : (s ? TRACE_REASON_ESTABLISHED : TRACE_REASON_NEW);
+        emit(skb, MSG_TRACE, obs, dir, reason, EVENT_F_REPLY_KNOWN | (is_reply ? EVENT_F_REPLY : 0), ifindex, file,
+             line);
+    }
+#endif
+}
+/* TRACE: at the packet's device; TRACE_DEV: naming another device (where it is delivered).
+ * The agent writes each call site's file and line in (the _AT forms). */
+#define TRACE_AT(file, line, skb, obs, dir) trace(skb, obs, dir, skb->ifindex, file, line)
+#define TRACE(skb, obs, dir) TRACE_AT(PYLIUM_FILE_ID, __LINE__, skb, obs, dir)
+#define TRACE_DEV_AT(file, line, skb, obs, dir, ifindex) trace(skb, obs, dir, ifindex, file, line)
+#define TRACE_DEV(skb, obs, dir, ifindex) TRACE_DEV_AT(PYLIUM_FILE_ID, __LINE__, skb, obs, dir, ifindex)
+
 /* Count and report a drop; returns the verdict to return. */
-static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir, __u16 line) {
+static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir, __u8 file, __u16 line) {
     count(skb, reason, dir);
-    emit(skb, MSG_DROP, reason, dir, line);
+#if PYLIUM_DROP_EVENTS
+    emit(skb, MSG_DROP, reason, dir, TRACE_REASON_UNKNOWN, 0, skb->ifindex, file, line); /* is_reply: the reader's */
+#endif
     return TC_ACT_SHOT;
 }
-#define DROP(skb, reason, dir) drop(skb, reason, dir, __LINE__)
+#define DROP_AT(file, line, skb, reason, dir) drop(skb, reason, dir, file, line)
+#define DROP(skb, reason, dir) DROP_AT(PYLIUM_FILE_ID, __LINE__, skb, reason, dir)
 
 /* ---- tail-call chains ------------------------------------------------------------------ */
 

@@ -29,6 +29,16 @@ BPF_TABLE_PINNED("prog", __u32, __u32, calls_to_container, PYLIUM_SLOTS,
  * call into an occupied one is a counted drop. */
 BPF_TABLE_PINNED("array", __u32, __u32, slot_mask, 2, PYLIUM_CORE_PIN "/slot_mask_v1");
 
+/* Connections the monitor has seen, per direction (trace aggregation, is_reply). */
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_state, trace_flows, 65536,
+                 PYLIUM_CORE_PIN "/trace_flows_v1");
+
+/* Records the events ring buffer had no room for, per CPU (reported as lost events). */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, events_lost, 1, PYLIUM_CORE_PIN "/events_lost_v1");
+
+/* Records a CPU wrote since it last woke the events reader (EVENTS_WAKEUP_BATCH). */
+BPF_TABLE_PINNED("percpu_array", __u32, __u32, events_unsignalled, 1, PYLIUM_CORE_PIN "/events_unsignalled_v1");
+
 /* Drop, trace and policy-verdict records for the observability plugin (a ring buffer). */
 struct events_table_t {
     int key;
@@ -39,5 +49,5 @@ struct events_table_t {
     void (*ringbuf_submit)(void *, u64);
     __u32 max_entries;
 };
-__attribute__((section("maps/ringbuf:" PYLIUM_CORE_PIN "/events_v1")))
+__attribute__((section("maps/ringbuf:" PYLIUM_CORE_PIN "/events_v2")))
 struct events_table_t events = {.max_entries = PYLIUM_EVENTS_BYTES};

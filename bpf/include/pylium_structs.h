@@ -53,20 +53,42 @@ struct metrics_value {
 
 /* One record in the events ring buffer (drop, trace or policy verdict). */
 struct pylium_event {
-    __u8 type;      /* MSG_DROP, MSG_TRACE, MSG_POLICY_VERDICT */
-    __u8 subtype;   /* drop reason or trace observation point */
+    __u64 ts;           /* bpf_ktime_get_ns() */
+    __u8 type;          /* MSG_DROP, MSG_TRACE, MSG_POLICY_VERDICT */
+    __u8 subtype;       /* drop reason, trace observation point, or policy match type */
+    __u8 dir;           /* METRIC_INGRESS or METRIC_EGRESS */
+    __u8 trace_reason;  /* TRACE_REASON_* */
     __u16 src_ep;
     __u16 dst_ep;
-    __u8 dir;       /* METRIC_INGRESS or METRIC_EGRESS */
-    __u8 flags;
+    __u16 flags;        /* EVENT_F_* */
+    __u16 line;         /* source line that produced the record */
     __u32 ifindex;
-    __u32 hash;     /* skb hash: groups packets of one flow */
+    __u32 hash;         /* skb hash: groups packets of one flow */
     __u32 src_identity;
     __u32 dst_identity;
     __u32 orig_len;
     __u16 cap_len;
-    __u16 line;     /* source line that produced the record */
-    __u32 rule_ids[2]; /* policy rules that decided (policy verdicts and drops) */
-    __u64 ts;
+    __u8 file;          /* PYLIUM_FILE_ID of the source file */
+    __u8 pad;
+    __u32 rule_ids[2];  /* policy verdicts and policy drops: the rules that decided (0: none) */
+    __u32 pad2;
     __u8 data[PYLIUM_CAPTURE_LEN];
+};
+
+/* One direction of a connection, as seen by the monitor: for aggregation and is_reply. */
+struct flow_key {
+    __u8 saddr[16];
+    __u8 daddr[16];
+    __be16 sport;       /* ICMP echo: the identifier, in both ports */
+    __be16 dport;
+    __u8 proto;
+    __u8 family;        /* 4 or 6 */
+    __u8 pad[2];
+};
+
+struct flow_state {
+    __u64 last_report;  /* when a trace of this direction was last reported */
+    __u8 flags_seen;    /* TCP flags reported so far */
+    __u8 is_reply;
+    __u8 pad[6];
 };

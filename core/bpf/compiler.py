@@ -19,7 +19,7 @@ from pathlib import Path
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"  # the repository's bpf/ (pylium.bpf)
 INCLUDE_DIR = BPF_DIR / "include"
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 
 class CompileError(Exception):
@@ -42,6 +42,29 @@ class Job:
         return [f"-D{k}={v}" for k, v in sorted(self.defines.items())]
 
 
+# Source files by the number drop and trace records carry (numbered in this process, on first use).
+_FILE_IDS: dict[str, int] = {}
+# DROP(...) / TRACE(...) / TRACE_DEV(...) call sites get their file and line written in: __LINE__ would count
+# the lines of the text bcc rewrites (it adds lines), not the file's.
+_REPORT = re.compile(r"\b(DROP|TRACE|TRACE_DEV)\(")
+
+
+def file_id(path: Path) -> int:
+    name = str(path.relative_to(BPF_DIR)) if path.is_relative_to(BPF_DIR) else str(path)
+    return _FILE_IDS.setdefault(name, len(_FILE_IDS) % 255 + 1)
+
+
+def source_files() -> dict[int, str]:
+    """Record file number -> source file (relative to bpf/ for ours)."""
+    return {number: name for name, number in _FILE_IDS.items()}
+
+
+def _mark_call_sites(text: str, fid: int) -> str:
+    return "".join(line if line.lstrip().startswith("#") else
+                   _REPORT.sub(lambda m, n=n: f"{m.group(1)}_AT({fid}, {n}, ", line)
+                   for n, line in enumerate(text.splitlines(keepends=True), 1))
+
+
 def assemble(path: Path, seen: set[Path] | None = None) -> str:
     """The source with our own `#include "..."` files spliced in, each once: bcc rewrites
     map calls (`m.lookup(...)`) only in the main text, never in included headers."""
@@ -51,14 +74,18 @@ def assemble(path: Path, seen: set[Path] | None = None) -> str:
         return ""
     seen.add(here)
 
+    text = _mark_call_sites(here.read_text(), file_id(here))
+
     def splice(match: re.Match) -> str:
         name = match.group(1)
+        # #line keeps __LINE__ (drop and trace records) pointing into the original files
+        back = f'\n#line {text.count(chr(10), 0, match.start()) + 2} "{here.name}"'
         for candidate in (here.parent / name, INCLUDE_DIR / name):
             if candidate.exists():
-                return f"/* ---- {name} ---- */\n" + assemble(candidate, seen)
+                return f'#line 1 "{name}"\n' + assemble(candidate, seen) + back
         raise CompileError(f"{path.name}: include file {name!r} not found in {here.parent} or {INCLUDE_DIR}")
 
-    return _INCLUDE.sub(splice, here.read_text()).replace("#pragma once", "")
+    return _INCLUDE.sub(splice, text).replace("#pragma once", "")
 
 
 async def compile_job(job: Job, timeout: float = 180) -> dict:

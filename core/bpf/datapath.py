@@ -22,11 +22,36 @@ from typing import Any
 import anyio
 
 from pylium.core.bpf import libbpf
-from pylium.core.bpf.compiler import CompileError, Job, compile_job
+from pylium.core.bpf.compiler import CompileError, Job, compile_job, source_files
 from pylium.core.bpf.maps import MapSpec, PinnedMap
-from pylium.core.bpf.structs import ATTACH_POINTS, CORE_MAPS, EVENTS_BYTES, SLOTS
+from pylium.core.bpf.structs import ATTACH_POINTS, EVENTS_BYTES, SLOTS, core_maps
 
 DISPATCHERS = {"from-container": "from_container", "to-container": "to_container"}
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """What the programs report into the events ring buffer (compiled in: config `bpf.*`)."""
+
+    aggregation: int = 3  # bpf.monitorAggregation: medium
+    interval_ns: int = 5_000_000_000
+    tcp_flags: int = 0x07  # syn, fin, rst
+    trace_events: bool = True
+    drop_events: bool = True
+    events_bytes: int = EVENTS_BYTES
+
+    @classmethod
+    def from_config(cls, bpf: Any) -> MonitorSettings:
+        from pylium.core.config import parse_duration
+
+        return cls(bpf.aggregation_level(), int(parse_duration(bpf.monitorAggregationInterval) * 1e9),
+                   bpf.tcp_flag_mask(), bpf.events.trace.enabled, bpf.events.drop.enabled,
+                   bpf.events.ringBufferSize)
+
+    def defines(self) -> dict[str, str]:
+        return {"MONITOR_AGGREGATION": str(self.aggregation), "MONITOR_INTERVAL_NS": f"{self.interval_ns}ULL",
+                "MONITOR_FLAGS": str(self.tcp_flags), "PYLIUM_TRACE_EVENTS": str(int(self.trace_events)),
+                "PYLIUM_DROP_EVENTS": str(int(self.drop_events)), "PYLIUM_EVENTS_BYTES": str(self.events_bytes)}
 
 
 @dataclass(frozen=True)
@@ -41,16 +66,17 @@ class Stage:
 
 
 class Datapath:
-    def __init__(self, bpf_root: Path, node: str, log: Any):
+    def __init__(self, bpf_root: Path, node: str, log: Any, monitor: MonitorSettings = MonitorSettings()):
         self.root = bpf_root / node
         self.log = log
+        self.monitor = monitor
+        self.core_map_specs = core_maps(monitor.events_bytes)
         self.maps: dict[str, PinnedMap] = {}  # core maps by C name
         self.plugin_maps: dict[str, dict[str, PinnedMap]] = {}
         self.dispatch_fds: dict[str, int] = {}
         self.stages: list[Stage] = []
         self.compile_seconds = 0.0
         self._ours: dict[str, set[int]] = {}  # program pin -> ids it held in earlier runs
-
 
     def pin_dir(self, owner: str) -> Path:
         return self.root / owner
@@ -72,9 +98,9 @@ class Datapath:
     # ---- maps ---------------------------------------------------------------------------
 
     def open_maps(self, plugin_specs: dict[str, list[MapSpec]]) -> None:
-        for spec in CORE_MAPS:
+        for spec in self.core_map_specs:
             self.maps[spec.name] = PinnedMap.open_or_create(spec, self.pin_dir("core"), self.log)
-        self._remove_old_versions("core", CORE_MAPS)
+        self._remove_old_versions("core", self.core_map_specs)
         for plugin, specs in plugin_specs.items():
             self.plugin_maps[plugin] = {s.name: PinnedMap.open_or_create(s, self.pin_dir(plugin), self.log)
                                         for s in specs}
@@ -93,9 +119,14 @@ class Datapath:
 
     # ---- programs -----------------------------------------------------------------------
 
+    @property
+    def source_files(self) -> dict[int, str]:
+        """The file number in drop and trace records -> source file."""
+        return source_files()
+
     def _defines(self, owner: str) -> dict[str, str]:
         return {"PYLIUM_CORE_PIN": f'"{self.pin_dir("core")}"', "PYLIUM_PIN": f'"{self.pin_dir(owner)}"',
-                "PYLIUM_EVENTS_BYTES": str(EVENTS_BYTES)}
+                **self.monitor.defines()}
 
     async def compile(self, stages: list[Stage], parallel: int | None = None) -> None:
         """Compile the dispatchers and every stage, at most `parallel` at a time."""
@@ -131,7 +162,7 @@ class Datapath:
 
     def _check_tables(self, job: Job, tables: dict) -> None:
         """The C declarations must match the Python mirrors the agent reads the maps with."""
-        known = {s.name: s for s in CORE_MAPS}
+        known = {s.name: s for s in self.core_map_specs}
         for maps in self.plugin_maps.values():
             known.update({m.spec.name: m.spec for m in maps.values()})
         for name, t in tables.items():
@@ -266,6 +297,9 @@ class Datapath:
             libbpf.prog_detach(fd, cg, attach_type)
         finally:
             os.close(fd)
+
+    def all_maps(self) -> list[PinnedMap]:
+        return [*self.maps.values(), *(m for maps in self.plugin_maps.values() for m in maps.values())]
 
     def dispatch_ids(self) -> dict[str, int]:
         return {attach: libbpf.prog_info(fd).id for attach, fd in self.dispatch_fds.items()}

@@ -4,6 +4,7 @@ with a log line, instead of being silently reused (bcc checks nothing)."""
 
 from __future__ import annotations
 
+import collections
 import ctypes as ct
 import os
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ class PinnedMap:
     def __init__(self, spec: MapSpec, path: Path, fd: int):
         self.spec, self.path, self.fd = spec, path, fd
         self._percpu = spec.type in libbpf.PERCPU_TYPES
+        #: (operation, outcome) -> count of the agent's writes (cilium_bpf_map_ops_total)
+        self.ops: collections.Counter = collections.Counter()
 
     @classmethod
     def open_or_create(cls, spec: MapSpec, directory: Path, log=None) -> PinnedMap:
@@ -96,15 +99,28 @@ class PinnedMap:
             return (self.spec.value * libbpf.possible_cpus())()
         return self.spec.value()
 
+    def _counted(self, operation: str, fn, *args):
+        try:
+            result = fn(self.fd, *args)
+        except OSError:
+            self.ops[(operation, "fail")] += 1
+            raise
+        self.ops[(operation, "success")] += 1
+        return result
+
     def get(self, key) -> Any | None:
         value = self._value_buffer()
         return value if libbpf.lookup(self.fd, key, value) else None
 
     def put(self, key, value, flags: int = libbpf.ANY) -> None:
-        libbpf.update(self.fd, key, value, flags)
+        self._counted("update", libbpf.update, key, value, flags)
 
     def delete(self, key) -> bool:
-        return libbpf.delete(self.fd, key)
+        return self._counted("delete", libbpf.delete, key)
+
+    def count(self) -> int:
+        """Entries in a hash-like map (for cilium_bpf_map_pressure)."""
+        return sum(1 for _ in self.keys())
 
     def keys(self) -> Iterator[Any]:
         key = None

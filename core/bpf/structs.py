@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
+import struct
 
 from pylium.core.bpf import libbpf
 from pylium.core.bpf.maps import MapSpec
@@ -13,14 +14,6 @@ SLOTS = 8
 ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER = 0, 1
 ATTACH_POINTS = {"from-container": ATTACH_FROM_CONTAINER, "to-container": ATTACH_TO_CONTAINER}
 EVENTS_BYTES = 1 << 22
-
-# Cilium's drop reasons (codes and metric label strings) used by our programs.
-DROP_REASONS = {
-    132: "Invalid source ip", 133: "Policy denied", 134: "Invalid packet", 140: "Missed tail call",
-    141: "Error writing to packet", 151: "Stale or unroutable IP", 158: "Service backend not found",
-    181: "Policy denied by denylist", 196: "TTL exceeded",
-}
-METRIC_DIRECTIONS = {1: "INGRESS", 2: "EGRESS"}
 
 
 class EndpointKey(ct.Structure):
@@ -83,14 +76,37 @@ class MetricsValue(ct.Structure):
     _fields_ = [("count", ct.c_uint64), ("bytes", ct.c_uint64)]
 
 
+CAPTURE_LEN = 128  # PYLIUM_CAPTURE_LEN
+
+
 class Event(ct.Structure):
     """One record of the events ring buffer (struct pylium_event)."""
 
-    _fields_ = [("type", ct.c_uint8), ("subtype", ct.c_uint8), ("src_ep", ct.c_uint16), ("dst_ep", ct.c_uint16),
-                ("dir", ct.c_uint8), ("flags", ct.c_uint8), ("ifindex", ct.c_uint32), ("hash", ct.c_uint32),
+    _fields_ = [("ts", ct.c_uint64), ("type", ct.c_uint8), ("subtype", ct.c_uint8), ("dir", ct.c_uint8),
+                ("trace_reason", ct.c_uint8), ("src_ep", ct.c_uint16), ("dst_ep", ct.c_uint16),
+                ("flags", ct.c_uint16), ("line", ct.c_uint16), ("ifindex", ct.c_uint32), ("hash", ct.c_uint32),
                 ("src_identity", ct.c_uint32), ("dst_identity", ct.c_uint32), ("orig_len", ct.c_uint32),
-                ("cap_len", ct.c_uint16), ("line", ct.c_uint16), ("rule_ids", ct.c_uint32 * 2),
-                ("ts", ct.c_uint64), ("data", ct.c_uint8 * 128)]
+                ("cap_len", ct.c_uint16), ("file", ct.c_uint8), ("pad", ct.c_uint8), ("rule_ids", ct.c_uint32 * 2),
+                ("pad2", ct.c_uint32), ("data", ct.c_uint8 * CAPTURE_LEN)]
+
+
+# The record's header, for decoding from raw bytes without a ctypes object per record (the hot
+# path): ts, type, subtype, dir, trace_reason, src_ep, dst_ep, flags, line, ifindex, hash,
+# src_identity, dst_identity, orig_len, cap_len, file, rule_ids[0], rule_ids[1].
+EVENT_HEADER = struct.Struct("=QBBBBHHHHIIIIIHBxIIxxxx")
+assert EVENT_HEADER.size == Event.data.offset
+
+
+class FlowKey(ct.Structure):
+    """struct flow_key: one direction of a connection (the trace_flows map)."""
+
+    _fields_ = [("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16), ("sport", ct.c_uint16),
+                ("dport", ct.c_uint16), ("proto", ct.c_uint8), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 2)]
+
+
+class FlowState(ct.Structure):
+    _fields_ = [("last_report", ct.c_uint64), ("flags_seen", ct.c_uint8), ("is_reply", ct.c_uint8),
+                ("pad", ct.c_uint8 * 6)]
 
 
 def mac_bytes(mac: str) -> ct.Array:
@@ -101,13 +117,21 @@ def mac_str(raw) -> str:
     return ":".join(f"{b:02x}" for b in bytes(raw))
 
 
-CORE_MAPS = [
-    MapSpec("endpoints", libbpf.MAP_HASH, EndpointKey, EndpointInfo, 65536),
-    MapSpec("lxc_by_ifindex", libbpf.MAP_HASH, ct.c_uint32, LxcInfo, 65536),
-    MapSpec("ipcache", libbpf.MAP_LPM_TRIE, IpcacheKey, IpcacheInfo, 512000, flags=libbpf.F_NO_PREALLOC),
-    MapSpec("metrics", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, MetricsValue, 1024, version=2),
-    MapSpec("calls_from_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
-    MapSpec("calls_to_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
-    MapSpec("slot_mask", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint32, 2),
-    MapSpec("events", libbpf.MAP_RINGBUF, None, None, EVENTS_BYTES),
-]
+def core_maps(events_bytes: int = EVENTS_BYTES) -> list[MapSpec]:
+    """The core's maps; the events ring buffer's size is configurable (bpf.events.ringBufferSize)."""
+    return [
+        MapSpec("endpoints", libbpf.MAP_HASH, EndpointKey, EndpointInfo, 65536),
+        MapSpec("lxc_by_ifindex", libbpf.MAP_HASH, ct.c_uint32, LxcInfo, 65536),
+        MapSpec("ipcache", libbpf.MAP_LPM_TRIE, IpcacheKey, IpcacheInfo, 512000, flags=libbpf.F_NO_PREALLOC),
+        MapSpec("metrics", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, MetricsValue, 1024, version=2),
+        MapSpec("calls_from_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
+        MapSpec("calls_to_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
+        MapSpec("slot_mask", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint32, 2),
+        MapSpec("trace_flows", libbpf.MAP_LRU_HASH, FlowKey, FlowState, 65536),
+        MapSpec("events_lost", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, ct.c_uint64, 1),
+        MapSpec("events_unsignalled", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, ct.c_uint32, 1),
+        MapSpec("events", libbpf.MAP_RINGBUF, None, None, events_bytes, version=2),
+    ]
+
+
+CORE_MAPS = core_maps()

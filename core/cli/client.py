@@ -6,7 +6,7 @@ import http.client
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 DEFAULT_RUN_DIR = Path("/var/run/pylium")
 API_SOCKET = "pylium.sock"
@@ -63,6 +63,36 @@ class Client:
             except ValueError:
                 data = raw.decode(errors="replace")
             return resp.status, data
+        finally:
+            conn.close()
+
+    def stream(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
+        """Lines of an NDJSON answer, decoded, as they arrive (no timeout between them)."""
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            try:
+                conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise AgentUnreachable(f"no pylium agent is running (cannot connect to {self.socket_path}: "
+                                       f"{e.strerror})") from None
+            except PermissionError:
+                raise AgentUnreachable(f"permission denied on {self.socket_path} (the API is root-only)") from None
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    data = json.loads(raw)
+                except ValueError:
+                    data = {"error": raw.decode(errors="replace")}
+                raise ApiFailure(resp.status, data.get("error") or f"HTTP {resp.status}", data)
+            conn.sock.settimeout(None)
+            for line in resp:
+                if line.strip():
+                    item = json.loads(line)
+                    if isinstance(item, dict) and set(item) == {"error"}:
+                        raise ApiFailure(500, item["error"], item)
+                    yield item
         finally:
             conn.close()
 

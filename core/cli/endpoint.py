@@ -106,6 +106,45 @@ def bpf_ipcache_list(client, output: str) -> None:
          for r in rows)))
 
 
+@bpf.group("metrics")
+def bpf_metrics() -> None:
+    """The datapath's packet counters (forwarded, and dropped per reason), per direction."""
+
+
+@bpf_metrics.command("list")
+@output_option
+@click.pass_obj
+def bpf_metrics_list(client, output: str) -> None:
+    """List the metrics map: REASON, DIRECTION, PACKETS, BYTES (summed over CPUs)."""
+    emit(client.get("/v1/bpf/metrics"), output, lambda rows: print_table(
+        ["REASON", "DESCRIPTION", "DIRECTION", "PACKETS", "BYTES"],
+        ([r["reason"], r["description"], r["direction"], r["packets"], r["bytes"]] for r in rows)))
+
+
+@click.group("metrics")
+def metrics() -> None:
+    """The agent's Prometheus metrics."""
+
+
+@metrics.command("list")
+@click.option("-p", "--pattern", default="", help="Only metrics whose name matches this regular expression.")
+@output_option
+@click.pass_obj
+def metrics_list(client, pattern: str, output: str) -> None:
+    """List every metric sample: METRIC, LABELS, VALUE."""
+    from urllib.parse import quote
+
+    rows = client.get("/v1/metrics" + (f"?pattern={quote(pattern)}" if pattern else ""))
+    emit(rows, output, lambda rows: print_table(
+        ["METRIC", "LABELS", "VALUE"],
+        ([r["name"], " ".join(f'{k}="{v}"' for k, v in sorted(r["labels"].items())), _number(r["value"])]
+         for r in rows)))
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
 @click.command("install-cni")
 @click.option("--conf-dir", type=click.Path(file_okay=False, path_type=Path), default="/etc/cni/net.d",
               show_default=True, help="Where the runtime reads CNI network configurations.")

@@ -111,10 +111,10 @@ def plugins(client: Client, output: str) -> None:
         ([p["start_order"], p["name"], p["version"], p["source"], ", ".join(p["hooks"])] for p in rows)))
 
 
-from pylium.core.cli.endpoint import bpf, endpoint, install_cni  # noqa: E402
+from pylium.core.cli.endpoint import bpf, endpoint, install_cni, metrics  # noqa: E402
 from pylium.core.cli.events import events  # noqa: E402
 
-for _command in (events, endpoint, bpf, install_cni):
+for _command in (events, endpoint, bpf, install_cni, metrics):
     main.add_command(_command)
 
 

@@ -179,3 +179,10 @@ def ensure_host_device(name: str, routers: list[str]) -> None:
         for ip, bits in have - want:
             if not ipaddress.ip_address(ip).is_link_local:
                 host.addr("del", index=idx, address=ip, prefixlen=bits)
+
+
+def node_addresses() -> set[str]:
+    """Global addresses of the node's own network namespace (reserved:host in the ipcache)."""
+    with IPRoute() as ipr:
+        return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()
+                if a["scope"] == 0 and a.get_attr("IFA_ADDRESS")}

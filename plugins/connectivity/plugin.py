@@ -53,6 +53,7 @@ class ConnectivityPlugin:
             netlink.sysctl("net/ipv6/conf/all/forwarding", "1")
             netlink.sysctl("net/ipv6/conf/default/accept_dad", "0")
         await self.refresh_blocks()
+        await self._host_addresses()
         ctx.log.info("connectivity ready", mtu=self.mtu, blocks=self._blocks)
         try:
             yield
@@ -88,6 +89,14 @@ class ConnectivityPlugin:
                 cluster = sorted({c for p in pools if p["family"] == fam for c in p["cidrs"]})
                 await anyio.to_thread.run_sync(masquerade.apply, self.ctx.node_name, family, mine, cluster, enabled)
             self._blocks = blocks
+
+    async def _host_addresses(self) -> None:
+        """The node's own addresses are reserved:host: traffic from them to a pod is the host's."""
+        ipcache = self.ctx.datapath.maps["ipcache"]
+        for ip in await anyio.to_thread.run_sync(netlink.node_addresses):
+            key = IpcacheKey.of(ip)
+            if ipcache.get(key) is None:
+                ipcache.put(key, IpcacheInfo(identity=ID_HOST))
 
     # ---- endpoints ------------------------------------------------------------------------
 

@@ -1,0 +1,50 @@
+"""Reading a BPF ring buffer through libbpf (ring_buffer__new / __consume), without bcc.
+
+The map's fd is pollable: an event loop watches it and calls `drain()` when it is readable.
+Each record is copied out as bytes, so the kernel's space is free as soon as `drain` returns."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+from pylium.core.bpf import libbpf
+
+_SampleFn = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_size_t)
+_lib = libbpf._lib
+_lib.ring_buffer__new.restype = ct.c_void_p
+_lib.ring_buffer__new.argtypes = [ct.c_int, _SampleFn, ct.c_void_p, ct.c_void_p]
+_lib.ring_buffer__consume.argtypes = [ct.c_void_p]
+_lib.ring_buffer__free.argtypes = [ct.c_void_p]
+
+
+class RingReader:
+    def __init__(self, map_fd: int):
+        self.fd = map_fd
+        self._batch: list[bytes] = []
+        string_at, append = ct.string_at, self._batch.append
+
+        def sample(_ctx, data, size) -> int:
+            append(string_at(data, size))
+            return 0
+
+        self._callback = _SampleFn(sample)  # kept referenced: libbpf calls it
+        self._rb = _lib.ring_buffer__new(map_fd, self._callback, None, None)
+        if not self._rb:
+            raise libbpf.BpfError(ct.get_errno(), "ring_buffer__new failed")
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def drain(self) -> list[bytes]:
+        """Every record available now, oldest first."""
+        ret = _lib.ring_buffer__consume(self._rb)
+        if ret < 0:
+            raise libbpf.BpfError(-ret, "ring_buffer__consume failed")
+        batch = self._batch[:]
+        self._batch.clear()
+        return batch
+
+    def close(self) -> None:
+        if self._rb:
+            _lib.ring_buffer__free(self._rb)
+            self._rb = None

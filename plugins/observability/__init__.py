@@ -1,0 +1,1 @@
+"""Observability plugin: Hubble-style flows, monitor stream, Cilium-compatible metrics."""
