@@ -74,6 +74,12 @@ class BareReader:
             poller.poll(100)
             self.count += len(self.reader.drain())
 
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join()
+        self.reader.close()
+        os.close(self.fd)
+
 
 def kernel_lost(pin_dir: Path) -> int:
     import ctypes as ct
@@ -154,7 +160,7 @@ def main() -> None:
                     bare = BareReader(pin_dir / "events_v2")
                     best, rows = ramp(client, probe, a, b_ip, lambda: bare.count, lambda: kernel_lost(pin_dir),
                                       args.ramp_seconds)
-                    bare.stop = True
+                    bare.close()
                     results[mode] = (None, best, rows)
             finally:
                 sink.kill()

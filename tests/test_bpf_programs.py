@@ -26,6 +26,7 @@ from pylium.core.bpf.ringbuf import RingReader
 from pylium.core.bpf.structs import (CORE_MAPS, EVENT_HEADER, EndpointInfo, EndpointKey, IpcacheInfo, IpcacheKey,
                                      LxcInfo, mac_bytes, metrics_index)
 from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
+from pylium.plugins.observability.plugin import flow_key
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 POD_A, POD_B, GATEWAY = "10.9.0.2", "10.9.0.3", "10.9.0.1"
@@ -238,3 +239,23 @@ def test_a_reply_is_recognised_from_the_opposite_direction(dp, events):
     assert back["subtype"] == 0 and back["trace_reason"] == 3  # to-endpoint, reply
     assert back["flags"] == monitor.EVENT_F_REPLY_KNOWN | monitor.EVENT_F_REPLY
     assert back["src_identity"] == 2 and back["dst_ep"] == 1  # world (not in the ipcache) to endpoint 1
+    # one entry for both directions, found by the reader's key (drops' is_reply)
+    key, direction = flow_key(reply)
+    state = dp.maps["trace_flows"].get(key)
+    assert state is not None and state.origin != direction and state.last_report[direction] > 0
+    assert flow_key(request)[0].sport == key.sport and flow_key(request)[1] != direction
+
+
+def test_the_reader_finds_the_monitors_entry_of_an_echo_request_and_its_reply(dp, events):
+    """flow_key() in the plugin mirrors flow_of() + flow_normalize(): the echo identifier as
+    both ports, for requests and replies alike (drops' is_reply depends on it)."""
+    outside = "192.0.2.51"
+    request = ether(HOST_A, MAC_A, 0x0800) + ipv4(POD_A, outside, icmp_echo(ident=4242))
+    reply = ether(MAC_A, HOST_A, 0x0800) + ipv4(outside, POD_A, b"\x00" + icmp_echo(ident=4242)[1:])
+    run(dp, "from-container", request)
+    events()
+    key, direction = flow_key(request)
+    state = dp.maps["trace_flows"].get(key)
+    assert state is not None and state.origin == direction
+    reply_key, reply_direction = flow_key(reply)
+    assert bytes(reply_key) == bytes(key) and reply_direction != direction

@@ -80,6 +80,9 @@
 #ifndef PYLIUM_DROP_EVENTS
 #define PYLIUM_DROP_EVENTS 1 /* bpf.events.drop.enabled */
 #endif
+#ifndef PYLIUM_POLICY_VERDICT_EVENTS
+#define PYLIUM_POLICY_VERDICT_EVENTS 1 /* bpf.events.policyVerdict.enabled: for the policy stages */
+#endif
 #ifndef PYLIUM_FILE_ID
 #define PYLIUM_FILE_ID 0 /* source file of a record when call sites are not numbered by the agent */
 #endif

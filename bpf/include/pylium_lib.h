@@ -97,23 +97,32 @@ static __always_inline int flow_of(struct __sk_buff *skb, struct flow_key *k, __
     return 1;
 }
 
-static __always_inline void flow_reverse(struct flow_key *r, const struct flow_key *k) {
-    __builtin_memcpy(r, k, sizeof(*r));
-    __builtin_memcpy(r->saddr, k->daddr, 16);
-    __builtin_memcpy(r->daddr, k->saddr, 16);
-    r->sport = k->dport;
-    r->dport = k->sport;
+/* Order a packet's key so that both directions of a connection have the same one: lower
+ * address first, then lower port. Returns the packet's direction index in flow_state (0 or 1). */
+static __always_inline __u8 flow_normalize(struct flow_key *k) {
+    __u64 s0, s1, d0, d1;
+    __builtin_memcpy(&s0, k->saddr, 8);
+    __builtin_memcpy(&s1, k->saddr + 8, 8);
+    __builtin_memcpy(&d0, k->daddr, 8);
+    __builtin_memcpy(&d1, k->daddr + 8, 8);
+    if (s0 < d0 || (s0 == d0 && (s1 < d1 || (s1 == d1 && k->sport <= k->dport))))
+        return 0;
+    __builtin_memcpy(k->saddr, &d0, 8);
+    __builtin_memcpy(k->saddr + 8, &d1, 8);
+    __builtin_memcpy(k->daddr, &s0, 8);
+    __builtin_memcpy(k->daddr + 8, &s1, 8);
+    __be16 port = k->sport;
+    k->sport = k->dport;
+    k->dport = port;
+    return 1;
 }
 
-/* EVENT_F_REPLY_KNOWN | EVENT_F_REPLY, without changing state: a direction is a reply when
- * the monitor saw the opposite direction first. */
+/* EVENT_F_REPLY_KNOWN | EVENT_F_REPLY, without changing state: a packet is a reply when the
+ * monitor saw the connection's other direction first. */
 static __always_inline __u16 reply_flags(struct flow_key *k) {
+    __u8 d = flow_normalize(k);
     struct flow_state *s = trace_flows.lookup(k);
-    if (s)
-        return EVENT_F_REPLY_KNOWN | (s->is_reply ? EVENT_F_REPLY : 0);
-    struct flow_key r;
-    flow_reverse(&r, k);
-    return EVENT_F_REPLY_KNOWN | (trace_flows.lookup(&r) ? EVENT_F_REPLY : 0);
+    return EVENT_F_REPLY_KNOWN | (s && s->origin != d ? EVENT_F_REPLY : 0);
 }
 
 /* ---- events --------------------------------------------------------------------------- */
@@ -188,32 +197,34 @@ static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u
         emit(skb, MSG_TRACE, obs, dir, TRACE_REASON_UNKNOWN, reply_flags(&k), ifindex, file, line);
         return;
     }
+    __u8 d = flow_normalize(&k);
     __u64 now = bpf_ktime_get_ns();
+    __u8 flags = tcp_flags & MONITOR_FLAGS;
     struct flow_state *s = trace_flows.lookup(&k);
-    int report = 1;
-    __u8 is_reply;
-    if (!s || (tcp_flags & 0x02)) { /* first packet, or a SYN: a new connection on this tuple */
-        struct flow_key r;
-        flow_reverse(&r, &k);
-        is_reply = trace_flows.lookup(&r) != 0;
-        struct flow_state fresh = {.last_report = now, .flags_seen = tcp_flags & MONITOR_FLAGS,
-                                   .is_reply = is_reply};
+    if (!s || (tcp_flags & 0x12) == 0x02) { /* unseen, or a SYN: a new connection on this tuple */
+        struct flow_state fresh = {.origin = d};
+        if (d) { /* constant indexes: the verifier rejects variable offsets into the stack */
+            fresh.last_report[1] = now;
+            fresh.flags_seen[1] = flags;
+        } else {
+            fresh.last_report[0] = now;
+            fresh.flags_seen[0] = flags;
+        }
         trace_flows.update(&k, &fresh);
-    } else {
-        is_reply = s->is_reply;
-        __u8 fresh_flags = tcp_flags & MONITOR_FLAGS & ~s->flags_seen;
-        if (MONITOR_AGGREGATION >= AGGREGATE_MEDIUM)
-            report = fresh_flags || now - s->last_report >= MONITOR_INTERVAL_NS;
-        if (fresh_flags)
-            s->flags_seen |= fresh_flags;
-        if (report)
-            s->last_report = now;
+        emit(skb, MSG_TRACE, obs, dir, TRACE_REASON_NEW, EVENT_F_REPLY_KNOWN, ifindex, file, line);
+        return;
     }
-    if (report) {
-        __u8 reason = is_reply ? TRACE_REASON_REPLY : (s ? TRACE_REASON_ESTABLISHED : TRACE_REASON_NEW);
-        emit(skb, MSG_TRACE, obs, dir, reason, EVENT_F_REPLY_KNOWN | (is_reply ? EVENT_F_REPLY : 0), ifindex, file,
-             line);
-    }
+    __u8 is_reply = d != s->origin;
+    __u64 *last = &s->last_report[d & 1];
+    __u8 *seen = &s->flags_seen[d & 1];
+    __u8 fresh_flags = flags & ~*seen;
+    /* the first packet of a direction, and below medium every packet, is reported */
+    if (*last && MONITOR_AGGREGATION >= AGGREGATE_MEDIUM && !fresh_flags && now - *last < MONITOR_INTERVAL_NS)
+        return;
+    *seen |= fresh_flags;
+    *last = now;
+    emit(skb, MSG_TRACE, obs, dir, is_reply ? TRACE_REASON_REPLY : TRACE_REASON_ESTABLISHED,
+         EVENT_F_REPLY_KNOWN | (is_reply ? EVENT_F_REPLY : 0), ifindex, file, line);
 #endif
 }
 /* TRACE: at the packet's device; TRACE_DEV: naming another device (where it is delivered).

@@ -29,9 +29,9 @@ BPF_TABLE_PINNED("prog", __u32, __u32, calls_to_container, PYLIUM_SLOTS,
  * call into an occupied one is a counted drop. */
 BPF_TABLE_PINNED("array", __u32, __u32, slot_mask, 2, PYLIUM_CORE_PIN "/slot_mask_v1");
 
-/* Connections the monitor has seen, per direction (trace aggregation, is_reply). */
+/* Connections the monitor has seen, one entry for both directions (trace aggregation, is_reply). */
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_state, trace_flows, 65536,
-                 PYLIUM_CORE_PIN "/trace_flows_v1");
+                 PYLIUM_CORE_PIN "/trace_flows_v2");
 
 /* Records the events ring buffer had no room for, per CPU (reported as lost events). */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, events_lost, 1, PYLIUM_CORE_PIN "/events_lost_v1");

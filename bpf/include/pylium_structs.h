@@ -75,7 +75,8 @@ struct pylium_event {
     __u8 data[PYLIUM_CAPTURE_LEN];
 };
 
-/* One direction of a connection, as seen by the monitor: for aggregation and is_reply. */
+/* A connection as the monitor sees it: the key is a packet's addresses and ports with the
+ * lower address (then port) first, so both directions share one entry (flow_normalize). */
 struct flow_key {
     __u8 saddr[16];
     __u8 daddr[16];
@@ -86,9 +87,11 @@ struct flow_key {
     __u8 pad[2];
 };
 
+/* Per direction (index: flow_normalize's result): when a trace was last reported (0: never)
+ * and the TCP flags reported so far. `origin`: the direction seen first; the other one replies. */
 struct flow_state {
-    __u64 last_report;  /* when a trace of this direction was last reported */
-    __u8 flags_seen;    /* TCP flags reported so far */
-    __u8 is_reply;
-    __u8 pad[6];
+    __u64 last_report[2];
+    __u8 flags_seen[2];
+    __u8 origin;
+    __u8 pad[5];
 };

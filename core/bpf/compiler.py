@@ -51,7 +51,9 @@ _REPORT = re.compile(r"\b(DROP|TRACE|TRACE_DEV)\(")
 
 def file_id(path: Path) -> int:
     name = str(path.relative_to(BPF_DIR)) if path.is_relative_to(BPF_DIR) else str(path)
-    return _FILE_IDS.setdefault(name, len(_FILE_IDS) % 255 + 1)
+    if name not in _FILE_IDS and len(_FILE_IDS) >= 255:  # records carry the number in one byte
+        raise ValueError(f"{name}: more than 255 BPF source files report events")
+    return _FILE_IDS.setdefault(name, len(_FILE_IDS) + 1)
 
 
 def source_files() -> dict[int, str]:

@@ -38,6 +38,7 @@ class MonitorSettings:
     tcp_flags: int = 0x07  # syn, fin, rst
     trace_events: bool = True
     drop_events: bool = True
+    policy_verdict_events: bool = True
     events_bytes: int = EVENTS_BYTES
 
     @classmethod
@@ -46,12 +47,14 @@ class MonitorSettings:
 
         return cls(bpf.aggregation_level(), int(parse_duration(bpf.monitorAggregationInterval) * 1e9),
                    bpf.tcp_flag_mask(), bpf.events.trace.enabled, bpf.events.drop.enabled,
-                   bpf.events.ringBufferSize)
+                   bpf.events.policyVerdict.enabled, bpf.events.ringBufferSize)
 
     def defines(self) -> dict[str, str]:
         return {"MONITOR_AGGREGATION": str(self.aggregation), "MONITOR_INTERVAL_NS": f"{self.interval_ns}ULL",
                 "MONITOR_FLAGS": str(self.tcp_flags), "PYLIUM_TRACE_EVENTS": str(int(self.trace_events)),
-                "PYLIUM_DROP_EVENTS": str(int(self.drop_events)), "PYLIUM_EVENTS_BYTES": str(self.events_bytes)}
+                "PYLIUM_DROP_EVENTS": str(int(self.drop_events)),
+                "PYLIUM_POLICY_VERDICT_EVENTS": str(int(self.policy_verdict_events)),
+                "PYLIUM_EVENTS_BYTES": str(self.events_bytes)}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import ctypes as ct
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +120,9 @@ class PinnedMap:
         return self._counted("delete", libbpf.delete, key)
 
     def count(self) -> int:
-        """Entries in a hash-like map (for cilium_bpf_map_pressure)."""
-        return sum(1 for _ in self.keys())
+        """Entries in a hash-like map (for cilium_bpf_map_pressure). At most max_entries keys
+        are walked: a walk of a busy LRU map restarts when its current key is evicted."""
+        return sum(1 for _ in itertools.islice(self.keys(), self.spec.max_entries))
 
     def keys(self) -> Iterator[Any]:
         key = None

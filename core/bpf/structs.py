@@ -98,15 +98,15 @@ assert EVENT_HEADER.size == Event.data.offset
 
 
 class FlowKey(ct.Structure):
-    """struct flow_key: one direction of a connection (the trace_flows map)."""
+    """struct flow_key: a connection, lower address (then port) first (the trace_flows map)."""
 
     _fields_ = [("saddr", ct.c_uint8 * 16), ("daddr", ct.c_uint8 * 16), ("sport", ct.c_uint16),
                 ("dport", ct.c_uint16), ("proto", ct.c_uint8), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 2)]
 
 
 class FlowState(ct.Structure):
-    _fields_ = [("last_report", ct.c_uint64), ("flags_seen", ct.c_uint8), ("is_reply", ct.c_uint8),
-                ("pad", ct.c_uint8 * 6)]
+    _fields_ = [("last_report", ct.c_uint64 * 2), ("flags_seen", ct.c_uint8 * 2), ("origin", ct.c_uint8),
+                ("pad", ct.c_uint8 * 5)]
 
 
 def mac_bytes(mac: str) -> ct.Array:
@@ -127,7 +127,7 @@ def core_maps(events_bytes: int = EVENTS_BYTES) -> list[MapSpec]:
         MapSpec("calls_from_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
         MapSpec("calls_to_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
         MapSpec("slot_mask", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint32, 2),
-        MapSpec("trace_flows", libbpf.MAP_LRU_HASH, FlowKey, FlowState, 65536),
+        MapSpec("trace_flows", libbpf.MAP_LRU_HASH, FlowKey, FlowState, 65536, version=2),
         MapSpec("events_lost", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, ct.c_uint64, 1),
         MapSpec("events_unsignalled", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, ct.c_uint32, 1),
         MapSpec("events", libbpf.MAP_RINGBUF, None, None, events_bytes, version=2),

@@ -44,20 +44,23 @@ class Client:
     def for_run_dir(cls, run_dir: str | Path, timeout: float = 30.0) -> Client:
         return cls(Path(run_dir) / API_SOCKET, timeout)
 
+    def _send(self, conn: _UnixConnection, method: str, path: str, body: Any) -> http.client.HTTPResponse:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            return conn.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise AgentUnreachable(f"no pylium agent is running (cannot connect to {self.socket_path}: "
+                                   f"{e.strerror})") from None
+        except PermissionError:
+            raise AgentUnreachable(f"permission denied on {self.socket_path} (the API is root-only)") from None
+
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         conn = _UnixConnection(self.socket_path, self.timeout)
         try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            try:
-                conn.request(method, path, body=payload, headers=headers)
-                resp = conn.getresponse()
-                raw = resp.read()
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                raise AgentUnreachable(f"no pylium agent is running (cannot connect to {self.socket_path}: "
-                                       f"{e.strerror})") from None
-            except PermissionError:
-                raise AgentUnreachable(f"permission denied on {self.socket_path} (the API is root-only)") from None
+            resp = self._send(conn, method, path, body)
+            raw = resp.read()
             try:
                 data = json.loads(raw) if raw else None
             except ValueError:
@@ -70,15 +73,7 @@ class Client:
         """Lines of an NDJSON answer, decoded, as they arrive (no timeout between them)."""
         conn = _UnixConnection(self.socket_path, self.timeout)
         try:
-            payload = json.dumps(body).encode() if body is not None else None
-            try:
-                conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                raise AgentUnreachable(f"no pylium agent is running (cannot connect to {self.socket_path}: "
-                                       f"{e.strerror})") from None
-            except PermissionError:
-                raise AgentUnreachable(f"permission denied on {self.socket_path} (the API is root-only)") from None
+            resp = self._send(conn, method, path, body)
             if resp.status >= 400:
                 raw = resp.read()
                 try:

@@ -115,7 +115,7 @@ def bpf_metrics() -> None:
 @output_option
 @click.pass_obj
 def bpf_metrics_list(client, output: str) -> None:
-    """List the metrics map: REASON, DIRECTION, PACKETS, BYTES (summed over CPUs)."""
+    """List the metrics map: REASON, DESCRIPTION, DIRECTION, PACKETS, BYTES (summed over CPUs)."""
     emit(client.get("/v1/bpf/metrics"), output, lambda rows: print_table(
         ["REASON", "DESCRIPTION", "DIRECTION", "PACKETS", "BYTES"],
         ([r["reason"], r["description"], r["direction"], r["packets"], r["bytes"]] for r in rows)))

@@ -31,7 +31,7 @@ _ICMP6_NAMES = {1: "DestinationUnreachable", 2: "PacketTooBig", 3: "TimeExceeded
 RESERVED_IDENTITIES = {1: "reserved:host", 2: "reserved:world", 3: "reserved:unmanaged", 4: "reserved:health",
                        5: "reserved:init", 6: "reserved:remote-node", 7: "reserved:kube-apiserver",
                        8: "reserved:ingress"}
-ID_HOST, ID_WORLD = 1, 2
+ID_WORLD = 2
 VERDICTS = {m.MSG_DROP: "DROPPED", m.MSG_TRACE: "FORWARDED"}
 DIRECTIONS = {1: "INGRESS", 2: "EGRESS"}
 
@@ -67,7 +67,7 @@ class Decoder:
     the plugin from endpoint events; `identity_of(ip)` answers for other addresses."""
 
     def __init__(self, node_name: str, identity_of: Callable[[str], int], source_files: dict[int, str],
-                 reply_of: Callable[[IP, Layer4 | None], bool | None] = lambda ip, l4: None):
+                 reply_of: Callable[[bytes], bool | None] = lambda packet: None):
         self.node_name = node_name
         self.identity_of = identity_of
         self.reply_of = reply_of  # drops: the datapath leaves is_reply to the reader
@@ -97,14 +97,15 @@ class Decoder:
         (ts, mtype, subtype, direction, reason, src_ep, dst_ep, flags, line, ifindex, _hash, src_id, dst_id,
          _orig_len, cap_len, file_id, _rule0, _rule1) = EVENT_HEADER.unpack_from(raw)
         self._count += 1
-        ethernet, ip, l4, summary = self._headers(raw[HEADER_SIZE:HEADER_SIZE + cap_len])
+        packet = raw[HEADER_SIZE:HEADER_SIZE + cap_len]
+        ethernet, ip, l4, summary = self._headers(packet)
         src_ip, dst_ip = (ip.source, ip.destination) if ip is not None else ("", "")
         is_reply = bool(flags & m.EVENT_F_REPLY) if flags & m.EVENT_F_REPLY_KNOWN else None
         if mtype == m.MSG_DROP:
             desc = m.drop_reason(subtype)[0]
             point, trace_reason = "UNKNOWN_POINT", "TRACE_REASON_UNKNOWN"
             if ip is not None:
-                is_reply = self.reply_of(ip, l4)
+                is_reply = self.reply_of(packet)
         else:
             desc = "DROP_REASON_UNKNOWN"
             point = m.OBSERVATION_POINTS.get(subtype, ("", "UNKNOWN_POINT"))[1]

@@ -250,7 +250,6 @@ ONE_SIDED = {"from-pod": "source_pod", "to-pod": "destination_pod", "from-namesp
              "protocol": "protocol", "verdict": "verdict", "drop-reason-desc": "drop_reason_desc",
              "traffic-direction": "traffic_direction", "node-name": "node_name", "uuid": "uuid",
              "type": "event_type"}
-FILTER_FLAGS = set(TWO_SIDED) | set(ONE_SIDED) | {"not"}
 
 
 def _value(flag: str, value: str):

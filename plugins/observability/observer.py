@@ -86,11 +86,14 @@ class Observer:
 
     async def follow(self, followers: set[Follower], accept: Callable[[Any], bool],
                      disconnected: Callable[[], bool], until: str = "",
-                     wrap_lost: Callable[[LostEvents], Any] = lambda r: r) -> AsyncIterator[list]:
+                     wrap_lost: Callable[[LostEvents], Any] = lambda r: r,
+                     follower: Follower | None = None) -> AsyncIterator[list]:
         """Batches of records as they arrive, until the client goes away (checked every
-        second). A follower that falls behind gets a lost-events notice (HUBBLE_RING_BUFFER)."""
-        follower = Follower(accept)
-        followers.add(follower)
+        second). A follower that falls behind gets a lost-events notice (HUBBLE_RING_BUFFER).
+        Pass a `follower` already in `followers` to receive what arrived since it was added."""
+        if follower is None:
+            follower = Follower(accept)
+            followers.add(follower)
         try:
             while not disconnected():
                 batch = await follower.next_batch(1.0)

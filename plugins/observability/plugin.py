@@ -17,6 +17,7 @@ import collections
 import ctypes as ct
 import ipaddress
 import socket
+import struct
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,7 +25,9 @@ from typing import Any
 import anyio
 import msgspec
 
-from pylium.core.bpf.monitor import MESSAGE_TYPES, OBSERVATION_POINTS, POLICY_MATCH_TYPES, TRACE_REASONS, drop_reason
+from pylium.core.bpf.monitor import (EVENT_F_ALLOWED, EVENT_F_AUDIT, EVENT_F_REDIRECT, MESSAGE_TYPES, MSG_DROP,
+                                     MSG_POLICY_VERDICT, MSG_TRACE, OBSERVATION_POINTS, POLICY_MATCH_TYPES,
+                                     TRACE_REASONS, drop_reason)
 from pylium.core.bpf.ringbuf import RingReader
 from pylium.core.bpf.structs import EVENT_HEADER, FlowKey, IpcacheKey
 from pylium.core.hookspecs import hookimpl
@@ -35,7 +38,7 @@ from pylium.plugins.observability.decode import ID_WORLD, Decoder
 from pylium.plugins.observability.filters import FilterError, FlowFilter, compile_lists
 from pylium.plugins.observability.flow import Endpoint, Flow, FlowRecord, LostEvents
 from pylium.plugins.observability.metrics import HubbleMetrics, endpoint_name
-from pylium.plugins.observability.observer import Observer
+from pylium.plugins.observability.observer import Follower, Observer
 from pylium.plugins.observability.servicemap import ServiceMap
 
 BATCH = 512  # records decoded per turn of the event loop
@@ -139,6 +142,8 @@ class ObservabilityPlugin:
             finally:
                 self._loop.remove_reader(self.reader.fileno())
                 self.reader.close()
+                self.reader = None  # a _process already scheduled finds nothing to do
+                self.pending.clear()
         finally:
             ctx.metrics.unregister(self.metrics)
             self.ctx = None
@@ -165,6 +170,8 @@ class ObservabilityPlugin:
 
     def _process(self) -> None:
         self._scheduled = False
+        if self.reader is None:
+            return
         pending, decode, emit = self.pending, self.decoder.decode, self._emit
         for _ in range(min(BATCH, len(pending))):
             raw = pending.popleft()
@@ -204,7 +211,10 @@ class ObservabilityPlugin:
         """The BPF side counts records the ring had no room for; report what grew. The count
         already reported survives restarts in the plugin's state directory."""
         state = self.ctx.plugin_state_dir / "events_lost_reported"
-        reported = int(state.read_text()) if state.exists() else 0
+        try:
+            reported = int(state.read_text())
+        except (OSError, ValueError):
+            reported = 0
         while True:
             values = lost_map.get(ct.c_uint32(0))
             total = sum(values) if values is not None else 0
@@ -213,7 +223,9 @@ class ObservabilityPlugin:
             if total > reported:
                 self._count_loss("PERF_EVENT_RING_BUFFER", total - reported)
                 reported = total
-                state.write_text(str(reported))
+                partial = state.with_suffix(".tmp")
+                partial.write_text(str(reported))
+                partial.replace(state)
             await anyio.sleep(LOSS_POLL_SECONDS)
 
     async def _follow_endpoints(self) -> None:
@@ -257,17 +269,17 @@ class ObservabilityPlugin:
             self._identities[ip] = identity
         return identity
 
-    def reply_of(self, ip, l4) -> bool | None:
+    def reply_of(self, packet: bytes) -> bool | None:
         """Is a dropped packet a reply? The monitor's connection table says (trace_flows): it
-        is when the opposite direction was seen first."""
+        is when the connection's other direction was seen first; a connection the monitor never
+        saw starts with this packet (Hubble prints such drops as `src -> dst`)."""
         flows = self.ctx.datapath.maps["trace_flows"] if self.ctx and self.ctx.datapath else None
-        if flows is None:
+        found = flow_key(packet) if flows is not None else None
+        if found is None:
             return None
-        key = flow_key(ip, l4)
+        key, direction = found
         state = flows.get(key)
-        if state is not None:
-            return bool(state.is_reply)
-        return flows.get(flow_key(ip, l4, reverse=True)) is not None
+        return state is not None and state.origin != direction
 
     # ---- API --------------------------------------------------------------------------------
 
@@ -283,8 +295,6 @@ class ObservabilityPlugin:
             match = compile_lists(q.whitelist, q.blacklist)
         except (msgspec.ValidationError, FilterError) as e:
             raise ApiError(400, f"flow request: {e}") from None
-        records = [] if q.follow and not q.number else observer.query(
-            match, number=q.number, first=q.first, since=q.since, until=q.until)
         node = self.ctx.node_name
 
         def line(r) -> bytes:
@@ -296,11 +306,21 @@ class ObservabilityPlugin:
             return isinstance(r, LostEvents) or ((not q.since or r.time >= q.since) and match(r))
 
         async def stream():
-            if records:
-                yield b"".join(line(r) for r in records)
-            if q.follow:
-                async for batch in observer.follow(observer.flow_followers, accept, req.disconnected, q.until):
-                    yield b"".join(line(r) for r in batch)
+            # follow first, then read the history, with no await between: nothing falls in a gap
+            follower = Follower(accept) if q.follow else None
+            if follower is not None:
+                observer.flow_followers.add(follower)
+            try:
+                records = [] if q.follow and not q.number else observer.query(
+                    match, number=q.number, first=q.first, since=q.since, until=q.until)
+                if records:
+                    yield b"".join(line(r) for r in records)
+                if follower is not None:
+                    async for batch in observer.follow(observer.flow_followers, accept, req.disconnected, q.until,
+                                                       follower=follower):
+                        yield b"".join(line(r) for r in batch)
+            finally:
+                observer.flow_followers.discard(follower)
 
         return stream()
 
@@ -343,22 +363,34 @@ class ObservabilityPlugin:
                 "uptime_seconds": round(time.time() - self.started, 1)}
 
 
-def flow_key(ip, l4, reverse: bool = False) -> FlowKey:
-    """The datapath's struct flow_key of a flow's packet (or of the opposite direction)."""
-    src, dst = ipaddress.ip_address(ip.source).packed, ipaddress.ip_address(ip.destination).packed
-    sport = dport = proto = 0
-    if l4 is not None:
-        x = l4.TCP or l4.UDP
-        if x is not None:
-            sport, dport, proto = x.source_port, x.destination_port, 6 if l4.TCP else 17
-        else:
-            proto = 1 if l4.ICMPv4 else 58
-    if reverse:
+def flow_key(packet: bytes) -> tuple[FlowKey, int] | None:
+    """The datapath's struct flow_key of a captured packet and the packet's direction index,
+    as flow_of() and flow_normalize() in pylium_lib.h compute them; None for what is not IP."""
+    ethertype = packet[12:14]
+    if ethertype == b"\x08\x00" and len(packet) >= 34:
+        src, dst, proto, family = packet[26:30], packet[30:34], packet[23], 4
+        fragment = struct.unpack_from("!H", packet, 20)[0] & 0x1FFF
+        l4 = 14 + (packet[14] & 0x0F) * 4
+    elif ethertype == b"\x86\xdd" and len(packet) >= 54:
+        src, dst, proto, family, fragment, l4 = packet[22:38], packet[38:54], packet[20], 6, 0, 54
+    else:
+        return None
+    ports = b"\0\0\0\0"
+    if fragment:
+        pass  # a later fragment: no ports
+    elif proto in (6, 17) and len(packet) >= l4 + (14 if proto == 6 else 4):
+        ports = packet[l4:l4 + 4]
+    elif proto in (1, 58) and len(packet) >= l4 + 6 and packet[l4] in (0, 8, 128, 129):
+        ports = packet[l4 + 4:l4 + 6] * 2  # echo: the identifier in both ports
+    sport, dport = struct.unpack("=HH", ports)  # as stored: network order, compared as loaded
+    direction = int((struct.unpack("<QQ", src.ljust(16, b"\0")), sport) >
+                    (struct.unpack("<QQ", dst.ljust(16, b"\0")), dport))
+    if direction:
         src, dst, sport, dport = dst, src, dport, sport
-    key = FlowKey(sport=socket.htons(sport), dport=socket.htons(dport), proto=proto, family=4 if len(src) == 4 else 6)
+    key = FlowKey(sport=sport, dport=dport, proto=proto, family=family)
     ct.memmove(key.saddr, src, len(src))
     ct.memmove(key.daddr, dst, len(dst))
-    return key
+    return key, direction
 
 
 def _now() -> str:
@@ -380,13 +412,14 @@ def _monitor_event(record: Any, raw: bytes | None) -> dict:
           "origLen": orig_len, "direction": record.traffic_direction, "summary": render.packet_summary(flow)}
     if record.is_reply is not None:
         ev["isReply"] = record.is_reply
-    if mtype == 1:
+    if mtype == MSG_DROP:
         ev.update(reason=subtype, reasonDesc=drop_reason(subtype)[1],
                   file=record.file.name if record.file else "", line=line)
-    elif mtype == 4:
+    elif mtype == MSG_TRACE:
         ev.update(observationPoint=OBSERVATION_POINTS.get(subtype, (str(subtype),))[0],
                   state=TRACE_REASONS.get(reason, "unknown").lower().replace("trace_reason_", ""))
-    elif mtype == 5:
-        action = "redirect" if flags & 0x10 else "audit" if flags & 0x8 else "allow" if flags & 0x4 else "deny"
+    elif mtype == MSG_POLICY_VERDICT:
+        action = ("redirect" if flags & EVENT_F_REDIRECT else "audit" if flags & EVENT_F_AUDIT
+                  else "allow" if flags & EVENT_F_ALLOWED else "deny")
         ev.update(action=action, match=POLICY_MATCH_TYPES.get(subtype, "none"), ruleIds=[r for r in (rule0, rule1) if r])
     return ev

@@ -122,7 +122,7 @@ def monitor_line(ev: dict) -> str:
                 f"match {ev['match']}, {ev['summary']}")
     point = ev["observationPoint"]
     head = "->" if point.startswith("to-") else "<-"
-    what = point.split("-", 1)[1]
+    what = point.split("-", 1)[-1]  # an unknown point is its number
     target = f" {ev['destination'] if head == '->' else ev['source']}" if what == "endpoint" else ""
     return (f"{head} {what}{target} flow {ev['hash']:#x} , {ident} state {ev['state']} ifindex {ifname} "
             f"orig-len {ev['origLen']}: {ev['summary']}")
