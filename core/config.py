@@ -119,6 +119,18 @@ class BpfSettings(Section):
                                    "reported (comma-separated syn, fin, rst, psh, ack, urg, ece, cwr, or all). "
                                    "Alias: bpf.monitorFlags.")
     events: BpfEventsSettings = Field(default_factory=BpfEventsSettings)
+    policyMapMax: int = Field(16384, ge=256, le=65536, description="Policy entries one endpoint may have "
+                                                                  "(256-65536); more is a policy map overflow.")
+    ctTcpTimeout: str = Field("2h13m20s", description="How long an idle TCP connection policy allowed stays "
+                                                     "allowed without a new policy decision.")
+    ctAnyTimeout: str = Field("1m", description="The same for UDP, ICMP and other protocols.")
+
+    @field_validator("ctTcpTimeout", "ctAnyTimeout")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if parse_duration(v) <= 0:
+            raise ValueError("must be a positive duration, for example 60s")
+        return v
 
     @field_validator("monitorAggregation")
     @classmethod

@@ -392,7 +392,9 @@ class EndpointManager:
 
     def _is_endpoint_identity(self, key) -> bool:
         value = self.agent.datapath.maps["ipcache"].get(key)
-        return value is not None and value.identity not in (1, 2)  # host and world entries are not ours
+        # endpoint identities are the reserved init one and allocated ones (256 .. 2^24-1): host,
+        # world and node-local CIDR identities (from 2^24, the policy plugin's) are not ours
+        return value is not None and (value.identity == ID_INIT or 256 <= value.identity < 1 << 24)
 
 
 def _netns_matches(ep: Endpoint) -> bool:

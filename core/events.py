@@ -249,6 +249,16 @@ class IpamPoolExhausted(Event):
     total: int
 
 
+@state("policy.changed", family="policy", key="node", owner="policy")
+class PolicyChanged(Event):
+    """The policy in force on a node changed: its revision, and the name of every rule by the
+    id datapath records carry (flows' ingress_allowed_by, egress_denied_by ...)."""
+
+    node: str
+    revision: int
+    rules: dict[str, str]  # rule id -> "Kind/namespace/name"
+
+
 # ============================================================================================
 # Encoding helpers
 # ============================================================================================

@@ -66,6 +66,8 @@ class _DatapathCollector:
                 ops.add_metric([m.spec.name, operation, outcome], n)
             if TYPE_NAMES.get(m.spec.type) in _PRESSURE_TYPES and m.fd >= 0:
                 pressure.add_metric([m.spec.name], m.count() / m.spec.max_entries)
+        for name, ratio in sorted(dp.pressure.items()):
+            pressure.add_metric([name], ratio)
         yield ops
         yield pressure
 

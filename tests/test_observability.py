@@ -196,7 +196,9 @@ def test_flows_between_pods_carry_hubbles_fields(star):
     assert f["verdict"] == "FORWARDED" and f["Type"] == "L3_L4" and f["node_name"] == lab.dirs.node
     assert f["IP"] == {"source": a.ip, "destination": b.ip, "ipVersion": "IPv4"}
     assert f["l4"]["TCP"]["destination_port"] == 80 and f["l4"]["TCP"]["source_port"] > 1024
-    assert f["source"] == {"ID": a.endpoint["id"], "identity": 5, "cluster_name": "default", "namespace": "default",
+    assert a.endpoint["identity"] >= 256, "the policy plugin gives labelled pods an identity"
+    assert f["source"] == {"ID": a.endpoint["id"], "identity": a.endpoint["identity"], "cluster_name": "default",
+                           "namespace": "default",
                            "labels": ["k8s:app=xwing", "k8s:io.kubernetes.pod.namespace=default",
                                       "k8s:org=alliance"], "pod_name": "xwing"}
     assert f["destination"]["ID"] == b.endpoint["id"] and f["destination"]["pod_name"] == "deathstar"

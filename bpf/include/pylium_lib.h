@@ -81,7 +81,7 @@ static __always_inline int flow_of(struct __sk_buff *skb, struct flow_key *k, __
             return 1;
         __builtin_memcpy(&k->sport, l4h, 4); /* source and destination port */
         *tcp_flags = l4h[13];
-    } else if (k->proto == IPPROTO_UDP) {
+    } else if (k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP) {
         if ((void *)(l4h + 4) > data_end)
             return 1;
         __builtin_memcpy(&k->sport, l4h, 4);
@@ -127,8 +127,9 @@ static __always_inline __u16 reply_flags(struct flow_key *k) {
 
 /* ---- events --------------------------------------------------------------------------- */
 
-static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 subtype, __u8 dir, __u8 reason,
-                                 __u16 flags, __u32 ifindex, __u8 file, __u16 line) {
+static __always_inline void emit_rules(struct __sk_buff *skb, __u8 type, __u8 subtype, __u8 dir, __u8 reason,
+                                       __u16 flags, __u32 ifindex, __u8 file, __u16 line, __u32 rule0,
+                                       __u32 rule1) {
     struct pylium_event *e = events.ringbuf_reserve(sizeof(struct pylium_event));
     if (!e) {
         __u32 zero = 0;
@@ -154,8 +155,8 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 subtype,
     e->orig_len = len;
     e->file = file;
     e->pad = 0;
-    e->rule_ids[0] = 0;
-    e->rule_ids[1] = 0;
+    e->rule_ids[0] = rule0;
+    e->rule_ids[1] = rule1;
     e->pad2 = 0;
     if (len > PYLIUM_CAPTURE_LEN)
         len = PYLIUM_CAPTURE_LEN;
@@ -172,6 +173,11 @@ static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 subtype,
         wake = RB_FORCE_WAKEUP;
     }
     events.ringbuf_submit(e, wake);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, __u8 type, __u8 subtype, __u8 dir, __u8 reason,
+                                 __u16 flags, __u32 ifindex, __u8 file, __u16 line) {
+    emit_rules(skb, type, subtype, dir, reason, flags, ifindex, file, line, 0, 0);
 }
 
 static __always_inline int rx_point(__u8 obs) {
@@ -244,6 +250,30 @@ static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir, __
 }
 #define DROP_AT(file, line, skb, reason, dir) drop(skb, reason, dir, file, line)
 #define DROP(skb, reason, dir) DROP_AT(PYLIUM_FILE_ID, __LINE__, skb, reason, dir)
+
+/* A policy drop: the record names the rules that denied (0: none, the default deny). */
+static __always_inline int policy_drop(struct __sk_buff *skb, __u8 reason, __u8 dir, __u32 rule0, __u32 rule1,
+                                       __u8 file, __u16 line) {
+    count(skb, reason, dir);
+#if PYLIUM_DROP_EVENTS
+    emit_rules(skb, MSG_DROP, reason, dir, TRACE_REASON_UNKNOWN, 0, skb->ifindex, file, line, rule0, rule1);
+#endif
+    return TC_ACT_SHOT;
+}
+#define POLICY_DROP_AT(file, line, skb, reason, dir, r0, r1) policy_drop(skb, reason, dir, r0, r1, file, line)
+#define POLICY_DROP(skb, reason, dir, r0, r1) POLICY_DROP_AT(PYLIUM_FILE_ID, __LINE__, skb, reason, dir, r0, r1)
+
+/* A policy verdict for a connection the policy just decided on (allowed, audited). */
+static __always_inline void policy_verdict(struct __sk_buff *skb, __u8 match, __u8 dir, __u16 flags, __u32 rule0,
+                                           __u32 rule1, __u8 file, __u16 line) {
+#if PYLIUM_POLICY_VERDICT_EVENTS
+    emit_rules(skb, MSG_POLICY_VERDICT, match, dir, TRACE_REASON_NEW, flags, skb->ifindex, file, line, rule0, rule1);
+#endif
+}
+#define POLICY_VERDICT_AT(file, line, skb, match, dir, flags, r0, r1) \
+    policy_verdict(skb, match, dir, flags, r0, r1, file, line)
+#define POLICY_VERDICT(skb, match, dir, flags, r0, r1) \
+    POLICY_VERDICT_AT(PYLIUM_FILE_ID, __LINE__, skb, match, dir, flags, r0, r1)
 
 /* ---- tail-call chains ------------------------------------------------------------------ */
 

@@ -46,7 +46,7 @@ class Job:
 _FILE_IDS: dict[str, int] = {}
 # DROP(...) / TRACE(...) / TRACE_DEV(...) call sites get their file and line written in: __LINE__ would count
 # the lines of the text bcc rewrites (it adds lines), not the file's.
-_REPORT = re.compile(r"\b(DROP|TRACE|TRACE_DEV)\(")
+_REPORT = re.compile(r"\b(DROP|TRACE|TRACE_DEV|POLICY_DROP|POLICY_VERDICT)\(")
 
 
 def file_id(path: Path) -> int:

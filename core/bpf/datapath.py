@@ -74,6 +74,9 @@ class Datapath:
         self.log = log
         self.monitor = monitor
         self.core_map_specs = core_maps(monitor.events_bytes)
+        #: fill ratios plugins report for parts of maps (an endpoint's share of the policy map),
+        #: served as cilium_bpf_map_pressure{map_name}
+        self.pressure: dict[str, float] = {}
         self.maps: dict[str, PinnedMap] = {}  # core maps by C name
         self.plugin_maps: dict[str, dict[str, PinnedMap]] = {}
         self.dispatch_fds: dict[str, int] = {}

@@ -129,6 +129,22 @@ def update(fd: int, key, value, flags: int = ANY) -> None:
     _check(_lib.bpf_map_update_elem(fd, ct.byref(key), ct.byref(value), flags), "map update")
 
 
+class BatchOpts(ct.Structure):
+    _fields_ = [("sz", ct.c_size_t), ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+_lib.bpf_map_update_batch.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32),
+                                      ct.POINTER(BatchOpts)]
+
+
+def update_batch(fd: int, keys: ct.Array, values: ct.Array) -> None:
+    """Write len(keys) entries in one system call (BPF_MAP_UPDATE_BATCH)."""
+    count = ct.c_uint32(len(keys))
+    opts = BatchOpts(sz=ct.sizeof(BatchOpts))
+    _check(_lib.bpf_map_update_batch(fd, keys, values, ct.byref(count), ct.byref(opts)),
+           f"map batch update ({count.value} of {len(keys)} written)")
+
+
 def lookup(fd: int, key, value) -> bool:
     ret = _lib.bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(value))
     if ret == -errno.ENOENT:

@@ -116,6 +116,19 @@ class PinnedMap:
     def put(self, key, value, flags: int = libbpf.ANY) -> None:
         self._counted("update", libbpf.update, key, value, flags)
 
+    def put_many(self, items: list[tuple[Any, Any]]) -> None:
+        """Write many entries with one batch update (counted as one update operation each)."""
+        if not items:
+            return
+        keys = (self.spec.key * len(items))(*(k for k, _ in items))
+        values = (self.spec.value * len(items))(*(v for _, v in items))
+        try:
+            libbpf.update_batch(self.fd, keys, values)
+        except OSError:
+            self.ops[("update", "fail")] += len(items)
+            raise
+        self.ops[("update", "success")] += len(items)
+
     def delete(self, key) -> bool:
         return self._counted("delete", libbpf.delete, key)
 

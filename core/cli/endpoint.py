@@ -9,14 +9,28 @@ from pathlib import Path
 
 import click
 
+from pylium.core.cli.client import ApiFailure
 from pylium.core.cli.output import emit, output_option, print_table
 
-ENDPOINT_HEADERS = ["ENDPOINT", "IDENTITY", "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS"]
+ENDPOINT_HEADERS = ["ENDPOINT", "POLICY (ingress) ENFORCEMENT", "POLICY (egress) ENFORCEMENT", "IDENTITY",
+                    "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS"]
 
 
 def _endpoint_row(ep: dict) -> list:
-    return [ep["id"], ep["identity"], "\n".join(ep["labels"]) or "-", _ip(ep, "ipv6"), _ip(ep, "ipv4"),
-            ep["state"]]
+    return [ep["id"], ep.get("policy_ingress", "Disabled"), ep.get("policy_egress", "Disabled"), ep["identity"],
+            "\n".join(ep["labels"]) or "-", _ip(ep, "ipv6"), _ip(ep, "ipv4"), ep["state"]]
+
+
+def _with_enforcement(client, eps: list[dict]) -> list[dict]:
+    """Per-direction enforcement from the policy plugin, when it runs."""
+    try:
+        policy = {p["id"]: p for p in client.get("/v1/policy/endpoints")}
+    except ApiFailure:
+        return eps
+    for ep in eps:
+        p = policy.get(ep["id"], {})
+        ep["policy_ingress"], ep["policy_egress"] = p.get("ingress", "Disabled"), p.get("egress", "Disabled")
+    return eps
 
 
 def _ip(ep: dict, family: str) -> str:
@@ -32,8 +46,9 @@ def endpoint() -> None:
 @output_option
 @click.pass_obj
 def endpoint_list(client, output: str) -> None:
-    """List endpoints: id, identity, labels, addresses, state."""
-    emit(client.get("/v1/endpoints"), output, lambda eps: print_table(ENDPOINT_HEADERS, map(_endpoint_row, eps)))
+    """List endpoints: id, policy enforcement per direction, identity, labels, addresses, state."""
+    eps = _with_enforcement(client, client.get("/v1/endpoints"))
+    emit(eps, output, lambda eps: print_table(ENDPOINT_HEADERS, map(_endpoint_row, eps)))
 
 
 @endpoint.command("get")

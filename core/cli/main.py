@@ -123,10 +123,12 @@ def _plugin_commands() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="pylium.cli"):
-        if ep.name in main.commands:
+        group, _, name = ep.name.rpartition(".")  # "bpf.policy": `pylium bpf policy`
+        parent = main.commands.get(group) if group else main
+        if not isinstance(parent, click.Group) or name in parent.commands:
             continue
         try:
-            main.add_command(ep.load(), ep.name)
+            parent.add_command(ep.load(), name)
         except Exception as e:  # a broken third-party command must not break the CLI
             click.echo(f"warning: cannot load command {ep.name!r} ({ep.value}): {e}", err=True)
 

@@ -94,9 +94,7 @@ class ConnectivityPlugin:
         """The node's own addresses are reserved:host: traffic from them to a pod is the host's."""
         ipcache = self.ctx.datapath.maps["ipcache"]
         for ip in await anyio.to_thread.run_sync(netlink.node_addresses):
-            key = IpcacheKey.of(ip)
-            if ipcache.get(key) is None:
-                ipcache.put(key, IpcacheInfo(identity=ID_HOST))
+            ipcache.put(IpcacheKey.of(ip), IpcacheInfo(identity=ID_HOST))
 
     # ---- endpoints ------------------------------------------------------------------------
 

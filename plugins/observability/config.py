@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from pylium.core.config import Section
 
-HUBBLE_METRICS = ("drop", "flow")
+HUBBLE_METRICS = ("drop", "flow", "policy")
 
 
 class EndpointDropsSettings(Section):
@@ -19,7 +19,8 @@ class EndpointDropsSettings(Section):
 class HubbleMetricsSettings(Section):
     enabled: list[str] = Field(default_factory=lambda: list(HUBBLE_METRICS),
                                description="Hubble metrics to serve on the agent's metrics port: drop "
-                                           "(hubble_drop_total), flow (hubble_flows_processed_total). "
+                                           "(hubble_drop_total), flow (hubble_flows_processed_total), policy "
+                                           "(hubble_policy_verdicts_total). "
                                            "hubble_lost_events_total is always served.")
     endpointDrops: EndpointDropsSettings = Field(default_factory=EndpointDropsSettings)
 

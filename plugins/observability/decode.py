@@ -16,7 +16,7 @@ from typing import Callable
 from pylium.core.bpf import monitor as m
 from pylium.core.bpf.structs import EVENT_HEADER
 from pylium.plugins.observability.flow import (ICMP, IP, TCP, UDP, CiliumEventType, Endpoint, Ethernet, File, Flow,
-                                               Interface, Layer4, TCPFlags)
+                                               Interface, Layer4, Policy, TCPFlags)
 
 HEADER_SIZE = EVENT_HEADER.size
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -72,6 +72,7 @@ class Decoder:
         self.identity_of = identity_of
         self.reply_of = reply_of  # drops: the datapath leaves is_reply to the reader
         self.source_files = source_files
+        self.rules: dict[int, Policy] = {}  # rule ids in records -> policies (the policy plugin's policy.changed)
         self.clock = Clock()
         self.endpoint_by_id: dict[int, Endpoint] = {}
         self.endpoint_by_ip: dict[str, Endpoint] = {}
@@ -95,7 +96,7 @@ class Decoder:
 
     def decode(self, raw: bytes) -> Flow:
         (ts, mtype, subtype, direction, reason, src_ep, dst_ep, flags, line, ifindex, _hash, src_id, dst_id,
-         _orig_len, cap_len, file_id, _rule0, _rule1) = EVENT_HEADER.unpack_from(raw)
+         _orig_len, cap_len, file_id, rule0, rule1) = EVENT_HEADER.unpack_from(raw)
         self._count += 1
         packet = raw[HEADER_SIZE:HEADER_SIZE + cap_len]
         ethernet, ip, l4, summary = self._headers(packet)
@@ -106,13 +107,25 @@ class Decoder:
             point, trace_reason = "UNKNOWN_POINT", "TRACE_REASON_UNKNOWN"
             if ip is not None:
                 is_reply = self.reply_of(packet)
+        elif mtype == m.MSG_POLICY_VERDICT:
+            desc, point, trace_reason = "DROP_REASON_UNKNOWN", "UNKNOWN_POINT", "TRACE_REASON_UNKNOWN"
         else:
             desc = "DROP_REASON_UNKNOWN"
             point = m.OBSERVATION_POINTS.get(subtype, ("", "UNKNOWN_POINT"))[1]
             trace_reason = m.TRACE_REASONS.get(reason, "TRACE_REASON_UNKNOWN")
+        verdict = VERDICTS.get(mtype, "VERDICT_UNKNOWN")
+        decided: dict[str, tuple[Policy, ...]] = {}
+        if mtype == m.MSG_POLICY_VERDICT:
+            verdict = "AUDIT" if flags & m.EVENT_F_AUDIT else "REDIRECTED" if flags & m.EVENT_F_REDIRECT else "FORWARDED"
+        if rule0 or rule1:  # the rules that allowed or denied: names from the policy plugin
+            rules = tuple(self.rules.get(r) or Policy(name=f"rule-{r}") for r in (rule0, rule1) if r)
+            allowed = mtype == m.MSG_POLICY_VERDICT and verdict != "AUDIT"
+            side = "ingress" if direction == 1 else "egress"
+            decided = {f"{side}_{'allowed' if allowed else 'denied'}_by": rules}
         return Flow(
             time=self.clock.rfc3339(ts), uuid=f"{self._uuid_prefix}{self._count:012x}",
-            verdict=VERDICTS.get(mtype, "VERDICT_UNKNOWN"), drop_reason=subtype if mtype == m.MSG_DROP else 0,
+            verdict=verdict, drop_reason=subtype if mtype == m.MSG_DROP else 0,
+            policy_match_type=subtype if mtype == m.MSG_POLICY_VERDICT else 0, **decided,
             ethernet=ethernet, IP=ip, l4=l4, source=self._endpoint(src_ep, src_ip, src_id),
             destination=self._endpoint(dst_ep, dst_ip, dst_id), Type="L3_L4", node_name=self.node_name,
             event_type=self._event_type(mtype, subtype),

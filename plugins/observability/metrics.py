@@ -7,7 +7,7 @@ import collections
 
 from prometheus_client.core import CounterMetricFamily
 
-from pylium.core.bpf.monitor import OBSERVATION_POINTS, drop_reason
+from pylium.core.bpf.monitor import OBSERVATION_POINTS, POLICY_MATCH_TYPES, drop_reason
 from pylium.plugins.observability.flow import Endpoint, Flow
 
 _TYPE_NAMES = {1: "Drop", 4: "Trace", 5: "PolicyVerdict", 129: "L7"}
@@ -34,12 +34,14 @@ class HubbleMetrics:
     def __init__(self, enabled: list[str], endpoint_drops: bool, max_endpoints: int):
         self.flow_enabled = "flow" in enabled
         self.drop_enabled = "drop" in enabled
+        self.policy_enabled = "policy" in enabled
         self.endpoint_drops = endpoint_drops
         self.max_endpoints = max_endpoints
         self.processed: collections.Counter = collections.Counter()
         self.drops: collections.Counter = collections.Counter()
         self.lost: collections.Counter = collections.Counter({s: 0 for s in LOST_SOURCES})
         self.by_endpoint: collections.Counter = collections.Counter()
+        self.verdicts: collections.Counter = collections.Counter()
         self._endpoints: set[str] = set()
 
     def count(self, flow: Flow) -> None:
@@ -47,6 +49,11 @@ class HubbleMetrics:
         if self.flow_enabled:
             subtype = OBSERVATION_POINTS.get(et.sub_type, ("",))[0] if et.type == 4 else ""
             self.processed[(_TYPE_NAMES.get(et.type, "Unknown"), subtype, flow.verdict)] += 1
+        if self.policy_enabled and (et.type == 5 or flow.drop_reason in (133, 181)):
+            action = {"FORWARDED": "forwarded", "AUDIT": "audit", "REDIRECTED": "redirected"}.get(flow.verdict,
+                                                                                                   "dropped")
+            match = POLICY_MATCH_TYPES.get(flow.policy_match_type, "none") if et.type == 5 else "none"
+            self.verdicts[(flow.traffic_direction.lower(), match, action)] += 1
         if flow.verdict == "DROPPED":
             if self.drop_enabled:
                 self.drops[(flow.drop_reason_desc, protocol_name(flow))] += 1
@@ -89,6 +96,12 @@ class HubbleMetrics:
             for labels, n in self.drops.items():
                 d.add_metric(list(labels), n)
             yield d
+        if self.policy_enabled:
+            v = CounterMetricFamily("hubble_policy_verdicts", "Number of policy verdicts",
+                                    labels=["direction", "match", "action"])
+            for labels, n in self.verdicts.items():
+                v.add_metric(list(labels), n)
+            yield v
         if self.endpoint_drops:
             e = CounterMetricFamily("pylium_endpoint_drop_count",
                                     "Dropped packets per endpoint (opt-in, at most maxEndpoints endpoints, the "

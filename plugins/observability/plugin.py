@@ -36,7 +36,7 @@ from pylium.plugins.observability import render
 from pylium.plugins.observability.config import ObservabilityConfig
 from pylium.plugins.observability.decode import ID_WORLD, Decoder
 from pylium.plugins.observability.filters import FilterError, FlowFilter, compile_lists
-from pylium.plugins.observability.flow import Endpoint, Flow, FlowRecord, LostEvents
+from pylium.plugins.observability.flow import Policy as FlowPolicy, Endpoint, Flow, FlowRecord, LostEvents
 from pylium.plugins.observability.metrics import HubbleMetrics, endpoint_name
 from pylium.plugins.observability.observer import Follower, Observer
 from pylium.plugins.observability.servicemap import ServiceMap
@@ -134,6 +134,7 @@ class ObservabilityPlugin:
             self.reader = RingReader(dp.maps["events"].fd)
             self._loop = asyncio.get_running_loop()
             ctx.start_task("endpoints", self._follow_endpoints)
+            ctx.start_task("policy", self._follow_policy)
             ctx.start_task("kernel-losses", self._watch_kernel_losses, dp.maps["events_lost"])
             ctx.start_task("drain-timer", self._drain_timer)
             self._loop.add_reader(self.reader.fileno(), self._readable)
@@ -227,6 +228,20 @@ class ObservabilityPlugin:
                 partial.write_text(str(reported))
                 partial.replace(state)
             await anyio.sleep(LOSS_POLL_SECONDS)
+
+    async def _follow_policy(self) -> None:
+        """The policy plugin names the rules whose ids policy records carry."""
+        async with self.ctx.bus.subscribe("policy.changed") as events:
+            async for e in events:
+                if e.topic != "policy.changed" or e.event.node != self.ctx.node_name:
+                    continue
+                rules = {}
+                for number, name in e.event.rules.items():
+                    kind, _, rest = name.partition("/")
+                    namespace, _, policy = rest.rpartition("/")
+                    rules[int(number)] = FlowPolicy(name=policy or kind, namespace=namespace,
+                                                    kind=kind if policy else "", revision=e.event.revision)
+                self.decoder.rules = rules
 
     async def _follow_endpoints(self) -> None:
         """Endpoint events keep the decoder's view of local endpoints current."""

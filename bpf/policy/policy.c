@@ -1,0 +1,167 @@
+/* Policy stages: egress policy of a pod's packets (from-container slot 2) and ingress policy
+ * of packets to a pod (to-container slot 2). A packet passes when its connection was already
+ * allowed (policy_ct), else the endpoint's rules in policy_rules decide: a deny match drops
+ * (181), an allow match passes, no match drops only where the direction enforces (133). */
+#include "pylium_lib.h"
+#include "policy_maps.h"
+
+/* The ICMP type in network byte order's first byte, as the agent writes ICMP rules. */
+static __always_inline __be16 icmp_port(struct __sk_buff *skb, struct flow_key *k) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    __u32 l4 = ETH_HLEN + sizeof(struct ipv6hdr);
+    if (k->family == 4) {
+        struct iphdr *ip = data + ETH_HLEN;
+        if ((void *)(ip + 1) > data_end)
+            return 0;
+        l4 = ETH_HLEN + ip->ihl * 4;
+    }
+    __u8 *type = data + (l4 & 0x7f);
+    if ((void *)(type + 1) > data_end)
+        return 0;
+    return bpf_htons((__u16)*type << 8);
+}
+
+static __always_inline struct policy_entry *rule_lookup(__u16 ep, __u8 egress, __u32 identity, __u8 proto,
+                                                        __be16 port) {
+    struct policy_key key = {.prefixlen = POLICY_PREFIX_FULL, .ep_id = ep, .egress = egress,
+                             .identity = identity, .proto = proto, .port = port};
+    return policy_rules.lookup(&key);
+}
+
+/* Decide on a packet at one endpoint's check. `peer`: the other side's identity; `check`:
+ * CT_CHECK_EGRESS or CT_CHECK_INGRESS; `needed`: the checks the connection goes through on
+ * this node. Returns TC_ACT_OK to go on, else the drop verdict. */
+static __always_inline int enforce(struct __sk_buff *skb, __u16 ep, __u32 peer, __u8 check, __u8 needed) {
+    __u8 egress = check == CT_CHECK_EGRESS;
+    __u8 dir = egress ? METRIC_EGRESS : METRIC_INGRESS;
+    __u32 ep_key = ep;
+    struct policy_endpoint *pe = policy_endpoints.lookup(&ep_key);
+    if (!pe)
+        return TC_ACT_OK; /* not under the policy plugin (yet): nothing to enforce */
+    __u8 flags = egress ? pe->flags[1] : pe->flags[0];
+    __u32 revision = pe->revision;
+    __u32 default0 = egress ? pe->default_rules[1][0] : pe->default_rules[0][0];
+    __u32 default1 = egress ? pe->default_rules[1][1] : pe->default_rules[0][1];
+    if (flags & POLICY_LOCKDOWN)
+        return POLICY_DROP(skb, DROP_POLICY, dir, 0, 0);
+    struct flow_key k;
+    __u8 tcp_flags;
+    if (!flow_of(skb, &k, &tcp_flags))
+        return TC_ACT_OK; /* not IP (ARP): not policy's */
+    __be16 port = k.dport;
+    if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6)
+        port = icmp_port(skb, &k);
+    __u8 proto = k.proto;
+    __u8 d = flow_normalize(&k);
+
+    __u32 zero = 0;
+    struct policy_settings *cfg = policy_settings.lookup(&zero);
+    __u64 timeout = cfg ? (proto == IPPROTO_TCP ? cfg->ct_tcp_timeout_ns : cfg->ct_any_timeout_ns) : 0;
+    __u64 now = bpf_ktime_get_ns();
+    struct ct_entry *ct = policy_ct.lookup(&k);
+    if (ct && now - ct->last_seen < timeout) {
+        int pass = 0;
+        if (ct->origin != d)
+            pass = (ct->passed & ct->needed) == ct->needed; /* a reply of an allowed connection */
+        else if (ct->passed & check)
+            pass = (egress ? ct->revision[1] : ct->revision[0]) == revision; /* decided under this policy */
+        if (pass) {
+            if (now - ct->last_seen > 1000000000ULL) /* refresh at most once a second: fewer writes */
+                ct->last_seen = now;
+            return TC_ACT_OK;
+        }
+    } else {
+        ct = 0;
+    }
+
+    struct policy_entry *exact = rule_lookup(ep, egress, peer, proto, port);
+    struct policy_entry *any = rule_lookup(ep, egress, 0, proto, port);
+    struct policy_entry *deny = exact && (exact->flags & POLICY_F_DENY) ? exact
+                                : any && (any->flags & POLICY_F_DENY) ? any : 0;
+    struct policy_entry *allow = deny ? 0 : exact ? exact : any;
+    if (deny) {
+        if (!(deny->flags & POLICY_F_AUDIT) && !(flags & POLICY_AUDIT))
+            return POLICY_DROP(skb, DROP_POLICY_DENY, dir, deny->rule_ids[0], deny->rule_ids[1]);
+        POLICY_VERDICT(skb, deny->match, dir, EVENT_F_AUDIT, deny->rule_ids[0], deny->rule_ids[1]);
+    } else if (allow) {
+        if (!ct || ct->origin != d || !(ct->passed & check)) /* a new connection: report it */
+            POLICY_VERDICT(skb, allow->match, dir, EVENT_F_ALLOWED, allow->rule_ids[0], allow->rule_ids[1]);
+    } else if (flags & POLICY_ENFORCE) {
+        if (!(flags & (POLICY_AUDIT | POLICY_AUDIT_DEFAULT)))
+            return POLICY_DROP(skb, DROP_POLICY, dir, default0, default1);
+        POLICY_VERDICT(skb, 0, dir, EVENT_F_AUDIT, default0, default1);
+    }
+
+    /* allowed (or not enforced): remember the connection */
+    if (ct && ct->origin == d) {
+        ct->passed |= check;
+        if (egress)
+            ct->revision[1] = revision;
+        else
+            ct->revision[0] = revision;
+        ct->last_seen = now;
+    } else {
+        struct ct_entry fresh = {.last_seen = now, .origin = d, .passed = check, .needed = needed};
+        if (egress)
+            fresh.revision[1] = revision;
+        else
+            fresh.revision[0] = revision;
+        policy_ct.update(&k, &fresh);
+    }
+    return TC_ACT_OK;
+}
+
+/* Who a pod's packet goes to: a local endpoint, else the ipcache's identity, else world. */
+static __always_inline __u32 destination_identity(struct __sk_buff *skb, int *local) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct endpoint_key dst;
+    struct ipcache_key k = {};
+    *local = 0;
+    if ((void *)(eth + 1) > data_end)
+        return ID_WORLD;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return ID_WORLD;
+        key_v4(&dst, ip->daddr);
+        k.prefixlen = 32 + 32;
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end)
+            return ID_WORLD;
+        key_v6(&dst, &ip6->daddr);
+        k.prefixlen = 32 + 128;
+    } else {
+        return ID_WORLD;
+    }
+    struct endpoint_info *ep = endpoints.lookup(&dst);
+    if (ep) {
+        *local = 1;
+        return ep->identity;
+    }
+    k.family = dst.family;
+    __builtin_memcpy(k.addr, dst.addr, 16);
+    struct ipcache_info *info = ipcache.lookup(&k);
+    return info ? info->identity : ID_WORLD;
+}
+
+int policy_egress(struct __sk_buff *skb) {
+    int local;
+    __u32 peer = destination_identity(skb, &local);
+    skb->cb[CB_DST_ID] = peer;
+    __u8 needed = CT_CHECK_EGRESS | (local ? CT_CHECK_INGRESS : 0);
+    int verdict = enforce(skb, cb_src_ep(skb), peer, CT_CHECK_EGRESS, needed);
+    if (verdict != TC_ACT_OK)
+        return verdict;
+    return from_chain(skb, SLOT_FROM_POLICY + 1);
+}
+
+int policy_ingress(struct __sk_buff *skb) {
+    /* from a local pod the connection also went through its egress check */
+    __u8 needed = CT_CHECK_INGRESS | (cb_src_ep(skb) ? CT_CHECK_EGRESS : 0);
+    int verdict = enforce(skb, cb_dst_ep(skb), skb->cb[CB_SRC_ID], CT_CHECK_INGRESS, needed);
+    if (verdict != TC_ACT_OK)
+        return verdict;
+    return to_chain(skb, SLOT_TO_POLICY + 1);
+}

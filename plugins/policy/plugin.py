@@ -1,0 +1,593 @@
+"""The policy plugin: identities for endpoints, the policy repository (manifests directory and
+`pylium policy import`), and per-endpoint policy in BPF (bpf/policy/policy.c).
+
+Every change (a policy, an endpoint, an identity) bumps the revision and regenerates: each
+local endpoint's entries are computed by the Resolver and written to the maps, then its
+flags and revision, so established connections are checked again under the new policy."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import dataclasses
+import ipaddress
+import json
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from pylium.core.bpf.structs import IpcacheInfo, IpcacheKey
+from pylium.core.config import parse_duration
+from pylium.core.events import PolicyChanged
+from pylium.core.hookspecs import hookimpl
+from pylium.core.manifests import Manifests
+from pylium.core.plugin_api import ApiError, Health
+from pylium.plugins.policy import maps
+from pylium.plugins.policy.config import PolicyConfig
+from pylium.plugins.policy.identity import MIN_LOCAL, IdentityAllocator, LabelFilter
+from pylium.plugins.policy.model import Policy, PolicyError, parse_documents, parse_policy
+from pylium.plugins.policy.resolve import (ALLOW_LOCALHOST_RULE, DIRECTIONS, EGRESS, INGRESS, EndpointPolicy, Key,
+                                           Resolver)
+
+POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
+SLOT_POLICY = 2  # bpf/include/pylium_consts.h SLOT_FROM_POLICY / SLOT_TO_POLICY
+
+
+class PolicyPlugin:
+    def __init__(self) -> None:
+        self.ctx: Any = None
+        self.identities: IdentityAllocator | None = None
+        self.policies: dict[tuple, Policy] = {}
+        self.documents: dict[tuple, dict] = {}  # as written, for `policy get`
+        self.imported: dict[tuple, dict] = {}  # documents from `policy import` (persisted)
+        self.policy_ids: dict[tuple, int] = {}
+        self.rule_names: dict[int, str] = {ALLOW_LOCALHOST_RULE: "allow-localhost"}
+        self.endpoints: dict[int, Any] = {}  # local endpoints (the core's records)
+        self.realized: dict[int, EndpointPolicy] = {}
+        self.revision = 1
+        self.realized_revision = 0
+        self.changes: dict[tuple[str, str, str], int] = {}
+        self.overflows: dict[int, str] = {}
+        self.endpoint_audit: dict[int, bool] = {}  # `pylium endpoint config ID PolicyAuditMode=Enabled`
+        self._lock: anyio.Lock | None = None
+        self._realized_event: anyio.Event | None = None
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    @hookimpl
+    def pylium_config_model(self):
+        return PolicyConfig
+
+    @hookimpl
+    def pylium_declare(self, declare):
+        declare.after("connectivity")
+        declare.bpf_maps(*maps.MAPS)
+        declare.bpf_stage("from-container", SLOT_POLICY, "policy/policy.c", "policy_egress")
+        declare.bpf_stage("to-container", SLOT_POLICY, "policy/policy.c", "policy_ingress")
+        for method, path, handler in (
+                ("GET", "/v1/policy", self.api_get), ("POST", "/v1/policy", self.api_import),
+                ("DELETE", "/v1/policy", self.api_delete), ("POST", "/v1/policy/validate", self.api_validate),
+                ("GET", "/v1/policy/wait", self.api_wait), ("POST", "/v1/policy/trace", self.api_trace),
+                ("GET", "/v1/identity", self.api_identities), ("GET", "/v1/identity/{id}", self.api_identity),
+                ("GET", "/v1/bpf/policy", self.api_bpf_policy), ("GET", "/v1/bpf/ct", self.api_bpf_ct),
+                ("GET", "/v1/policy/endpoints", self.api_endpoints),
+                ("POST", "/v1/policy/endpoints/{id}/config", self.api_endpoint_config)):
+            declare.api_route(method, path, handler)
+
+    @hookimpl
+    def pylium_lifespan(self, ctx):
+        return self._run(ctx)
+
+    @hookimpl
+    def pylium_status_details(self, ctx):
+        if self.ctx is None:
+            return None
+        return {"Policy": f"{len(self.policies)} policies, revision {self.revision} "
+                          f"(realized {self.realized_revision}), mode {ctx.config.policyEnforcementMode}"}
+
+    @asynccontextmanager
+    async def _run(self, ctx):
+        self.ctx = ctx
+        self._lock = anyio.Lock()
+        self._realized_event = anyio.Event()
+        self.identities = IdentityAllocator(ctx.store, LabelFilter(ctx.config.policy.identityLabels))
+        await self.identities.sync()
+        bpf = ctx.config.bpf
+        settings = maps.PolicySettings(ct_tcp_timeout_ns=int(parse_duration(bpf.ctTcpTimeout) * 1e9),
+                                       ct_any_timeout_ns=int(parse_duration(bpf.ctAnyTimeout) * 1e9))
+        ctx.bpf_maps["policy_settings"].put(ct.c_uint32(0), settings)
+        self._load_imported()
+        audit_file = ctx.plugin_state_dir / "endpoint_audit.json"
+        if audit_file.exists():
+            self.endpoint_audit = {int(k): v for k, v in json.loads(audit_file.read_text()).items()}
+        manifests = Manifests(Path(ctx.config.standalone.manifestsDir), ctx.log)
+        manifests.scan()
+        self._load_directory(manifests)
+        collector = _PolicyCollector(self)
+        ctx.metrics.register(collector)
+        ctx.start_task("manifests", manifests.watch, lambda: self._directory_changed(manifests))
+        ctx.start_task("ct-gc", self._ct_gc)
+        await self.regenerate()
+        ctx.set_health(Health.OK)
+        try:
+            yield
+        finally:
+            ctx.metrics.unregister(collector)
+            self.ctx = None  # maps stay: the datapath keeps enforcing while the agent is away
+
+    @hookimpl
+    async def pylium_endpoint_plug(self, ctx, endpoint):
+        await self._adopt(endpoint)
+
+    @hookimpl
+    async def pylium_endpoint_restore(self, ctx, endpoint):
+        await self._adopt(endpoint)
+
+    @hookimpl
+    async def pylium_endpoint_update(self, ctx, endpoint, changed):
+        if "labels" in changed:
+            await self._adopt(endpoint)
+
+    @hookimpl
+    async def pylium_endpoint_unplug(self, ctx, endpoint):
+        self.endpoints.pop(endpoint.id, None)
+        self.endpoint_audit.pop(endpoint.id, None)
+        old = self.realized.pop(endpoint.id, None)
+        rules = ctx.bpf_maps["policy_rules"]
+        for key in (old.entries if old else ()):
+            rules.delete(key.bpf(endpoint.id))
+        ctx.bpf_maps["policy_endpoints"].delete(ct.c_uint32(endpoint.id))
+        if ctx.datapath is not None:
+            ctx.datapath.pressure.pop(f"policy_{endpoint.id:05d}", None)
+
+    async def _adopt(self, endpoint) -> None:
+        """The endpoint's identity from its labels, then its policy (and everyone's: a new
+        identity may be a peer of other endpoints' rules)."""
+        labels = endpoint.labels or {"reserved:init": ""}
+        endpoint.identity = (await self.identities.allocate(labels)).id
+        self.endpoints[endpoint.id] = endpoint
+        self.revision += 1
+        await self.regenerate()
+
+    # ---- the repository ---------------------------------------------------------------------
+
+    def _state_file(self) -> Path:
+        return self.ctx.plugin_state_dir / "imported.json"
+
+    def _load_imported(self) -> None:
+        path = self._state_file()
+        if not path.exists():
+            return
+        for doc in json.loads(path.read_text()):
+            try:
+                policy = parse_policy(doc, "import")
+            except PolicyError as e:  # written by us after validation: only a format change gets here
+                self.ctx.log.error("an imported policy no longer parses; dropped", error=str(e))
+                continue
+            self.imported[policy.key] = doc
+            self._put(policy, doc)
+
+    def _save_imported(self) -> None:
+        path = self._state_file()
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(list(self.imported.values())))
+        partial.replace(path)
+
+    def _put(self, policy: Policy, doc: dict) -> None:
+        self.policies[policy.key] = policy
+        self.documents[policy.key] = doc
+        if policy.key not in self.policy_ids:
+            number = len(self.policy_ids) + ALLOW_LOCALHOST_RULE + 1
+            self.policy_ids[policy.key] = number
+            self.rule_names[number] = f"{policy.kind}/{policy.display_name}"
+
+    def _remove(self, key: tuple) -> None:
+        self.policies.pop(key, None)
+        self.documents.pop(key, None)
+
+    def _count(self, source: str, operation: str, outcome: str, n: int = 1) -> None:
+        k = (source, operation, outcome)
+        self.changes[k] = self.changes.get(k, 0) + n
+
+    def _load_directory(self, manifests: Manifests) -> bool:
+        """Policies of the manifests directory; a bad one is logged and its previous version
+        (if any) stays in force."""
+        changed = False
+        seen = set()
+        for kind in POLICY_KINDS:
+            for (ns, name), doc in manifests.objects(kind).items():
+                key = (kind, "" if kind == "CiliumClusterwideNetworkPolicy" else ns, name)
+                seen.add(key)
+                if self.documents.get(key) == doc:
+                    continue
+                try:
+                    policy = parse_policy(doc, "directory")
+                except PolicyError as e:
+                    self.ctx.log.error("policy not loaded; its previous version stays in force", error=str(e))
+                    self._count("directory", "update", "fail")
+                    continue
+                self._put(policy, doc)
+                self._count("directory", "update", "success")
+                changed = True
+        for key in [k for k, p in self.policies.items() if p.origin == "directory" and k not in seen]:
+            self._remove(key)
+            self._count("directory", "delete", "success")
+            changed = True
+        return changed
+
+    async def _directory_changed(self, manifests: Manifests) -> None:
+        if self._load_directory(manifests):
+            self.revision += 1
+            await self.regenerate()
+
+    # ---- regeneration -----------------------------------------------------------------------
+
+    def _resolver(self) -> Resolver:
+        cfg = self.ctx.config
+        for policy in self.policies.values():  # CIDR peers become identities in the ipcache
+            for rule in policy.rules:
+                for element in (*rule.ingress, *rule.ingress_deny, *rule.egress, *rule.egress_deny):
+                    for cidr in element.cidrs:
+                        for prefix in (cidr.cidr, *cidr.excepts):
+                            self._cidr_identity(prefix)
+        return Resolver(list(self.policies.values()), self.identities.known, self.policy_ids,
+                        cfg.policyEnforcementMode, cfg.policyAuditMode, cfg.policy.allowLocalhost == "always")
+
+    def _cidr_identity(self, prefix: str) -> None:
+        known = set(self.identities.cidr_prefixes())
+        identity = self.identities.cidr(prefix)
+        if prefix not in known and self.ctx.datapath is not None:
+            ipcache = self.ctx.datapath.maps["ipcache"]
+            key = IpcacheKey.of(prefix)
+            found = ipcache.get(key)  # the longest match, not necessarily this prefix
+            net = ipaddress.ip_network(prefix)
+            if found is not None and found.identity < MIN_LOCAL and net.prefixlen == net.max_prefixlen:
+                return  # a host's or an endpoint's own address keeps its identity
+            ipcache.put(key, IpcacheInfo(identity=identity.id))
+
+    async def regenerate(self) -> None:
+        async with self._lock:
+            revision = self.revision
+            resolver = self._resolver()
+            for ep_id, endpoint in list(self.endpoints.items()):
+                wanted = resolver.endpoint(endpoint.labels or {"reserved:init": ""},
+                                           self.endpoint_audit.get(ep_id, False))
+                self._write(ep_id, wanted, revision)
+            self.realized_revision = revision
+            self.ctx.bus.publish(PolicyChanged(node=self.ctx.node_name, revision=revision,
+                                               rules={str(k): v for k, v in self.rule_names.items()}))
+            self._realized_event.set()
+            self._realized_event = anyio.Event()
+
+    def _write(self, ep_id: int, wanted: EndpointPolicy, revision: int) -> None:
+        old = self.realized.get(ep_id)
+        cfg = self.ctx.config
+        lockdown = False
+        if self.ctx.datapath is not None:
+            self.ctx.datapath.pressure[f"policy_{ep_id:05d}"] = len(wanted.entries) / cfg.bpf.policyMapMax
+        if len(wanted.entries) > cfg.bpf.policyMapMax:
+            message = (f"endpoint {ep_id}: policy needs {len(wanted.entries)} entries, more than "
+                       f"bpf.policyMapMax {cfg.bpf.policyMapMax}")
+            self.overflows[ep_id] = message
+            self.ctx.log.error("policy map overflow", endpoint=ep_id, entries=len(wanted.entries),
+                               max=cfg.bpf.policyMapMax,
+                               action="lockdown" if cfg.endpointLockdownOnMapOverflow else "previous policy kept")
+            if not cfg.endpointLockdownOnMapOverflow:
+                return
+            lockdown, wanted = True, EndpointPolicy()
+        else:
+            self.overflows.pop(ep_id, None)
+        if old is not None and old == wanted and not lockdown:
+            return
+        rules = self.ctx.bpf_maps["policy_rules"]
+        rules.put_many([(key.bpf(ep_id), entry.bpf()) for key, entry in wanted.entries.items()
+                        if old is None or old.entries.get(key) != entry])
+        for key in (old.entries if old else ()):
+            if key not in wanted.entries:
+                rules.delete(key.bpf(ep_id))
+        info = maps.PolicyEndpoint(revision=revision)
+        for direction in (INGRESS, EGRESS):
+            info.flags[direction] = wanted.flags(direction) | (maps.LOCKDOWN if lockdown else 0)
+            for i, rule in enumerate(wanted.default_by[direction][:2]):
+                info.default_rules[direction][i] = rule
+        self.ctx.bpf_maps["policy_endpoints"].put(ct.c_uint32(ep_id), info)
+        self.realized[ep_id] = wanted
+
+    async def _ct_gc(self) -> None:
+        """Expired connections go (the LRU only evicts when full)."""
+        bpf = self.ctx.config.bpf
+        tcp, other = parse_duration(bpf.ctTcpTimeout) * 1e9, parse_duration(bpf.ctAnyTimeout) * 1e9
+        table = self.ctx.bpf_maps["policy_ct"]
+        while True:
+            await anyio.sleep(min(60.0, other / 2e9))
+            now = time.monotonic_ns()  # CLOCK_MONOTONIC: bpf_ktime_get_ns's clock
+            for key, value in list(table.items()):
+                if now - value.last_seen > (tcp if key.proto == 6 else other):
+                    table.delete(key)
+
+    # ---- API --------------------------------------------------------------------------------
+
+    def _summary(self, key: tuple) -> dict:
+        p = self.policies[key]
+        return {"kind": p.kind, "name": p.name, "namespace": p.namespace, "id": self.policy_ids[key],
+                "origin": p.origin, "audit": p.audit}
+
+    async def api_get(self, req):
+        return {"revision": self.revision, "policies": [
+            {**self._summary(k), "document": self.documents[k]} for k in sorted(self.policies)]}
+
+    @staticmethod
+    def _parse(body: Any) -> list[tuple[Policy, dict]]:
+        docs = (body or {}).get("documents")
+        if not isinstance(docs, list) or not docs:
+            raise ApiError(400, "policy: the body needs `documents`, a non-empty list of policy objects")
+        origin = str((body or {}).get("origin") or "import")
+        try:
+            policies = parse_documents(docs, origin)
+        except PolicyError as e:
+            raise ApiError(400, str(e)) from None
+        if not policies:
+            raise ApiError(400, f"{origin}: no CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or "
+                                f"NetworkPolicy in it")
+        kinds = {d.get("kind") for d in docs}
+        by_key = {(d.get("kind"), ((d.get("metadata") or {}).get("namespace") or
+                                   ("" if d.get("kind") == "CiliumClusterwideNetworkPolicy" else "default")),
+                   (d.get("metadata") or {}).get("name")): d for d in docs if d.get("kind") in kinds}
+        return [(p, by_key.get(p.key, {})) for p in policies]
+
+    async def api_validate(self, req):
+        parsed = self._parse(req.body)
+        return {"valid": True, "policies": [p.display_name for p, _ in parsed]}
+
+    async def api_import(self, req):
+        try:
+            parsed = self._parse(req.body)
+        except ApiError:
+            self._count("custom-resource", "update", "fail")
+            raise
+        for policy, doc in parsed:
+            policy = dataclasses.replace(policy, origin="import")
+            self.imported[policy.key] = doc
+            self._put(policy, doc)
+        self._save_imported()
+        self._count("custom-resource", "update", "success", len(parsed))
+        self.revision += 1
+        revision = self.revision
+        await self.regenerate()
+        return {"revision": revision, "policies": [p.display_name for p, _ in parsed]}
+
+    async def api_delete(self, req):
+        q = req.query
+        if q.get("all") in ("1", "true"):
+            keys = [k for k, p in self.policies.items() if p.origin == "import"]
+        else:
+            name = q.get("name")
+            if not name:
+                raise ApiError(400, "policy delete: give a policy name or all=true")
+            namespace = q.get("namespace", "default")
+            keys = [k for k, p in self.policies.items()
+                    if p.origin == "import" and p.name == name and (p.namespace in (namespace, ""))]
+            if not keys:
+                raise ApiError(404, f"policy delete: no imported policy {name!r} in namespace {namespace!r} "
+                                    f"(policies of the manifests directory are removed by deleting their file)")
+        for key in keys:
+            self._remove(key)
+            self.imported.pop(key, None)
+        self._save_imported()
+        self._count("custom-resource", "delete", "success", len(keys))
+        self.revision += 1
+        revision = self.revision
+        await self.regenerate()
+        return {"revision": revision, "deleted": len(keys)}
+
+    async def api_wait(self, req):
+        try:
+            want = int(req.query.get("revision", "0"))
+            timeout = float(req.query.get("timeout", "30"))
+        except ValueError:
+            raise ApiError(400, "policy wait: revision must be an integer, timeout a number of seconds") from None
+        with anyio.move_on_after(timeout):
+            while self.realized_revision < want:
+                await self._realized_event.wait()
+        if self.realized_revision < want:
+            raise ApiError(504, f"revision {want} not realized after {timeout:g}s "
+                                f"(realized: {self.realized_revision})")
+        return {"revision": self.realized_revision}
+
+    def _labels_of(self, body: dict, side: str) -> tuple[dict[str, str], int, str]:
+        ep_id = body.get(f"{side}_endpoint")
+        if ep_id is not None:
+            ep = self.endpoints.get(int(ep_id))
+            if ep is None:
+                raise ApiError(404, f"policy trace: no endpoint {ep_id} on this node")
+            return dict(ep.labels), ep.identity, f"endpoint {ep.id}"
+        labels = body.get(f"{side}_labels")
+        if labels is None:
+            identity = body.get(f"{side}_identity")
+            if identity is None or int(identity) not in self.identities.known:
+                raise ApiError(400, f"policy trace: give --{side}-endpoint, --{side}-labels or a known "
+                                    f"--{side}-identity")
+            return dict(self.identities.known[int(identity)].labels), int(identity), f"identity {identity}"
+        parsed = {}
+        for item in labels:
+            k, _, v = item.partition("=")
+            parsed[k if ":" in k else f"k8s:{k}"] = v
+        return parsed, 0, "labels " + ",".join(labels)
+
+    async def api_trace(self, req):
+        """The verdict for src -> dst:port/proto, by the Resolver that fills the maps."""
+        body = req.body or {}
+        src_labels, src_id, src_name = self._labels_of(body, "src")
+        dst_labels, dst_id, dst_name = self._labels_of(body, "dst")
+        port_text = str(body.get("dport") or "0/ANY")
+        port, _, proto_name = port_text.partition("/")
+        protos = {"TCP": 6, "UDP": 17, "SCTP": 132, "ANY": 6, "": 6}
+        if not port.isdigit() or int(port) > 65535 or proto_name.upper() not in protos:
+            raise ApiError(400, f"policy trace: --dport {port_text!r} must be PORT[/TCP|UDP|SCTP]")
+        proto = protos[proto_name.upper()]
+        if not src_id:
+            src_id = (await self.identities.allocate(src_labels)).id
+        if not dst_id:
+            dst_id = (await self.identities.allocate(dst_labels)).id
+        resolver = self._resolver()
+        steps, final = [], "allowed"
+        for direction, subject, subject_labels, peer in ((EGRESS, src_name, src_labels, dst_id),
+                                                         (INGRESS, dst_name, dst_labels, src_id)):
+            ep_policy = resolver.endpoint(subject_labels)
+            verdict, entry, reason = ep_policy.decide(direction, peer, proto, int(port))
+            deciding = entry.rule_ids if entry else ep_policy.default_by[direction] if reason == 133 else []
+            rules = [self.rule_names.get(r, str(r)) for r in deciding]
+            steps.append({"direction": DIRECTIONS[direction], "endpoint": subject, "verdict": verdict,
+                          "enforced": ep_policy.enforce[direction], "drop_reason": reason,
+                          "rules": rules, "selected_by": [self.rule_names[r] for r in ep_policy.selected_by[direction]]})
+            if verdict == "denied":
+                final = "denied"
+        return {"verdict": final, "src_identity": src_id, "dst_identity": dst_id, "steps": steps}
+
+    async def api_identities(self, req):
+        return [i.as_dict() for _, i in sorted(self.identities.known.items())]
+
+    async def api_identity(self, req):
+        try:
+            number = int(req.path_params["id"])
+        except ValueError:
+            raise ApiError(400, f"identity {req.path_params['id']!r} is not a number") from None
+        ident = self.identities.known.get(number)
+        if ident is None:
+            raise ApiError(404, f"identity {number} is not known")
+        return ident.as_dict()
+
+    async def api_endpoints(self, req):
+        out = []
+        for ep_id, ep in sorted(self.endpoints.items()):
+            p = self.realized.get(ep_id, EndpointPolicy())
+            out.append({"id": ep_id, "identity": ep.identity,
+                        "ingress": _enforcement(p, INGRESS), "egress": _enforcement(p, EGRESS),
+                        "entries": len(p.entries), "overflow": self.overflows.get(ep_id, "")})
+        return out
+
+    async def api_endpoint_config(self, req):
+        """Per-endpoint options; PolicyAuditMode=Enabled reports what this endpoint's policy would
+        deny instead of dropping it (Cilium's `endpoint config ID PolicyAuditMode=Enabled`)."""
+        ep_id = int(req.path_params["id"]) if req.path_params["id"].isdigit() else -1
+        if ep_id not in self.endpoints:
+            raise ApiError(404, f"endpoint {req.path_params['id']} does not exist on this node")
+        body = req.body or {}
+        unknown = set(body) - {"PolicyAuditMode"}
+        if unknown:
+            raise ApiError(400, f"endpoint config: unknown option {', '.join(sorted(unknown))} "
+                                f"(known: PolicyAuditMode)")
+        if "PolicyAuditMode" in body:
+            value = body["PolicyAuditMode"]
+            if value not in ("Enabled", "Disabled"):
+                raise ApiError(400, f"endpoint config: PolicyAuditMode={value!r} must be Enabled or Disabled")
+            self.endpoint_audit[ep_id] = value == "Enabled"
+            path = self.ctx.plugin_state_dir / "endpoint_audit.json"
+            path.with_suffix(".tmp").write_text(json.dumps(self.endpoint_audit))
+            path.with_suffix(".tmp").replace(path)
+            self.revision += 1
+            await self.regenerate()
+        return {"id": ep_id, "PolicyAuditMode": "Enabled" if self.endpoint_audit.get(ep_id) else "Disabled"}
+
+    async def api_bpf_policy(self, req):
+        wanted = req.query.get("endpoint")
+        rows = []
+        for key, entry in self.ctx.bpf_maps["policy_rules"].items():
+            if wanted and str(key.ep_id) != wanted:
+                continue
+            k = Key(key.egress, key.identity, key.proto, int.from_bytes(bytes(ct.c_uint16(key.port)), "big"),
+                    key.prefixlen)
+            rows.append({"endpoint": key.ep_id, "direction": DIRECTIONS[key.egress],
+                         "identity": key.identity, "labels": self._identity_labels(key.identity),
+                         "port": _port_text(k), "action": "deny" if entry.flags & maps.F_DENY else "allow",
+                         "audit": bool(entry.flags & maps.F_AUDIT),
+                         "rules": [self.rule_names.get(r, str(r)) for r in entry.rule_ids if r]})
+        if wanted and not rows and int(wanted) not in self.endpoints:
+            raise ApiError(404, f"endpoint {wanted} has no policy on this node")
+        return sorted(rows, key=lambda r: (r["endpoint"], r["direction"], r["identity"], r["port"]))
+
+    def _identity_labels(self, number: int) -> list[str]:
+        if number == 0:
+            return ["(any)"]
+        ident = self.identities.known.get(number)
+        return ident.as_dict()["labels"] if ident else [f"(unknown {number})"]
+
+    async def api_bpf_ct(self, req):
+        now = time.monotonic_ns()
+        rows = []
+        for key, value in self.ctx.bpf_maps["policy_ct"].items():
+            size = 4 if key.family == 4 else 16
+            a, b = (str(ipaddress.ip_address(bytes(x)[:size])) for x in (key.saddr, key.daddr))
+            pa, pb = (int.from_bytes(bytes(ct.c_uint16(p)), "big") for p in (key.sport, key.dport))
+            if value.origin:
+                a, b, pa, pb = b, a, pb, pa
+            rows.append({"source": a, "source_port": pa, "destination": b, "destination_port": pb,
+                         "protocol": {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6", 132: "SCTP"}.get(key.proto,
+                                                                                              str(key.proto)),
+                         "idle_seconds": round((now - value.last_seen) / 1e9, 1),
+                         "checks": [n for bit, n in ((maps.CHECK_EGRESS, "egress"), (maps.CHECK_INGRESS, "ingress"))
+                                    if value.passed & bit]})
+        return rows
+
+
+def _enforcement(p: EndpointPolicy, direction: int) -> str:
+    if p.audit[direction] and p.enforce[direction]:
+        return "Audit"
+    return "Enabled" if p.enforce[direction] else "Disabled"
+
+
+def _port_text(key: Key) -> str:
+    if key.prefixlen <= maps.PREFIX_ANY_PROTO:
+        return "ANY"
+    proto = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMPv6"}.get(key.proto, str(key.proto))
+    if key.proto in (1, 58):
+        return f"type {key.port >> 8}/{proto}"
+    if key.prefixlen == maps.PREFIX_ANY_PORT:
+        return f"ANY/{proto}"
+    bits = key.prefixlen - 80
+    last = key.port + (1 << (16 - bits)) - 1
+    return f"{key.port}/{proto}" if last == key.port else f"{key.port}-{last}/{proto}"
+
+
+class _PolicyCollector:
+    """cilium_policy, cilium_policy_max_revision, cilium_policy_change_total, cilium_identity,
+    cilium_policy_l3_l4_denied_total."""
+
+    def __init__(self, plugin: PolicyPlugin):
+        self.plugin = plugin
+
+    def collect(self):
+        p = self.plugin
+        yield GaugeMetricFamily("cilium_policy", "Number of policies currently loaded", value=len(p.policies))
+        yield GaugeMetricFamily("cilium_policy_max_revision", "Highest policy revision number in the agent",
+                                value=p.revision)
+        changes = CounterMetricFamily("cilium_policy_change", "Number of policy changes by source, operation "
+                                      "and outcome", labels=["source", "operation", "outcome"])
+        for (source, operation, outcome), n in sorted(p.changes.items()):
+            changes.add_metric([source, operation, outcome], n)
+        yield changes
+        kinds: dict[str, int] = {}
+        for ident in (p.identities.known.values() if p.identities else ()):
+            kinds[ident.kind] = kinds.get(ident.kind, 0) + 1
+        identity = GaugeMetricFamily("cilium_identity", "Number of identities currently allocated", labels=["type"])
+        for kind, n in sorted(kinds.items()):
+            identity.add_metric([kind], n)
+        yield identity
+        denied = CounterMetricFamily("cilium_policy_l3_l4_denied", "Packets dropped by L3/L4 policy (reasons "
+                                     "133 and 181)", labels=["direction"])
+        dp = p.ctx.datapath if p.ctx else None
+        if dp is not None:
+            from pylium.core.bpf.monitor import METRIC_DIRECTIONS
+            from pylium.core.metrics import read_bpf_metrics
+
+            totals = {name: 0 for name in METRIC_DIRECTIONS.values()}
+            for reason, direction, packets, _ in read_bpf_metrics(dp.maps["metrics"]):
+                if reason in (133, 181) and direction in METRIC_DIRECTIONS:
+                    totals[METRIC_DIRECTIONS[direction]] += packets
+            for name, n in totals.items():
+                denied.add_metric([name], n)
+        yield denied
+

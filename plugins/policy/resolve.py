@@ -1,0 +1,259 @@
+"""From policies to what an endpoint's maps hold: for each direction, whether unmatched
+traffic is denied, and entries keyed like the BPF trie (peer identity, protocol, port block)
+with allow/deny, audit and the ids of the rules that decided. `decide()` answers for one
+packet the way the BPF program reads these entries; `pylium policy trace` uses it."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from pylium.plugins.policy import maps
+from pylium.plugins.policy.identity import ID_HOST, ID_WORLD, RESERVED, Identity
+from pylium.plugins.policy.model import CidrSet, PeerRule, Policy, PortRange, Selector
+
+PROTOCOLS = {"TCP": (6,), "UDP": (17,), "SCTP": (132,), "ANY": (6, 17, 132)}
+MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 1, 2, 3, 4
+INGRESS, EGRESS = 0, 1
+DIRECTIONS = ("ingress", "egress")
+ENTITY_IDS = {"host": {1}, "init": {5}, "ingress": {8}, "unmanaged": {3}, "remote-node": {6}, "health": {4},
+              "kube-apiserver": {7}, "none": set()}
+ALLOW_LOCALHOST_RULE = 1  # rule id of the implicit "local host may reach its pods" entry
+
+
+def selector_matches(selector: Selector, labels: dict[str, str]) -> bool:
+    for req in selector.requirements:
+        if ":" in req.key:
+            present = req.key in labels
+            value = labels.get(req.key)
+        else:  # no source: any source
+            found = [v for k, v in labels.items() if k.split(":", 1)[-1] == req.key]
+            present, value = bool(found), (found[0] if found else None)
+        if req.operator == "In" and not (present and value in req.values):
+            return False
+        if req.operator == "NotIn" and present and value in req.values:
+            return False
+        if req.operator == "Exists" and not present:
+            return False
+        if req.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Key:
+    egress: int
+    identity: int  # 0: any peer
+    proto: int  # 0 with prefix 64: any protocol
+    port: int  # host order; ICMP: the type << 8 (the first byte on the wire, as the BPF stage reads it)
+    prefixlen: int
+
+    def covers(self, other: Key) -> bool:
+        """Does this (shorter) prefix contain `other` (same direction and identity)?"""
+        if (self.egress, self.identity) != (other.egress, other.identity) or self.prefixlen > other.prefixlen:
+            return False
+        if self.prefixlen <= maps.PREFIX_ANY_PROTO:
+            return True
+        if self.proto != other.proto:
+            return False
+        bits = self.prefixlen - 80
+        return bits <= 0 or (self.port >> (16 - bits)) == (other.port >> (16 - bits))
+
+    def bpf(self, ep_id: int) -> maps.PolicyKey:
+        return maps.PolicyKey(prefixlen=self.prefixlen, ep_id=ep_id, egress=self.egress, identity=self.identity,
+                              proto=self.proto if self.prefixlen > maps.PREFIX_ANY_PROTO else 0,
+                              port=socket.htons(self.port))
+
+
+@dataclass
+class Entry:
+    deny: bool = False
+    audit: bool = False
+    match: int = MATCH_ALL
+    rule_ids: list[int] = field(default_factory=list)
+
+    def bpf(self) -> maps.PolicyEntry:
+        e = maps.PolicyEntry(flags=(maps.F_DENY if self.deny else 0) | (maps.F_AUDIT if self.audit else 0),
+                             match=self.match)
+        for i, rule in enumerate(self.rule_ids[:2]):
+            e.rule_ids[i] = rule
+        return e
+
+
+@dataclass
+class EndpointPolicy:
+    enforce: list[bool] = field(default_factory=lambda: [False, False])
+    audit: list[bool] = field(default_factory=lambda: [False, False])
+    audit_default: list[bool] = field(default_factory=lambda: [False, False])
+    entries: dict[Key, Entry] = field(default_factory=dict)
+    selected_by: list[list[int]] = field(default_factory=lambda: [[], []])  # rule ids per direction
+    default_by: list[list[int]] = field(default_factory=lambda: [[], []])  # rules putting it in default deny
+
+    def flags(self, direction: int) -> int:
+        return ((maps.ENFORCE if self.enforce[direction] else 0) | (maps.AUDIT if self.audit[direction] else 0)
+                | (maps.AUDIT_DEFAULT if self.audit_default[direction] else 0))
+
+    def _longest(self, direction: int, identity: int, proto: int, port: int) -> tuple[Key, Entry] | None:
+        probe = Key(direction, identity, proto, port, maps.PREFIX_FULL)
+        best = None
+        for key, entry in self.entries.items():
+            if key.covers(probe) and (best is None or key.prefixlen > best[0].prefixlen):
+                best = (key, entry)
+        return best
+
+    def decide(self, direction: int, peer: int, proto: int, port: int) -> tuple[str, Entry | None, int]:
+        """(verdict, deciding entry, drop reason) as the BPF stage decides a new connection:
+        a deny from either lookup wins, then an allow, then the direction's default."""
+        found = [x for x in (self._longest(direction, peer, proto, port), self._longest(direction, 0, proto, port))
+                 if x is not None]
+        deny = next((e for _, e in found if e.deny), None)
+        if deny is not None:
+            return ("audit" if deny.audit or self.audit[direction] else "denied", deny, 181)
+        if found:
+            return "allowed", found[0][1], 0
+        if self.enforce[direction]:
+            audited = self.audit[direction] or self.audit_default[direction]
+            return ("audit" if audited else "denied", None, 133)
+        return "allowed", None, 0  # not enforced
+
+
+class Resolver:
+    """Policies + known identities -> EndpointPolicy for an endpoint's labels."""
+
+    def __init__(self, policies: list[Policy], identities: dict[int, Identity], policy_ids: dict[tuple, int],
+                 mode: str = "default", audit: bool = False, allow_localhost: bool = True):
+        self.policies = policies
+        self.identities = identities
+        self.policy_ids = policy_ids
+        self.mode = mode
+        self.audit = audit
+        self.allow_localhost = allow_localhost
+        self._selector_cache: dict[Selector, frozenset[int]] = {}
+
+    # ---- peers ----------------------------------------------------------------------------
+
+    def _selected(self, selector: Selector) -> frozenset[int]:
+        hit = self._selector_cache.get(selector)
+        if hit is None:
+            hit = self._selector_cache[selector] = frozenset(
+                n for n, ident in self.identities.items()
+                if "reserved:world" not in ident.labels and selector_matches(selector, ident.labels))
+        return hit
+
+    def _entity(self, name: str) -> set[int] | None:
+        if name == "all":
+            return None
+        if name.startswith("world"):
+            return {n for n, i in self.identities.items() if "reserved:world" in i.labels}
+        if name in ("cluster", "cluster-mesh"):
+            return {n for n, i in self.identities.items() if "reserved:world" not in i.labels}
+        return set(ENTITY_IDS.get(name, set()))
+
+    def _cidr(self, cidr: CidrSet) -> set[int]:
+        out = {n for n, i in self.identities.items()
+               if f"cidr:{cidr.cidr}" in i.labels and not any(f"cidr:{x}" in i.labels for x in cidr.excepts)}
+        if ipaddress.ip_network(cidr.cidr).prefixlen == 0:
+            out.add(ID_WORLD)
+        return out
+
+    def peers(self, rule: PeerRule) -> set[int] | None:
+        """Peer identities of a rule element; None: any peer."""
+        if not rule.l3:
+            return None
+        out: set[int] = set()
+        for selector in rule.endpoints:
+            out |= self._selected(selector)
+        for cidr in rule.cidrs:
+            out |= self._cidr(cidr)
+        for entity in rule.entities:
+            ids = self._entity(entity)
+            if ids is None:
+                return None
+            out |= ids
+        return out
+
+    # ---- entries --------------------------------------------------------------------------
+
+    @staticmethod
+    def _l4_keys(direction: int, identity: int, rule: PeerRule) -> list[Key]:
+        if not rule.ports and not rule.icmps:
+            return [Key(direction, identity, 0, 0, maps.PREFIX_ANY_PROTO)]
+        keys = []
+        for pr in rule.ports:
+            keys.extend(_port_keys(direction, identity, pr))
+        for icmp in rule.icmps:
+            keys.append(Key(direction, identity, 1 if icmp.family == 4 else 58, icmp.type << 8, 88))
+        return keys
+
+    def endpoint(self, labels: dict[str, str], endpoint_audit: bool = False) -> EndpointPolicy:
+        result = EndpointPolicy()
+        if self.mode == "never":
+            return result
+        allows: dict[Key, Entry] = {}
+        denies: dict[Key, Entry] = {}
+        default_deny_rules: list[list[bool]] = [[], []]  # per direction: audit flag of each rule enabling it
+        for policy in self.policies:
+            pid = self.policy_ids[policy.key]
+            for rule in policy.rules:
+                if not selector_matches(rule.subject, labels):
+                    continue
+                for direction, allow_list, deny_list, default in (
+                        (INGRESS, rule.ingress, rule.ingress_deny, rule.default_deny_ingress),
+                        (EGRESS, rule.egress, rule.egress_deny, rule.default_deny_egress)):
+                    if allow_list or deny_list or default:
+                        if pid not in result.selected_by[direction]:
+                            result.selected_by[direction].append(pid)
+                    if default:
+                        default_deny_rules[direction].append(policy.audit)
+                        if pid not in result.default_by[direction]:
+                            result.default_by[direction].append(pid)
+                    for element in allow_list:
+                        self._add(allows, direction, element, pid, deny=False, audit=policy.audit)
+                    for element in deny_list:
+                        self._add(denies, direction, element, pid, deny=True, audit=policy.audit)
+        for direction in (INGRESS, EGRESS):
+            result.enforce[direction] = self.mode == "always" or bool(default_deny_rules[direction])
+            result.audit[direction] = self.audit or endpoint_audit
+            result.audit_default[direction] = bool(default_deny_rules[direction]) and all(default_deny_rules[direction])
+        if self.allow_localhost and result.enforce[INGRESS]:
+            allows.setdefault(Key(INGRESS, ID_HOST, 0, 0, maps.PREFIX_ANY_PROTO),
+                              Entry(match=MATCH_L3_ONLY, rule_ids=[ALLOW_LOCALHOST_RULE]))
+        # a deny that covers an allow of the same peer wins: the trie returns the longest match only
+        for key, entry in allows.items():
+            cover = next((d for k, d in denies.items() if k.covers(key)), None)
+            result.entries[key] = cover if cover is not None else entry
+        result.entries.update(denies)
+        return result
+
+    def _add(self, into: dict[Key, Entry], direction: int, element: PeerRule, pid: int, *, deny: bool,
+             audit: bool) -> None:
+        if element.empty:
+            return
+        peers = self.peers(element)
+        for identity in sorted(peers) if peers is not None else [0]:
+            for key in self._l4_keys(direction, identity, element):
+                entry = into.get(key)
+                if entry is None:
+                    l4 = key.prefixlen > maps.PREFIX_ANY_PROTO
+                    match = (MATCH_L3_L4 if l4 else MATCH_L3_ONLY) if identity else (MATCH_L4_ONLY if l4 else MATCH_ALL)
+                    into[key] = Entry(deny=deny, audit=audit, match=match, rule_ids=[pid])
+                else:
+                    entry.audit = entry.audit and audit  # audited only if every deciding rule is
+                    if pid not in entry.rule_ids:
+                        entry.rule_ids.append(pid)
+
+
+def _port_keys(direction: int, identity: int, pr: PortRange) -> list[Key]:
+    keys = []
+    for proto in PROTOCOLS[pr.protocol]:
+        if pr.port == 0:
+            keys.append(Key(direction, identity, proto, 0, maps.PREFIX_ANY_PORT))
+            continue
+        for port, bits in maps.port_prefixes(pr.port, pr.end_port or pr.port):
+            keys.append(Key(direction, identity, proto, port, 80 + bits))
+    return keys
+
+
+def reserved_name(number: int) -> str:
+    return RESERVED.get(number, str(number))
