@@ -116,18 +116,23 @@ class PinnedMap:
     def put(self, key, value, flags: int = libbpf.ANY) -> None:
         self._counted("update", libbpf.update, key, value, flags)
 
-    def put_many(self, items: list[tuple[Any, Any]]) -> None:
-        """Write many entries with one batch update (counted as one update operation each)."""
-        if not items:
+    def put_many(self, keys: bytes, values: bytes) -> None:
+        """Write many entries with one batch update: `keys` and `values` are the packed structs
+        back to back (packing with `struct` is much cheaper than building ctypes objects)."""
+        n = len(keys) // self.spec.key_size
+        if not n:
             return
-        keys = (self.spec.key * len(items))(*(k for k, _ in items))
-        values = (self.spec.value * len(items))(*(v for _, v in items))
+        if len(keys) != n * self.spec.key_size or len(values) != n * self.spec.value_size:
+            raise ValueError(f"{self.spec.name}: {len(keys)} key bytes and {len(values)} value bytes are not "
+                             f"{n} whole entries")
+        keys = (self.spec.key * n).from_buffer_copy(keys)
+        values = (self.spec.value * n).from_buffer_copy(values)
         try:
             libbpf.update_batch(self.fd, keys, values)
         except OSError:
-            self.ops[("update", "fail")] += len(items)
+            self.ops[("update", "fail")] += n
             raise
-        self.ops[("update", "success")] += len(items)
+        self.ops[("update", "success")] += n
 
     def delete(self, key) -> bool:
         return self._counted("delete", libbpf.delete, key)

@@ -93,6 +93,11 @@ class IdentityAllocator:
         self._by_key: dict[str, int] = {}
         self._cidrs: dict[str, int] = {}
 
+    def known_labels(self, labels: dict[str, str]) -> Identity | None:
+        """The identity of these labels if this node knows it already."""
+        number = self._by_key.get(label_key(self.filter.relevant(labels)))
+        return self.known[number] if number is not None else None
+
     async def allocate(self, labels: dict[str, str]) -> Identity:
         relevant = self.filter.relevant(labels)
         reserved = [k for k in relevant if k.startswith("reserved:")]

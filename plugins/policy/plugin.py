@@ -54,6 +54,7 @@ class PolicyPlugin:
         self.endpoint_audit: dict[int, bool] = {}  # `pylium endpoint config ID PolicyAuditMode=Enabled`
         self._lock: anyio.Lock | None = None
         self._realized_event: anyio.Event | None = None
+        self._dirty: anyio.Event | None = None
 
     # ---- hooks ------------------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class PolicyPlugin:
         self.ctx = ctx
         self._lock = anyio.Lock()
         self._realized_event = anyio.Event()
+        self._dirty = anyio.Event()
         self.identities = IdentityAllocator(ctx.store, LabelFilter(ctx.config.policy.identityLabels))
         await self.identities.sync()
         bpf = ctx.config.bpf
@@ -110,6 +112,7 @@ class PolicyPlugin:
         ctx.metrics.register(collector)
         ctx.start_task("manifests", manifests.watch, lambda: self._directory_changed(manifests))
         ctx.start_task("ct-gc", self._ct_gc)
+        ctx.start_task("regenerate", self._regenerator)
         await self.regenerate()
         ctx.set_health(Health.OK)
         try:
@@ -144,13 +147,25 @@ class PolicyPlugin:
             ctx.datapath.pressure.pop(f"policy_{endpoint.id:05d}", None)
 
     async def _adopt(self, endpoint) -> None:
-        """The endpoint's identity from its labels, then its policy (and everyone's: a new
-        identity may be a peer of other endpoints' rules)."""
+        """The endpoint's identity from its labels and its policy, now (before it can send);
+        a new identity may be a peer in other endpoints' rules: they follow in the background."""
         labels = endpoint.labels or {"reserved:init": ""}
+        new = self.identities.known_labels(labels) is None
         endpoint.identity = (await self.identities.allocate(labels)).id
         self.endpoints[endpoint.id] = endpoint
-        self.revision += 1
-        await self.regenerate()
+        async with self._lock:
+            wanted = self._resolver().endpoint(labels, self.endpoint_audit.get(endpoint.id, False))
+            self._write(endpoint.id, wanted, self.revision)
+        if new:
+            self.revision += 1
+            self._dirty.set()
+
+    async def _regenerator(self) -> None:
+        """Regenerations asked for in the background, coalesced."""
+        while True:
+            await self._dirty.wait()
+            self._dirty = anyio.Event()
+            await self.regenerate()
 
     # ---- the repository ---------------------------------------------------------------------
 
@@ -283,8 +298,8 @@ class PolicyPlugin:
         if old is not None and old == wanted and not lockdown:
             return
         rules = self.ctx.bpf_maps["policy_rules"]
-        rules.put_many([(key.bpf(ep_id), entry.bpf()) for key, entry in wanted.entries.items()
-                        if old is None or old.entries.get(key) != entry])
+        changed = [(key, entry) for key, entry in wanted.entries.items() if old is None or old.entries.get(key) != entry]
+        rules.put_many(b"".join(k.packed(ep_id) for k, _ in changed), b"".join(e.packed() for _, e in changed))
         for key in (old.entries if old else ()):
             if key not in wanted.entries:
                 rules.delete(key.bpf(ep_id))

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from dataclasses import dataclass, field
 
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.identity import ID_HOST, ID_WORLD, RESERVED, Identity
-from pylium.plugins.policy.model import CidrSet, PeerRule, Policy, PortRange, Selector
+from pylium.plugins.policy.model import NAMESPACE_LABEL, CidrSet, PeerRule, Policy, PortRange, Selector
 
 PROTOCOLS = {"TCP": (6,), "UDP": (17,), "SCTP": (132,), "ANY": (6, 17, 132)}
+_KEY = struct.Struct("<IHBBIBBH")  # struct policy_key (the port field holds network order)
+_ENTRY = struct.Struct("<BBHII")  # struct policy_entry
 MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 1, 2, 3, 4
 INGRESS, EGRESS = 0, 1
 DIRECTIONS = ("ingress", "egress")
@@ -60,6 +63,11 @@ class Key:
         bits = self.prefixlen - 80
         return bits <= 0 or (self.port >> (16 - bits)) == (other.port >> (16 - bits))
 
+    def packed(self, ep_id: int) -> bytes:
+        """struct policy_key as bytes (what `bpf()` builds, without a ctypes object)."""
+        proto = self.proto if self.prefixlen > maps.PREFIX_ANY_PROTO else 0
+        return _KEY.pack(self.prefixlen, ep_id, self.egress, 0, self.identity, proto, 0, socket.htons(self.port))
+
     def bpf(self, ep_id: int) -> maps.PolicyKey:
         return maps.PolicyKey(prefixlen=self.prefixlen, ep_id=ep_id, egress=self.egress, identity=self.identity,
                               proto=self.proto if self.prefixlen > maps.PREFIX_ANY_PROTO else 0,
@@ -72,6 +80,11 @@ class Entry:
     audit: bool = False
     match: int = MATCH_ALL
     rule_ids: list[int] = field(default_factory=list)
+
+    def packed(self) -> bytes:
+        rules = (self.rule_ids + [0, 0])[:2]
+        return _ENTRY.pack((maps.F_DENY if self.deny else 0) | (maps.F_AUDIT if self.audit else 0), self.match, 0,
+                           *rules)
 
     def bpf(self) -> maps.PolicyEntry:
         e = maps.PolicyEntry(flags=(maps.F_DENY if self.deny else 0) | (maps.F_AUDIT if self.audit else 0),
@@ -130,6 +143,17 @@ class Resolver:
         self.audit = audit
         self.allow_localhost = allow_localhost
         self._selector_cache: dict[Selector, frozenset[int]] = {}
+        # rules by one label their subject requires (an index: most endpoints are selected by few)
+        self._by_label: dict[tuple[str, str], list[int]] = {}
+        self._unindexed: list[int] = []
+        self._rules = [(policy, rule) for policy in policies for rule in policy.rules]
+        for n, (_, rule) in enumerate(self._rules):
+            required = [r for r in rule.subject.requirements if r.operator == "In"]
+            required.sort(key=lambda r: r.key == NAMESPACE_LABEL)  # the namespace narrows least
+            if not required:
+                self._unindexed.append(n)
+            for value in required[0].values if required else ():
+                self._by_label.setdefault((required[0].key, value), []).append(n)
 
     # ---- peers ----------------------------------------------------------------------------
 
@@ -193,25 +217,22 @@ class Resolver:
         allows: dict[Key, Entry] = {}
         denies: dict[Key, Entry] = {}
         default_deny_rules: list[list[bool]] = [[], []]  # per direction: audit flag of each rule enabling it
-        for policy in self.policies:
+        for policy, rule in self._selecting(labels):
             pid = self.policy_ids[policy.key]
-            for rule in policy.rules:
-                if not selector_matches(rule.subject, labels):
-                    continue
-                for direction, allow_list, deny_list, default in (
-                        (INGRESS, rule.ingress, rule.ingress_deny, rule.default_deny_ingress),
-                        (EGRESS, rule.egress, rule.egress_deny, rule.default_deny_egress)):
-                    if allow_list or deny_list or default:
-                        if pid not in result.selected_by[direction]:
-                            result.selected_by[direction].append(pid)
-                    if default:
-                        default_deny_rules[direction].append(policy.audit)
-                        if pid not in result.default_by[direction]:
-                            result.default_by[direction].append(pid)
-                    for element in allow_list:
-                        self._add(allows, direction, element, pid, deny=False, audit=policy.audit)
-                    for element in deny_list:
-                        self._add(denies, direction, element, pid, deny=True, audit=policy.audit)
+            for direction, allow_list, deny_list, default in (
+                    (INGRESS, rule.ingress, rule.ingress_deny, rule.default_deny_ingress),
+                    (EGRESS, rule.egress, rule.egress_deny, rule.default_deny_egress)):
+                if allow_list or deny_list or default:
+                    if pid not in result.selected_by[direction]:
+                        result.selected_by[direction].append(pid)
+                if default:
+                    default_deny_rules[direction].append(policy.audit)
+                    if pid not in result.default_by[direction]:
+                        result.default_by[direction].append(pid)
+                for element in allow_list:
+                    self._add(allows, direction, element, pid, deny=False, audit=policy.audit)
+                for element in deny_list:
+                    self._add(denies, direction, element, pid, deny=True, audit=policy.audit)
         for direction in (INGRESS, EGRESS):
             result.enforce[direction] = self.mode == "always" or bool(default_deny_rules[direction])
             result.audit[direction] = self.audit or endpoint_audit
@@ -225,6 +246,17 @@ class Resolver:
             result.entries[key] = cover if cover is not None else entry
         result.entries.update(denies)
         return result
+
+    def _selecting(self, labels: dict[str, str]):
+        """(policy, rule) pairs whose subject selects these labels, in policy order."""
+        candidates = set(self._unindexed)
+        for full, value in labels.items():
+            for key in (full, full.split(":", 1)[-1]):
+                candidates.update(self._by_label.get((key, value), ()))
+        for n in sorted(candidates):
+            policy, rule = self._rules[n]
+            if selector_matches(rule.subject, labels):
+                yield policy, rule
 
     def _add(self, into: dict[Key, Entry], direction: int, element: PeerRule, pid: int, *, deny: bool,
              audit: bool) -> None:
