@@ -4,6 +4,7 @@ drops with reasons and rule names, connection tracking, modes, audit, trace, the
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import textwrap
 import time
@@ -343,7 +344,7 @@ def test_enable_default_deny_false_adds_no_default_deny(empire, tmp_path):
     assert not reaches(lab, pods["xwing"], pods["deathstar"].ip, 80), "deny rules still apply"
 
 
-def test_audit_mode_global_per_endpoint_and_per_policy(empire, tmp_path):
+def test_global_audit_mode_reports_instead_of_dropping(empire, tmp_path):
     lab, start = empire
     _, pods = start("--set", "policyAuditMode=true", policies=RULE1)
     death, xwing = pods["deathstar"], pods["xwing"]
@@ -368,8 +369,7 @@ def test_audit_per_endpoint_and_per_policy(empire, tmp_path):
     audited = DENY_ALLIANCE.replace("metadata: {name: no-rebels}",
                                     "metadata: {name: no-rebels, annotations: {policy.pylium.io/audit-mode: 'true'}}")
     import_policy(lab, tmp_path, audited)
-    assert reaches(lab, xwing, pods["tiefighter"].ip, 80) is False  # tiefighter serves nothing
-    lab.servers.append(serve(lab, pods["tiefighter"].netns, "tcp", pods["tiefighter"].ip, 80))
+    serve(lab, pods["tiefighter"].netns, "tcp", pods["tiefighter"].ip, 80)
     assert reaches(lab, xwing, pods["tiefighter"].ip, 80), "no-rebels is audited"
     audit = wait_flow(lab, lambda f: f["verdict"] == "AUDIT" and f["destination"].get("pod_name") == "tiefighter")
     assert [p["name"] for p in audit["ingress_denied_by"]] == ["no-rebels"]
@@ -453,7 +453,10 @@ def test_policy_trace_agrees_with_real_traffic(empire, tmp_path):
     # by labels, before any such pod exists
     out = cli(lab, "policy", "trace", "-s", "org=empire", "-s", "class=tiefighter", "-d", "org=empire", "-d",
               "class=deathstar", "--dport", "80/TCP")
-    assert "Final verdict: ALLOWED" in out.stdout
+    assert "Final verdict: ALLOWED" in out.stdout and "CiliumNetworkPolicy/default/rule1" in out.stdout
+    out = cli(lab, "policy", "trace", "-s", "org=alliance", "-d", "org=empire", "-d", "class=deathstar",
+              "--dport", "80/TCP", ok=False)
+    assert out.returncode == 1 and "Final verdict: DENIED" in out.stdout
 
 
 def test_identities_maps_and_metrics_through_the_cli(empire, tmp_path):
@@ -520,3 +523,82 @@ def test_a_policy_that_does_not_fit_the_map(empire, tmp_path, lockdown):
     else:
         assert reaches(lab, pods["tiefighter"], death.ip, 80), "the previous policy stays"
         assert not reaches(lab, pods["tiefighter"], death.ip, 8080), "the previous policy stays"
+
+
+def test_policy_is_enforced_while_the_agent_is_away_and_after_it_returns(empire, tmp_path):
+    lab, start = empire
+    agent, pods = start()
+    import_policy(lab, tmp_path, RULE1)
+    identities = {e["id"]: e["identity"] for e in lab.api.get("/v1/endpoints")}
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    # the maps and programs are pinned: the kernel keeps enforcing
+    assert reaches(lab, pods["tiefighter"], pods["deathstar"].ip, 80)
+    assert not reaches(lab, pods["xwing"], pods["deathstar"].ip, 80)
+    lab.start_agent()
+    assert {e["id"]: e["identity"] for e in lab.api.get("/v1/endpoints")} == identities, "same labels, same identity"
+    assert [p["name"] for p in json.loads(cli(lab, "policy", "get", "-o", "json").stdout)["policies"]] == ["rule1"]
+    assert reaches(lab, pods["tiefighter"], pods["deathstar"].ip, 80)
+    assert not reaches(lab, pods["xwing"], pods["deathstar"].ip, 80)
+    cli(lab, "policy", "delete", "rule1")
+    assert json.loads(cli(lab, "policy", "get", "-o", "json").stdout)["policies"] == []
+    time.sleep(0.2)
+    assert reaches(lab, pods["xwing"], pods["deathstar"].ip, 80)
+    out = cli(lab, "policy", "delete", "rule1", ok=False)
+    assert out.returncode != 0 and "no imported policy 'rule1'" in out.stderr
+
+
+NAMESPACES = textwrap.dedent("""
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: default, labels: {team: empire}}
+    ---
+    apiVersion: v1
+    kind: Namespace
+    metadata: {name: rebels, labels: {team: alliance}}
+    ---
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: yoda, namespace: rebels, labels: {org: alliance}}
+""")
+FROM_EMPIRE_NAMESPACES = textwrap.dedent("""
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: from-empire-namespaces, namespace: default}
+    spec:
+      podSelector:
+        matchLabels: {class: deathstar}
+      ingress:
+      - from:
+        - namespaceSelector:
+            matchLabels: {team: empire}
+""")
+
+
+def test_namespace_labels_from_namespace_manifests_select_peers(empire, tmp_path):
+    lab, start = empire
+    lab.manifests.joinpath("namespaces.yaml").write_text(NAMESPACES)
+    _, pods = start()
+    yoda = lab.pod("yo", k8s_namespace="rebels", k8s_pod_name="yoda")
+    import_policy(lab, tmp_path, FROM_EMPIRE_NAMESPACES)
+    assert reaches(lab, pods["xwing"], pods["deathstar"].ip, 80), "xwing lives in `default` (team=empire)"
+    assert not reaches(lab, yoda, pods["deathstar"].ip, 80)
+
+
+def test_connections_expire_and_are_collected(empire, tmp_path):
+    lab, start = empire
+    _, pods = start("--set", "bpf.ctAnyTimeout=2s", policies=RULE1)
+    death = pods["deathstar"]
+    serve(lab, death.netns, "udp", death.ip, 5353)
+    assert not reaches(lab, pods["tiefighter"], death.ip, 5353, kind="udp"), "UDP is not in rule1"
+    serve(lab, pods["tiefighter"].netns, "udp", pods["tiefighter"].ip, 5353)
+    assert reaches(lab, death, pods["tiefighter"].ip, 5353, kind="udp"), "egress is open; the reply passes"
+
+    def udp_entries():
+        return [r for r in json.loads(cli(lab, "bpf", "ct", "list", "-o", "json").stdout) if r["protocol"] == "UDP"]
+
+    assert udp_entries()
+    deadline = time.monotonic() + 8
+    while udp_entries() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not udp_entries(), "expired after bpf.ctAnyTimeout and removed"

@@ -96,7 +96,8 @@ def policy_wait(client, revision: int, timeout: float) -> None:
 
 @policy.command("trace")
 @click.option("--src-endpoint", type=int, help="Source: a local endpoint id.")
-@click.option("--src-labels", "-s", multiple=True, help="Source labels (key=value, repeatable).")
+@click.option("--src-labels", "-s", multiple=True,
+              help="Source labels (key=value, repeatable; source k8s: and namespace default unless given).")
 @click.option("--src-identity", type=int, help="Source: a security identity.")
 @click.option("--dst-endpoint", type=int, help="Destination: a local endpoint id.")
 @click.option("--dst-labels", "-d", multiple=True, help="Destination labels (key=value, repeatable).")

@@ -28,7 +28,7 @@ from pylium.core.plugin_api import ApiError, Health
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.config import PolicyConfig
 from pylium.plugins.policy.identity import MIN_LOCAL, IdentityAllocator, LabelFilter
-from pylium.plugins.policy.model import Policy, PolicyError, parse_documents, parse_policy
+from pylium.plugins.policy.model import NAMESPACE_LABEL, Policy, PolicyError, parse_documents, parse_policy
 from pylium.plugins.policy.resolve import (ALLOW_LOCALHOST_RULE, DIRECTIONS, EGRESS, INGRESS, EndpointPolicy, Key,
                                            Resolver)
 
@@ -426,7 +426,7 @@ class PolicyPlugin:
                 raise ApiError(400, f"policy trace: give --{side}-endpoint, --{side}-labels or a known "
                                     f"--{side}-identity")
             return dict(self.identities.known[int(identity)].labels), int(identity), f"identity {identity}"
-        parsed = {}
+        parsed = {NAMESPACE_LABEL: "default"}  # a pod of `default` unless the labels say otherwise
         for item in labels:
             k, _, v = item.partition("=")
             parsed[k if ":" in k else f"k8s:{k}"] = v
