@@ -27,6 +27,21 @@ def measure(probe: str, client_ns: str, server_ip: str, mode: str, seconds: floa
     return float(r.stdout.strip())
 
 
+def alternate(probe: str, first: tuple[str, str], second: tuple[str, str], rounds: int,
+              seconds: float) -> dict[str, tuple[float, float, float]]:
+    """For TCP_RR and TCP_CRR: rounds alternating between two (client netns, server address)
+    pairs; the medians of each and the median of the per-round ratios first/second."""
+    results = {}
+    for mode in ("rr", "crr"):
+        a, b, ratios = [], [], []
+        for _ in range(rounds):
+            a.append(measure(probe, *first, mode, seconds))
+            b.append(measure(probe, *second, mode, seconds))
+            ratios.append(a[-1] / b[-1])
+        results[mode] = (statistics.median(a), statistics.median(b), statistics.median(ratios))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -52,16 +67,7 @@ def main() -> None:
                                      duration]) for ns, ip in ((b, b_ip), (base_b, "10.212.0.2"))]
         time.sleep(0.5)  # let the servers listen
         try:
-            results = {}
-            for mode in ("rr", "crr"):
-                ours, base, ratios = [], [], []
-                for _ in range(args.rounds):
-                    o = measure(probe, a, b_ip, mode, args.seconds)
-                    p = measure(probe, base_a, "10.212.0.2", mode, args.seconds)
-                    ours.append(o)
-                    base.append(p)
-                    ratios.append(o / p)
-                results[mode] = (statistics.median(ours), statistics.median(base), statistics.median(ratios))
+            results = alternate(probe, (a, b_ip), (base_a, "10.212.0.2"), args.rounds, args.seconds)
         finally:
             for s in servers:
                 s.kill()

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _lab import add_pod, exec_in, node_with_agent, rrprobe  # noqa: E402
-from datapath_rr import measure  # noqa: E402
+from datapath_rr import alternate  # noqa: E402
 
 SETTINGS = {"medium": ["--set", "bpf.monitorAggregation=medium"],
             "no tracing": ["--set", "bpf.events.trace.enabled=false"]}
@@ -46,16 +45,7 @@ def main() -> None:
             pairs[name] = (a, b_ip)
         stack.callback(lambda: [s.kill() for s in servers])
         time.sleep(0.5)
-        results = {}
-        for mode in ("rr", "crr"):
-            traced, plain, ratios = [], [], []
-            for _ in range(args.rounds):
-                t = measure(probe, *pairs["medium"], mode, args.seconds)
-                p = measure(probe, *pairs["no tracing"], mode, args.seconds)
-                traced.append(t)
-                plain.append(p)
-                ratios.append(t / p)
-            results[mode] = (statistics.median(traced), statistics.median(plain), statistics.median(ratios))
+        results = alternate(probe, pairs["medium"], pairs["no tracing"], args.rounds, args.seconds)
     print(f"pinned to CPU 0, {args.rounds} alternating rounds of {args.seconds:g}s, medians")
     for mode, (t, p, ratio) in results.items():
         print(f"TCP_{mode.upper():3}: aggregation medium {t:9,.0f}/s  tracing disabled {p:9,.0f}/s  ratio {ratio:.3f}")

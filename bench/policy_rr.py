@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _lab import exec_in, node_with_agent, rrprobe  # noqa: E402
-from datapath_rr import measure  # noqa: E402
+from datapath_rr import alternate  # noqa: E402
 
 
 def add(client, netns: str, app: str) -> str:
@@ -66,16 +65,7 @@ def main() -> None:
             raise SystemExit(f"the server's policy has {written} entries, not {args.entries}")
         time.sleep(0.5)
         try:
-            results = {}
-            for mode in ("rr", "crr"):
-                with_policy, without, ratios = [], [], []
-                for _ in range(args.rounds):
-                    p = measure(probe, *pairs["policy"], mode, args.seconds)
-                    o = measure(probe, *pairs["no policy"], mode, args.seconds)
-                    with_policy.append(p)
-                    without.append(o)
-                    ratios.append(p / o)
-                results[mode] = (statistics.median(with_policy), statistics.median(without), statistics.median(ratios))
+            results = alternate(probe, pairs["policy"], pairs["no policy"], args.rounds, args.seconds)
         finally:
             for proc in servers:
                 proc.kill()

@@ -25,6 +25,8 @@ import statistics
 import sys
 import time
 
+import anyio
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _lab import node_with_agent  # noqa: E402
 
@@ -46,6 +48,20 @@ def add(client, netns, i: int) -> float:
                                         "labels": {"k8s:app": f"a{i}", "k8s:group": f"g{i % 50}",
                                                    "k8s:io.kubernetes.pod.namespace": "default"}})
     return time.perf_counter() - started
+
+
+async def remote_identities(store_path, count: int) -> None:
+    """Pods of other nodes: their identities allocated through the cluster store, as another
+    node's agent would."""
+    from pylium.core.store import LocalStore
+    from pylium.plugins.policy.identity import IdentityAllocator, LabelFilter
+
+    store = LocalStore(store_path)
+    allocator = IdentityAllocator(store, LabelFilter())
+    for i in range(count):
+        await allocator.allocate({"k8s:app": f"remote{i}", "k8s:group": f"g{i % 50}",
+                                  "k8s:io.kubernetes.pod.namespace": "default"})
+    await store.close()
 
 
 def batch_write() -> tuple[float, float]:
@@ -78,12 +94,14 @@ def main() -> None:
     parser.add_argument("--policies", type=int, default=1000)
     parser.add_argument("--identities", type=int, default=500)
     args = parser.parse_args()
-    with node_with_agent() as (_, client, netns, _, _):
+    with node_with_agent() as (_, client, netns, _, run_dir):
         baseline = [add(client, netns(f"e{i}"), i) for i in range(args.endpoints)]
-        for i in range(args.identities - args.endpoints):  # pods elsewhere: identities through the store
-            client.call("POST", "/v1/policy/trace", {"src_labels": [f"app=remote{i}", f"group=g{i % 50}"],
-                                                     "dst_identity": 2, "dport": "80/TCP"})
-        known = [i for i in client.get("/v1/identity") if i["id"] >= 256]
+        anyio.run(remote_identities, run_dir.parent / "state" / "store" / "local.db", args.identities - args.endpoints)
+        deadline = time.monotonic() + 30  # the agent learns them from the store
+        while len(known := [i for i in client.get("/v1/identity") if 256 <= i["id"] < 1 << 24]) < args.identities:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the agent knows {len(known)} identities, not {args.identities}")
+            time.sleep(0.2)
         docs = [policy(i, args.endpoints) for i in range(args.policies)]
         started = time.perf_counter()
         revision = client.call("POST", "/v1/policy", {"documents": docs, "origin": "bench"})["revision"]

@@ -237,7 +237,7 @@ def test_a_bad_policy_is_rejected_whole_and_the_previous_stays(empire, tmp_path)
     assert not reaches(lab, pods["tiefighter"], pods["deathstar"].ip, 8080)
 
 
-def test_enforcement_mode_always_denies_unselected_endpoints_but_not_the_host(empire):
+def test_enforcement_mode_always_denies_unselected_endpoints_but_not_the_host(empire, tmp_path):
     lab, start = empire
     _, pods = start("--set", "policyEnforcementMode=always")
     assert not reaches(lab, pods["xwing"], pods["deathstar"].ip, 80)
@@ -245,6 +245,11 @@ def test_enforcement_mode_always_denies_unselected_endpoints_but_not_the_host(em
         == "ok", "the node itself reaches its pods (allowLocalhost: always)"
     eps = json.loads(cli(lab, "endpoint", "list", "-o", "json").stdout)
     assert {(e["policy_ingress"], e["policy_egress"]) for e in eps} == {("Enabled", "Enabled")}
+    # the world entity: outside the cluster, not the pods
+    import_policy(lab, tmp_path, EGRESS.replace("toCIDRSet:\n    - {cidr: 10.250.0.0/24, except: [EXCEPT]}",
+                                                "toEntities: [world]"))
+    assert ping(lab, pods["xwing"].netns, OUTSIDE_IP)
+    assert not ping(lab, pods["xwing"].netns, pods["tiefighter"].ip, 1)
 
 
 def test_enforcement_mode_never_ignores_policies(empire, tmp_path):
@@ -602,3 +607,34 @@ def test_connections_expire_and_are_collected(empire, tmp_path):
     while udp_entries() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not udp_entries(), "expired after bpf.ctAnyTimeout and removed"
+
+
+PING_FROM_EMPIRE = textwrap.dedent("""
+    apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: ping-deathstar}
+    spec:
+      endpointSelector:
+        matchLabels: {class: deathstar}
+      ingress:
+      - fromEndpoints:
+        - matchLabels: {org: empire}
+        icmps:
+        - fields: [{type: EchoRequest, family: IPv4}]
+      - fromCIDRSet:
+        - {cidr: 10.250.0.0/24, except: [10.250.0.2/32]}
+""")
+
+
+def test_icmp_rules_and_cidr_peers_on_ingress(empire, tmp_path):
+    lab, start = empire
+    _, pods = start()
+    death = pods["deathstar"]
+    import_policy(lab, tmp_path, PING_FROM_EMPIRE)
+    assert ping(lab, pods["tiefighter"].netns, death.ip)
+    assert not ping(lab, pods["xwing"].netns, death.ip, 1)
+    assert not reaches(lab, pods["tiefighter"], death.ip, 80), "only ICMP echo is allowed"
+    lab.exec(lab.out_ns, "ip", "route", "add", "10.210.0.0/16", "via", NODE_IP)  # the outside routes to pods
+    assert not ping(lab, lab.out_ns, death.ip, 1), "the outside address is in the except"
+    import_policy(lab, tmp_path, PING_FROM_EMPIRE.replace(", except: [10.250.0.2/32]", ""))
+    assert ping(lab, lab.out_ns, death.ip), "now it is in the CIDR"

@@ -88,11 +88,11 @@ static __always_inline int flow_of(struct __sk_buff *skb, struct flow_key *k, __
     } else if (k->proto == IPPROTO_ICMP || k->proto == IPPROTO_ICMPV6) {
         if ((void *)(l4h + 6) > data_end)
             return 1;
-        __u8 type = l4h[0]; /* echo request and reply: the identifier in both ports */
-        if (type == 8 || type == 0 || type == 128 || type == 129) {
-            __builtin_memcpy(&k->sport, l4h + 4, 2);
-            k->dport = k->sport;
-        }
+        /* echo request and reply: the identifier in both ports (they share a connection);
+         * other messages: their type and code, so that each is a connection of its own */
+        __u8 type = l4h[0];
+        __builtin_memcpy(&k->sport, (type == 8 || type == 0 || type == 128 || type == 129) ? l4h + 4 : l4h, 2);
+        k->dport = k->sport;
     }
     return 1;
 }

@@ -36,12 +36,16 @@ static __always_inline int enforce(struct __sk_buff *skb, __u16 ep, __u32 peer, 
     __u8 dir = egress ? METRIC_EGRESS : METRIC_INGRESS;
     __u32 ep_key = ep;
     struct policy_endpoint *pe = policy_endpoints.lookup(&ep_key);
-    if (!pe)
-        return TC_ACT_OK; /* not under the policy plugin (yet): nothing to enforce */
-    __u8 flags = egress ? pe->flags[1] : pe->flags[0];
-    __u32 revision = pe->revision;
-    __u32 default0 = egress ? pe->default_rules[1][0] : pe->default_rules[0][0];
-    __u32 default1 = egress ? pe->default_rules[1][1] : pe->default_rules[0][1];
+    /* an endpoint the plugin has not programmed (yet) enforces nothing, but its connections
+     * are recorded like everyone's: the other side's replies must find them */
+    __u8 flags = 0;
+    __u32 revision = 0, default0 = 0, default1 = 0;
+    if (pe) {
+        flags = egress ? pe->flags[1] : pe->flags[0];
+        revision = pe->revision;
+        default0 = egress ? pe->default_rules[1][0] : pe->default_rules[0][0];
+        default1 = egress ? pe->default_rules[1][1] : pe->default_rules[0][1];
+    }
     if (flags & POLICY_LOCKDOWN)
         return POLICY_DROP(skb, DROP_POLICY, dir, 0, 0);
     struct flow_key k;
@@ -49,8 +53,12 @@ static __always_inline int enforce(struct __sk_buff *skb, __u16 ep, __u32 peer, 
     if (!flow_of(skb, &k, &tcp_flags))
         return TC_ACT_OK; /* not IP (ARP): not policy's */
     __be16 port = k.dport;
-    if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6)
+    if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6) {
         port = icmp_port(skb, &k);
+        __u8 type = bpf_ntohs(port) >> 8;
+        if (k.proto == IPPROTO_ICMPV6 && type >= 133 && type <= 136)
+            return TC_ACT_OK; /* neighbour discovery: IPv6 does not work without it */
+    }
     __u8 proto = k.proto;
     __u8 d = flow_normalize(&k);
 
@@ -74,21 +82,47 @@ static __always_inline int enforce(struct __sk_buff *skb, __u16 ep, __u32 peer, 
         ct = 0;
     }
 
+    /* copies, not pointers: the compiler turns a choice between two map values into pointer
+     * arithmetic the verifier rejects */
+    struct policy_entry deny = {}, allow = {};
+    int denied = 0, allowed = 0;
     struct policy_entry *exact = rule_lookup(ep, egress, peer, proto, port);
+    if (exact) {
+        if (exact->flags & POLICY_F_DENY) {
+            __builtin_memcpy(&deny, exact, sizeof(deny));
+            denied = 1;
+        } else {
+            __builtin_memcpy(&allow, exact, sizeof(allow));
+            allowed = 1;
+        }
+    }
     struct policy_entry *any = rule_lookup(ep, egress, 0, proto, port);
-    struct policy_entry *deny = exact && (exact->flags & POLICY_F_DENY) ? exact
-                                : any && (any->flags & POLICY_F_DENY) ? any : 0;
-    struct policy_entry *allow = deny ? 0 : exact ? exact : any;
-    if (deny) {
-        if (!(deny->flags & POLICY_F_AUDIT) && !(flags & POLICY_AUDIT))
-            return POLICY_DROP(skb, DROP_POLICY_DENY, dir, deny->rule_ids[0], deny->rule_ids[1]);
-        POLICY_VERDICT(skb, deny->match, dir, EVENT_F_AUDIT, deny->rule_ids[0], deny->rule_ids[1]);
-    } else if (allow) {
+    if (any) {
+        if (any->flags & POLICY_F_DENY) {
+            if (!denied || (deny.flags & POLICY_F_AUDIT)) /* an enforced deny wins over an audited one */
+                __builtin_memcpy(&deny, any, sizeof(deny));
+            denied = 1;
+        } else if (!allowed) {
+            __builtin_memcpy(&allow, any, sizeof(allow));
+            allowed = 1;
+        }
+    }
+    if (denied) {
+        if (!(deny.flags & POLICY_F_AUDIT) && !(flags & POLICY_AUDIT)) {
+            if (ct)
+                policy_ct.delete(&k); /* revoked: its replies no longer pass either */
+            return POLICY_DROP(skb, DROP_POLICY_DENY, dir, deny.rule_ids[0], deny.rule_ids[1]);
+        }
+        POLICY_VERDICT(skb, deny.match, dir, EVENT_F_AUDIT, deny.rule_ids[0], deny.rule_ids[1]);
+    } else if (allowed) {
         if (!ct || ct->origin != d || !(ct->passed & check)) /* a new connection: report it */
-            POLICY_VERDICT(skb, allow->match, dir, EVENT_F_ALLOWED, allow->rule_ids[0], allow->rule_ids[1]);
+            POLICY_VERDICT(skb, allow.match, dir, EVENT_F_ALLOWED, allow.rule_ids[0], allow.rule_ids[1]);
     } else if (flags & POLICY_ENFORCE) {
-        if (!(flags & (POLICY_AUDIT | POLICY_AUDIT_DEFAULT)))
+        if (!(flags & (POLICY_AUDIT | POLICY_AUDIT_DEFAULT))) {
+            if (ct)
+                policy_ct.delete(&k);
             return POLICY_DROP(skb, DROP_POLICY, dir, default0, default1);
+        }
         POLICY_VERDICT(skb, 0, dir, EVENT_F_AUDIT, default0, default1);
     }
 

@@ -395,8 +395,8 @@ def flow_key(packet: bytes) -> tuple[FlowKey, int] | None:
         pass  # a later fragment: no ports
     elif proto in (6, 17) and len(packet) >= l4 + (14 if proto == 6 else 4):
         ports = packet[l4:l4 + 4]
-    elif proto in (1, 58) and len(packet) >= l4 + 6 and packet[l4] in (0, 8, 128, 129):
-        ports = packet[l4 + 4:l4 + 6] * 2  # echo: the identifier in both ports
+    elif proto in (1, 58) and len(packet) >= l4 + 6:  # echo: the identifier in both ports; else type, code
+        ports = (packet[l4 + 4:l4 + 6] if packet[l4] in (0, 8, 128, 129) else packet[l4:l4 + 2]) * 2
     sport, dport = struct.unpack("=HH", ports)  # as stored: network order, compared as loaded
     direction = int((struct.unpack("<QQ", src.ljust(16, b"\0")), sport) >
                     (struct.unpack("<QQ", dst.ljust(16, b"\0")), dport))

@@ -131,12 +131,15 @@ class IdentityAllocator:
         self._by_key[label_key(labels)] = number
         return identity
 
-    async def sync(self) -> None:
-        """Learn every identity the cluster allocated (peers on other nodes)."""
+    async def sync(self) -> int:
+        """Learn every identity the cluster allocated (peers on other nodes); how many are new."""
+        new = 0
         for key, labels in (await self.store.list(f"{PREFIX}/id/")).items():
             number = int(key.rsplit("/", 1)[1])
             if number not in self.known:
                 self._remember(number, dict(labels), "cluster_local")
+                new += 1
+        return new
 
     def cidr(self, prefix: str) -> Identity:
         prefix = str(ipaddress.ip_network(prefix, strict=False))

@@ -27,11 +27,13 @@ from pylium.core.manifests import Manifests
 from pylium.core.plugin_api import ApiError, Health
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.config import PolicyConfig
-from pylium.plugins.policy.identity import MIN_LOCAL, IdentityAllocator, LabelFilter
+from pylium.plugins.policy.identity import MIN_LOCAL, Identity, IdentityAllocator, LabelFilter
 from pylium.plugins.policy.model import NAMESPACE_LABEL, Policy, PolicyError, parse_documents, parse_policy
 from pylium.plugins.policy.resolve import (ALLOW_LOCALHOST_RULE, DIRECTIONS, EGRESS, INGRESS, EndpointPolicy, Key,
                                            Resolver)
 
+IDENTITY_SYNC_SECONDS = 2.0
+TRACE_IDENTITIES = {"src": 0xFFFFFFF0, "dst": 0xFFFFFFF1}  # provisional identities of `policy trace` labels
 POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
 SLOT_POLICY = 2  # bpf/include/pylium_consts.h SLOT_FROM_POLICY / SLOT_TO_POLICY
 
@@ -48,6 +50,7 @@ class PolicyPlugin:
         self.endpoints: dict[int, Any] = {}  # local endpoints (the core's records)
         self.realized: dict[int, EndpointPolicy] = {}
         self.revision = 1
+        self._pinned: dict[int, set[Key]] = {}
         self.realized_revision = 0
         self.changes: dict[tuple[str, str, str], int] = {}
         self.overflows: dict[int, str] = {}
@@ -101,6 +104,7 @@ class PolicyPlugin:
         settings = maps.PolicySettings(ct_tcp_timeout_ns=int(parse_duration(bpf.ctTcpTimeout) * 1e9),
                                        ct_any_timeout_ns=int(parse_duration(bpf.ctAnyTimeout) * 1e9))
         ctx.bpf_maps["policy_settings"].put(ct.c_uint32(0), settings)
+        self._read_pinned()
         self._load_imported()
         audit_file = ctx.plugin_state_dir / "endpoint_audit.json"
         if audit_file.exists():
@@ -113,6 +117,8 @@ class PolicyPlugin:
         ctx.start_task("manifests", manifests.watch, lambda: self._directory_changed(manifests))
         ctx.start_task("ct-gc", self._ct_gc)
         ctx.start_task("regenerate", self._regenerator)
+        ctx.start_task("identities", self._sync_identities)
+        ctx.start_task("prune", self._prune_after_restore)
         await self.regenerate()
         ctx.set_health(Health.OK)
         try:
@@ -136,29 +142,76 @@ class PolicyPlugin:
 
     @hookimpl
     async def pylium_endpoint_unplug(self, ctx, endpoint):
-        self.endpoints.pop(endpoint.id, None)
-        self.endpoint_audit.pop(endpoint.id, None)
-        old = self.realized.pop(endpoint.id, None)
-        rules = ctx.bpf_maps["policy_rules"]
-        for key in (old.entries if old else ()):
-            rules.delete(key.bpf(endpoint.id))
-        ctx.bpf_maps["policy_endpoints"].delete(ct.c_uint32(endpoint.id))
-        if ctx.datapath is not None:
-            ctx.datapath.pressure.pop(f"policy_{endpoint.id:05d}", None)
+        async with self._lock:
+            self.endpoints.pop(endpoint.id, None)
+            if self.endpoint_audit.pop(endpoint.id, None) is not None:
+                self._save_endpoint_audit()
+            old = self.realized.pop(endpoint.id, None)
+            self._forget(endpoint.id, old.entries if old else self._pinned.pop(endpoint.id, ()))
+
+    def _forget(self, ep_id: int, keys) -> None:
+        rules = self.ctx.bpf_maps["policy_rules"]
+        for key in keys:
+            rules.delete(key.bpf(ep_id))
+        self.ctx.bpf_maps["policy_endpoints"].delete(ct.c_uint32(ep_id))
+        if self.ctx.datapath is not None:
+            self.ctx.datapath.pressure.pop(f"policy_{ep_id:05d}", None)
 
     async def _adopt(self, endpoint) -> None:
         """The endpoint's identity from its labels and its policy, now (before it can send);
         a new identity may be a peer in other endpoints' rules: they follow in the background."""
-        labels = endpoint.labels or {"reserved:init": ""}
-        new = self.identities.known_labels(labels) is None
-        endpoint.identity = (await self.identities.allocate(labels)).id
-        self.endpoints[endpoint.id] = endpoint
         async with self._lock:
-            wanted = self._resolver().endpoint(labels, self.endpoint_audit.get(endpoint.id, False))
-            self._write(endpoint.id, wanted, self.revision)
+            labels = endpoint.labels or {"reserved:init": ""}
+            new = self.identities.known_labels(labels) is None
+            endpoint.identity = (await self.identities.allocate(labels)).id
+            self.endpoints[endpoint.id] = endpoint
+            self.revision += 1  # connections of this endpoint are checked again
+            self._write(endpoint.id, self._resolver().endpoint(self._subject_labels(endpoint),
+                                                               self.endpoint_audit.get(endpoint.id, False)),
+                        self.revision)
         if new:
-            self.revision += 1
             self._dirty.set()
+
+    def _subject_labels(self, endpoint) -> dict[str, str]:
+        """What rules select on: the endpoint's identity's labels (identity-relevant only)."""
+        identity = self.identities.known.get(endpoint.identity)
+        return dict(identity.labels) if identity else {"reserved:init": ""}
+
+    def _read_pinned(self) -> None:
+        """What the previous run left in the maps: rules by endpoint (deleted when they are not
+        wanted any more) and the highest revision (ours continue above it)."""
+        self._pinned: dict[int, set[Key]] = {}
+        for key, _ in self.ctx.bpf_maps["policy_rules"].items():
+            port = int.from_bytes(bytes(ct.c_uint16(key.port)), "big")
+            self._pinned.setdefault(key.ep_id, set()).add(Key(key.egress, key.identity, key.proto, port,
+                                                              key.prefixlen))
+        revisions = [v.revision for _, v in self.ctx.bpf_maps["policy_endpoints"].items()]
+        self.revision = max(revisions, default=0) + 1
+
+    async def _prune_after_restore(self) -> None:
+        """Once the agent has restored its endpoints (agent.ready), remove the policy of those
+        that did not come back."""
+        async with self.ctx.bus.subscribe("agent.ready") as events:
+            async for e in events:
+                if e.topic != "agent.ready":
+                    continue
+                async with self._lock:
+                    for key, _ in list(self.ctx.bpf_maps["policy_endpoints"].items()):
+                        if key.value not in self.endpoints:
+                            self._forget(key.value, self._pinned.pop(key.value, ()))
+                    for ep_id, keys in list(self._pinned.items()):
+                        if ep_id not in self.endpoints:
+                            self._forget(ep_id, self._pinned.pop(ep_id))
+                return
+
+    async def _sync_identities(self) -> None:
+        """Identities other nodes allocated become peers here (until the cluster store's watch
+        arrives with the multi-node issue, by polling)."""
+        while True:
+            await anyio.sleep(IDENTITY_SYNC_SECONDS)
+            if await self.identities.sync():
+                self.revision += 1
+                self._dirty.set()
 
     async def _regenerator(self) -> None:
         """Regenerations asked for in the background, coalesced."""
@@ -190,6 +243,11 @@ class PolicyPlugin:
         partial = path.with_suffix(".tmp")
         partial.write_text(json.dumps(list(self.imported.values())))
         partial.replace(path)
+
+    def _save_endpoint_audit(self) -> None:
+        path = self.ctx.plugin_state_dir / "endpoint_audit.json"
+        path.with_suffix(".tmp").write_text(json.dumps(self.endpoint_audit))
+        path.with_suffix(".tmp").replace(path)
 
     def _put(self, policy: Policy, doc: dict) -> None:
         self.policies[policy.key] = policy
@@ -240,7 +298,7 @@ class PolicyPlugin:
 
     # ---- regeneration -----------------------------------------------------------------------
 
-    def _resolver(self) -> Resolver:
+    def _resolver(self, extra: dict[int, Identity] | None = None) -> Resolver:
         cfg = self.ctx.config
         for policy in self.policies.values():  # CIDR peers become identities in the ipcache
             for rule in policy.rules:
@@ -248,7 +306,8 @@ class PolicyPlugin:
                     for cidr in element.cidrs:
                         for prefix in (cidr.cidr, *cidr.excepts):
                             self._cidr_identity(prefix)
-        return Resolver(list(self.policies.values()), self.identities.known, self.policy_ids,
+        identities = {**self.identities.known, **extra} if extra else self.identities.known
+        return Resolver(list(self.policies.values()), identities, self.policy_ids,
                         cfg.policyEnforcementMode, cfg.policyAuditMode, cfg.policy.allowLocalhost == "always")
 
     def _cidr_identity(self, prefix: str) -> None:
@@ -268,8 +327,7 @@ class PolicyPlugin:
             revision = self.revision
             resolver = self._resolver()
             for ep_id, endpoint in list(self.endpoints.items()):
-                wanted = resolver.endpoint(endpoint.labels or {"reserved:init": ""},
-                                           self.endpoint_audit.get(ep_id, False))
+                wanted = resolver.endpoint(self._subject_labels(endpoint), self.endpoint_audit.get(ep_id, False))
                 self._write(ep_id, wanted, revision)
             self.realized_revision = revision
             self.ctx.bus.publish(PolicyChanged(node=self.ctx.node_name, revision=revision,
@@ -287,20 +345,28 @@ class PolicyPlugin:
             message = (f"endpoint {ep_id}: policy needs {len(wanted.entries)} entries, more than "
                        f"bpf.policyMapMax {cfg.bpf.policyMapMax}")
             self.overflows[ep_id] = message
+            # without lockdown the previous policy stays; with none, the directions it would
+            # enforce deny everything (never half a policy)
+            keep = not cfg.endpointLockdownOnMapOverflow and old is not None
             self.ctx.log.error("policy map overflow", endpoint=ep_id, entries=len(wanted.entries),
-                               max=cfg.bpf.policyMapMax,
-                               action="lockdown" if cfg.endpointLockdownOnMapOverflow else "previous policy kept")
-            if not cfg.endpointLockdownOnMapOverflow:
+                               max=cfg.bpf.policyMapMax, action="previous policy kept" if keep else "lockdown")
+            if keep:
                 return
-            lockdown, wanted = True, EndpointPolicy()
+            lockdown, wanted = cfg.endpointLockdownOnMapOverflow, dataclasses.replace(wanted, entries={})
         else:
             self.overflows.pop(ep_id, None)
         if old is not None and old == wanted and not lockdown:
             return
         rules = self.ctx.bpf_maps["policy_rules"]
+        before = old.entries if old is not None else dict.fromkeys(self._pinned.pop(ep_id, ()))
         changed = [(key, entry) for key, entry in wanted.entries.items() if old is None or old.entries.get(key) != entry]
-        rules.put_many(b"".join(k.packed(ep_id) for k, _ in changed), b"".join(e.packed() for _, e in changed))
-        for key in (old.entries if old else ()):
+        try:
+            rules.put_many(b"".join(k.packed(ep_id) for k, _ in changed), b"".join(e.packed() for _, e in changed))
+        except OSError as e:  # the trie is full (all endpoints together): this endpoint keeps what it had
+            self.overflows[ep_id] = f"endpoint {ep_id}: policy not written: {e}"
+            self.ctx.log.error("policy not written", endpoint=ep_id, error=str(e))
+            return
+        for key in before:
             if key not in wanted.entries:
                 rules.delete(key.bpf(ep_id))
         info = maps.PolicyEndpoint(revision=revision)
@@ -336,10 +402,11 @@ class PolicyPlugin:
 
     @staticmethod
     def _parse(body: Any) -> list[tuple[Policy, dict]]:
-        docs = (body or {}).get("documents")
+        body = body if isinstance(body, dict) else {}
+        docs = body.get("documents")
         if not isinstance(docs, list) or not docs:
             raise ApiError(400, "policy: the body needs `documents`, a non-empty list of policy objects")
-        origin = str((body or {}).get("origin") or "import")
+        origin = str(body.get("origin") or "import")
         try:
             policies = parse_documents(docs, origin)
         except PolicyError as e:
@@ -383,8 +450,8 @@ class PolicyPlugin:
             if not name:
                 raise ApiError(400, "policy delete: give a policy name or all=true")
             namespace = q.get("namespace", "default")
-            keys = [k for k, p in self.policies.items()
-                    if p.origin == "import" and p.name == name and (p.namespace in (namespace, ""))]
+            keys = [k for k, p in self.policies.items() if p.origin == "import" and p.name == name
+                    and p.namespace == ("" if p.kind == "CiliumClusterwideNetworkPolicy" else namespace)]
             if not keys:
                 raise ApiError(404, f"policy delete: no imported policy {name!r} in namespace {namespace!r} "
                                     f"(policies of the manifests directory are removed by deleting their file)")
@@ -402,8 +469,10 @@ class PolicyPlugin:
         try:
             want = int(req.query.get("revision", "0"))
             timeout = float(req.query.get("timeout", "30"))
+            if not 0 <= timeout <= 3600:
+                raise ValueError
         except ValueError:
-            raise ApiError(400, "policy wait: revision must be an integer, timeout a number of seconds") from None
+            raise ApiError(400, "policy wait: revision must be an integer, timeout 0-3600 seconds") from None
         with anyio.move_on_after(timeout):
             while self.realized_revision < want:
                 await self._realized_event.wait()
@@ -412,42 +481,51 @@ class PolicyPlugin:
                                 f"(realized: {self.realized_revision})")
         return {"revision": self.realized_revision}
 
-    def _labels_of(self, body: dict, side: str) -> tuple[dict[str, str], int, str]:
-        ep_id = body.get(f"{side}_endpoint")
+    def _side(self, body: dict, side: str) -> tuple[dict[str, str], int | None, str]:
+        """Labels, identity (None: labels no identity has yet) and name of a trace's side."""
+        ep_id, identity, labels = (body.get(f"{side}_{x}") for x in ("endpoint", "identity", "labels"))
         if ep_id is not None:
-            ep = self.endpoints.get(int(ep_id))
+            ep = self.endpoints.get(_number(ep_id, f"{side}_endpoint"))
             if ep is None:
                 raise ApiError(404, f"policy trace: no endpoint {ep_id} on this node")
-            return dict(ep.labels), ep.identity, f"endpoint {ep.id}"
-        labels = body.get(f"{side}_labels")
-        if labels is None:
-            identity = body.get(f"{side}_identity")
-            if identity is None or int(identity) not in self.identities.known:
-                raise ApiError(400, f"policy trace: give --{side}-endpoint, --{side}-labels or a known "
-                                    f"--{side}-identity")
-            return dict(self.identities.known[int(identity)].labels), int(identity), f"identity {identity}"
+            return self._subject_labels(ep), ep.identity, f"endpoint {ep.id}"
+        if identity is not None:
+            known = self.identities.known.get(_number(identity, f"{side}_identity"))
+            if known is None:
+                raise ApiError(404, f"policy trace: identity {identity} is not known")
+            return dict(known.labels), known.id, f"identity {known.id}"
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise ApiError(400, f"policy trace: give --{side}-endpoint, --{side}-labels or --{side}-identity")
         parsed = {NAMESPACE_LABEL: "default"}  # a pod of `default` unless the labels say otherwise
         for item in labels:
             k, _, v = item.partition("=")
             parsed[k if ":" in k else f"k8s:{k}"] = v
-        return parsed, 0, "labels " + ",".join(labels)
+        known = self.identities.known_labels(parsed)
+        labels_of = dict(known.labels) if known else self.identities.filter.relevant(parsed)
+        return labels_of, known.id if known else None, "labels " + ",".join(labels)
 
     async def api_trace(self, req):
-        """The verdict for src -> dst:port/proto, by the Resolver that fills the maps."""
-        body = req.body or {}
-        src_labels, src_id, src_name = self._labels_of(body, "src")
-        dst_labels, dst_id, dst_name = self._labels_of(body, "dst")
+        """The verdict for src -> dst:port/proto, by the Resolver that fills the maps. Labels
+        no identity has get a provisional one for the trace only (nothing is allocated)."""
+        body = req.body if isinstance(req.body, dict) else {}
+        src_labels, src_id, src_name = self._side(body, "src")
+        dst_labels, dst_id, dst_name = self._side(body, "dst")
         port_text = str(body.get("dport") or "0/ANY")
         port, _, proto_name = port_text.partition("/")
         protos = {"TCP": 6, "UDP": 17, "SCTP": 132, "ANY": 6, "": 6}
         if not port.isdigit() or int(port) > 65535 or proto_name.upper() not in protos:
             raise ApiError(400, f"policy trace: --dport {port_text!r} must be PORT[/TCP|UDP|SCTP]")
         proto = protos[proto_name.upper()]
-        if not src_id:
-            src_id = (await self.identities.allocate(src_labels)).id
-        if not dst_id:
-            dst_id = (await self.identities.allocate(dst_labels)).id
-        resolver = self._resolver()
+        provisional = {}
+        for number, labels, side in ((src_id, src_labels, "src"), (dst_id, dst_labels, "dst")):
+            if number is None:
+                number = TRACE_IDENTITIES[side]
+                provisional[number] = Identity(number, labels, "trace")
+            if side == "src":
+                src_id = number
+            else:
+                dst_id = number
+        resolver = self._resolver(provisional)
         steps, final = [], "allowed"
         for direction, subject, subject_labels, peer in ((EGRESS, src_name, src_labels, dst_id),
                                                          (INGRESS, dst_name, dst_labels, src_id)):
@@ -500,15 +578,15 @@ class PolicyPlugin:
             if value not in ("Enabled", "Disabled"):
                 raise ApiError(400, f"endpoint config: PolicyAuditMode={value!r} must be Enabled or Disabled")
             self.endpoint_audit[ep_id] = value == "Enabled"
-            path = self.ctx.plugin_state_dir / "endpoint_audit.json"
-            path.with_suffix(".tmp").write_text(json.dumps(self.endpoint_audit))
-            path.with_suffix(".tmp").replace(path)
+            self._save_endpoint_audit()
             self.revision += 1
             await self.regenerate()
         return {"id": ep_id, "PolicyAuditMode": "Enabled" if self.endpoint_audit.get(ep_id) else "Disabled"}
 
     async def api_bpf_policy(self, req):
         wanted = req.query.get("endpoint")
+        if wanted is not None:
+            _number(wanted, "endpoint")
         rows = []
         for key, entry in self.ctx.bpf_maps["policy_rules"].items():
             if wanted and str(key.ep_id) != wanted:
@@ -546,6 +624,12 @@ class PolicyPlugin:
                          "checks": [n for bit, n in ((maps.CHECK_EGRESS, "egress"), (maps.CHECK_INGRESS, "ingress"))
                                     if value.passed & bit]})
         return rows
+
+
+def _number(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise ApiError(400, f"{field} {value!r} is not a number")
+    return int(value)
 
 
 def _enforcement(p: EndpointPolicy, direction: int) -> str:

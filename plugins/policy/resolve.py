@@ -5,17 +5,18 @@ packet the way the BPF program reads these entries; `pylium policy trace` uses i
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 import struct
 from dataclasses import dataclass, field
 
 from pylium.plugins.policy import maps
-from pylium.plugins.policy.identity import ID_HOST, ID_WORLD, RESERVED, Identity
+from pylium.plugins.policy.identity import ID_HOST, ID_WORLD, Identity
 from pylium.plugins.policy.model import NAMESPACE_LABEL, CidrSet, PeerRule, Policy, PortRange, Selector
 
 PROTOCOLS = {"TCP": (6,), "UDP": (17,), "SCTP": (132,), "ANY": (6, 17, 132)}
-_KEY = struct.Struct("<IHBBIBBH")  # struct policy_key (the port field holds network order)
+_KEY = struct.Struct("=IHBBIBB")  # struct policy_key up to the port (host order), then the port (network)
 _ENTRY = struct.Struct("<BBHII")  # struct policy_entry
 MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 1, 2, 3, 4
 INGRESS, EGRESS = 0, 1
@@ -66,7 +67,7 @@ class Key:
     def packed(self, ep_id: int) -> bytes:
         """struct policy_key as bytes (what `bpf()` builds, without a ctypes object)."""
         proto = self.proto if self.prefixlen > maps.PREFIX_ANY_PROTO else 0
-        return _KEY.pack(self.prefixlen, ep_id, self.egress, 0, self.identity, proto, 0, socket.htons(self.port))
+        return _KEY.pack(self.prefixlen, ep_id, self.egress, 0, self.identity, proto, 0) + self.port.to_bytes(2, "big")
 
     def bpf(self, ep_id: int) -> maps.PolicyKey:
         return maps.PolicyKey(prefixlen=self.prefixlen, ep_id=ep_id, egress=self.egress, identity=self.identity,
@@ -240,10 +241,15 @@ class Resolver:
         if self.allow_localhost and result.enforce[INGRESS]:
             allows.setdefault(Key(INGRESS, ID_HOST, 0, 0, maps.PREFIX_ANY_PROTO),
                               Entry(match=MATCH_L3_ONLY, rule_ids=[ALLOW_LOCALHOST_RULE]))
-        # a deny that covers an allow of the same peer wins: the trie returns the longest match only
+        # The trie returns the longest match only: a deny covering an allow of the same peer
+        # key replaces it, and an audited deny covered by an enforced one is enforced.
+        for key, entry in denies.items():
+            if entry.audit and any(not d.audit and (k.covers(key) or k.covers(dataclasses.replace(key, identity=0)))
+                                   for k, d in denies.items()):
+                entry.audit = False
         for key, entry in allows.items():
-            cover = next((d for k, d in denies.items() if k.covers(key)), None)
-            result.entries[key] = cover if cover is not None else entry
+            covering = [d for k, d in denies.items() if k.covers(key)]
+            result.entries[key] = min(covering, key=lambda d: d.audit) if covering else entry
         result.entries.update(denies)
         return result
 
@@ -286,6 +292,3 @@ def _port_keys(direction: int, identity: int, pr: PortRange) -> list[Key]:
             keys.append(Key(direction, identity, proto, port, 80 + bits))
     return keys
 
-
-def reserved_name(number: int) -> str:
-    return RESERVED.get(number, str(number))
