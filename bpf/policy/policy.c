@@ -28,24 +28,64 @@ static __always_inline struct policy_entry *rule_lookup(__u16 ep, __u8 egress, _
     return policy_rules.lookup(&key);
 }
 
-/* Decide on a packet at one endpoint's check. `peer`: the other side's identity; `check`:
- * CT_CHECK_EGRESS or CT_CHECK_INGRESS; `needed`: the checks the connection goes through on
- * this node. Returns TC_ACT_OK to go on, else the drop verdict. */
-static __always_inline int enforce(struct __sk_buff *skb, __u16 ep, __u32 peer, __u8 check, __u8 needed) {
+/* An endpoint's policy; NULL when it has none to enforce (POLICY_OPEN) or is not programmed. */
+static __always_inline struct policy_endpoint *endpoint_policy(__u16 ep) {
+    __u32 key = ep;
+    struct policy_endpoint *pe = policy_endpoints.lookup(&key);
+    return pe && !(pe->flags[0] & POLICY_OPEN) ? pe : 0;
+}
+
+/* Who a pod's packet goes to: a local endpoint (its id in `local`), else the ipcache's
+ * identity, else world. */
+static __always_inline __u32 destination_identity(struct __sk_buff *skb, __u16 *local) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct endpoint_key dst;
+    struct ipcache_key k = {};
+    *local = 0;
+    if ((void *)(eth + 1) > data_end)
+        return ID_WORLD;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return ID_WORLD;
+        key_v4(&dst, ip->daddr);
+        k.prefixlen = 32 + 32;
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > data_end)
+            return ID_WORLD;
+        key_v6(&dst, &ip6->daddr);
+        k.prefixlen = 32 + 128;
+    } else {
+        return ID_WORLD;
+    }
+    struct endpoint_info *ep = endpoints.lookup(&dst);
+    if (ep) {
+        *local = ep->ep_id;
+        return ep->identity;
+    }
+    k.family = dst.family;
+    __builtin_memcpy(k.addr, dst.addr, 16);
+    struct ipcache_info *info = ipcache.lookup(&k);
+    return info ? info->identity : ID_WORLD;
+}
+
+/* Decide on a packet at one endpoint's check (`check`: CT_CHECK_EGRESS of the sender or
+ * CT_CHECK_INGRESS of the receiver). Packets of known connections are decided by the
+ * connection table alone; only new ones look up who the peer is and the rules. Returns
+ * TC_ACT_OK to go on, else the drop verdict. */
+static __always_inline int enforce(struct __sk_buff *skb, __u8 check) {
     __u8 egress = check == CT_CHECK_EGRESS;
     __u8 dir = egress ? METRIC_EGRESS : METRIC_INGRESS;
-    __u32 ep_key = ep;
-    struct policy_endpoint *pe = policy_endpoints.lookup(&ep_key);
-    /* an endpoint the plugin has not programmed (yet) enforces nothing, but its connections
-     * are recorded like everyone's: the other side's replies must find them */
-    __u8 flags = 0;
-    __u32 revision = 0, default0 = 0, default1 = 0;
-    if (pe) {
-        flags = egress ? pe->flags[1] : pe->flags[0];
-        revision = pe->revision;
-        default0 = egress ? pe->default_rules[1][0] : pe->default_rules[0][0];
-        default1 = egress ? pe->default_rules[1][1] : pe->default_rules[0][1];
-    }
+    __u16 ep = egress ? cb_src_ep(skb) : cb_dst_ep(skb);
+    struct policy_endpoint *pe = endpoint_policy(ep);
+    if (!pe)
+        return TC_ACT_OK; /* open, or not programmed (yet): nothing to enforce */
+    __u8 flags = egress ? pe->flags[1] : pe->flags[0];
+    __u32 revision = pe->revision;
+    __u32 default0 = egress ? pe->default_rules[1][0] : pe->default_rules[0][0];
+    __u32 default1 = egress ? pe->default_rules[1][1] : pe->default_rules[0][1];
     if (flags & POLICY_LOCKDOWN)
         return POLICY_DROP(skb, DROP_POLICY, dir, 0, 0);
     struct flow_key k;
@@ -81,6 +121,16 @@ static __always_inline int enforce(struct __sk_buff *skb, __u16 ep, __u32 peer, 
     } else {
         ct = 0;
     }
+
+    /* the peer, and the checks the connection goes through on this node: the other end's too
+     * when it is a local pod that enforces something */
+    __u16 local = 0;
+    __u32 peer = egress ? destination_identity(skb, &local) : skb->cb[CB_SRC_ID];
+    __u8 needed = check;
+    if (egress && local && endpoint_policy(local))
+        needed |= CT_CHECK_INGRESS;
+    if (!egress && cb_src_ep(skb) && endpoint_policy(cb_src_ep(skb)))
+        needed |= CT_CHECK_EGRESS;
 
     /* copies, not pointers: the compiler turns a choice between two map values into pointer
      * arithmetic the verifier rejects */
@@ -145,56 +195,15 @@ static __always_inline int enforce(struct __sk_buff *skb, __u16 ep, __u32 peer, 
     return TC_ACT_OK;
 }
 
-/* Who a pod's packet goes to: a local endpoint, else the ipcache's identity, else world. */
-static __always_inline __u32 destination_identity(struct __sk_buff *skb, int *local) {
-    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-    struct ethhdr *eth = data;
-    struct endpoint_key dst;
-    struct ipcache_key k = {};
-    *local = 0;
-    if ((void *)(eth + 1) > data_end)
-        return ID_WORLD;
-    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-        struct iphdr *ip = (void *)(eth + 1);
-        if ((void *)(ip + 1) > data_end)
-            return ID_WORLD;
-        key_v4(&dst, ip->daddr);
-        k.prefixlen = 32 + 32;
-    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-        struct ipv6hdr *ip6 = (void *)(eth + 1);
-        if ((void *)(ip6 + 1) > data_end)
-            return ID_WORLD;
-        key_v6(&dst, &ip6->daddr);
-        k.prefixlen = 32 + 128;
-    } else {
-        return ID_WORLD;
-    }
-    struct endpoint_info *ep = endpoints.lookup(&dst);
-    if (ep) {
-        *local = 1;
-        return ep->identity;
-    }
-    k.family = dst.family;
-    __builtin_memcpy(k.addr, dst.addr, 16);
-    struct ipcache_info *info = ipcache.lookup(&k);
-    return info ? info->identity : ID_WORLD;
-}
-
 int policy_egress(struct __sk_buff *skb) {
-    int local;
-    __u32 peer = destination_identity(skb, &local);
-    skb->cb[CB_DST_ID] = peer;
-    __u8 needed = CT_CHECK_EGRESS | (local ? CT_CHECK_INGRESS : 0);
-    int verdict = enforce(skb, cb_src_ep(skb), peer, CT_CHECK_EGRESS, needed);
+    int verdict = enforce(skb, CT_CHECK_EGRESS);
     if (verdict != TC_ACT_OK)
         return verdict;
     return from_chain(skb, SLOT_FROM_POLICY + 1);
 }
 
 int policy_ingress(struct __sk_buff *skb) {
-    /* from a local pod the connection also went through its egress check */
-    __u8 needed = CT_CHECK_INGRESS | (cb_src_ep(skb) ? CT_CHECK_EGRESS : 0);
-    int verdict = enforce(skb, cb_dst_ep(skb), skb->cb[CB_SRC_ID], CT_CHECK_INGRESS, needed);
+    int verdict = enforce(skb, CT_CHECK_INGRESS);
     if (verdict != TC_ACT_OK)
         return verdict;
     return to_chain(skb, SLOT_TO_POLICY + 1);

@@ -36,6 +36,8 @@ struct policy_entry {
 #define POLICY_AUDIT 0x2         /* denials are reported, not enforced */
 #define POLICY_LOCKDOWN 0x4      /* the policy did not fit the map: deny everything */
 #define POLICY_AUDIT_DEFAULT 0x8 /* default-deny drops are reported, not enforced */
+#define POLICY_OPEN 0x10         /* flags[0]: no rules, nothing enforced either way: no checks, and its
+                                  * connections need no record (the peer does not wait for its check) */
 
 struct policy_endpoint {
     __u8 flags[2];

@@ -77,6 +77,8 @@ class Datapath:
         #: fill ratios plugins report for parts of maps (an endpoint's share of the policy map),
         #: served as cilium_bpf_map_pressure{map_name}
         self.pressure: dict[str, float] = {}
+        #: (attach point, slot) of installed stages packets skip for now (bypass())
+        self.bypassed: set[tuple[str, int]] = set()
         self.maps: dict[str, PinnedMap] = {}  # core maps by C name
         self.plugin_maps: dict[str, dict[str, PinnedMap]] = {}
         self.dispatch_fds: dict[str, int] = {}
@@ -186,7 +188,7 @@ class Datapath:
         wanted: dict[tuple[str, int], Stage] = {(s.attach, s.slot): s for s in self.stages}
         for attach, attach_id in ATTACH_POINTS.items():
             slots = self.maps[f"calls_{attach.replace('-', '_')}"]
-            mask = 0
+            mask = 0  # slots holding a program
             for slot in range(SLOTS):
                 key = ct.c_uint32(slot)
                 stage = wanted.get((attach, slot))
@@ -199,10 +201,20 @@ class Datapath:
                     os.close(fd)
                 mask |= 1 << slot
             # the mask grows before emptied slots are deleted: a packet never misreads a slot
-            self.maps["slot_mask"].put(ct.c_uint32(attach_id), ct.c_uint32(mask))
+            self.maps["slot_mask"].put(ct.c_uint32(attach_id), ct.c_uint32(self._active(attach, mask)))
             for slot in range(SLOTS):
                 if not mask & (1 << slot):
                     slots.delete(ct.c_uint32(slot))
+
+    def _active(self, attach: str, installed: int) -> int:
+        return installed & ~sum(1 << slot for a, slot in self.bypassed if a == attach)
+
+    def bypass(self, attach: str, slot: int, bypassed: bool) -> None:
+        """Let packets skip an installed stage while its plugin has nothing for it to do (or
+        run it again): the slot's bit in slot_mask; the program stays in its slot."""
+        (self.bypassed.add if bypassed else self.bypassed.discard)((attach, slot))
+        installed = sum(1 << s.slot for s in self.stages if s.attach == attach)
+        self.maps["slot_mask"].put(ct.c_uint32(ATTACH_POINTS[attach]), ct.c_uint32(self._active(attach, installed)))
 
     # ---- attachment ---------------------------------------------------------------------
 

@@ -169,8 +169,19 @@ class PolicyPlugin:
             self._write(endpoint.id, self._resolver().endpoint(self._subject_labels(endpoint),
                                                                self.endpoint_audit.get(endpoint.id, False)),
                         self.revision)
+            self._bypass_when_open()
         if new:
             self._dirty.set()
+
+    def _bypass_when_open(self) -> None:
+        """While no endpoint has policy, packets skip the policy stages altogether."""
+        dp = self.ctx.datapath
+        if dp is None:
+            return
+        idle = all(p.open for p in self.realized.values()) and not self.overflows
+        for attach in ("from-container", "to-container"):
+            if ((attach, SLOT_POLICY) in dp.bypassed) != idle:
+                dp.bypass(attach, SLOT_POLICY, idle)
 
     def _subject_labels(self, endpoint) -> dict[str, str]:
         """What rules select on: the endpoint's identity's labels (identity-relevant only)."""
@@ -329,6 +340,7 @@ class PolicyPlugin:
             for ep_id, endpoint in list(self.endpoints.items()):
                 wanted = resolver.endpoint(self._subject_labels(endpoint), self.endpoint_audit.get(ep_id, False))
                 self._write(ep_id, wanted, revision)
+            self._bypass_when_open()
             self.realized_revision = revision
             self.ctx.bus.publish(PolicyChanged(node=self.ctx.node_name, revision=revision,
                                                rules={str(k): v for k, v in self.rule_names.items()}))
@@ -370,8 +382,9 @@ class PolicyPlugin:
             if key not in wanted.entries:
                 rules.delete(key.bpf(ep_id))
         info = maps.PolicyEndpoint(revision=revision)
+        info.flags[INGRESS] = maps.OPEN if wanted.open and not lockdown else 0
         for direction in (INGRESS, EGRESS):
-            info.flags[direction] = wanted.flags(direction) | (maps.LOCKDOWN if lockdown else 0)
+            info.flags[direction] |= wanted.flags(direction) | (maps.LOCKDOWN if lockdown else 0)
             for i, rule in enumerate(wanted.default_by[direction][:2]):
                 info.default_rules[direction][i] = rule
         self.ctx.bpf_maps["policy_endpoints"].put(ct.c_uint32(ep_id), info)

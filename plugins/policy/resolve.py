@@ -104,6 +104,11 @@ class EndpointPolicy:
     selected_by: list[list[int]] = field(default_factory=lambda: [[], []])  # rule ids per direction
     default_by: list[list[int]] = field(default_factory=lambda: [[], []])  # rules putting it in default deny
 
+    @property
+    def open(self) -> bool:
+        """Nothing to enforce or report in either direction (the stage does nothing)."""
+        return not (any(self.enforce) or self.entries)  # (audit only matters where something is denied)
+
     def flags(self, direction: int) -> int:
         return ((maps.ENFORCE if self.enforce[direction] else 0) | (maps.AUDIT if self.audit[direction] else 0)
                 | (maps.AUDIT_DEFAULT if self.audit_default[direction] else 0))
