@@ -42,6 +42,15 @@ def alternate(probe: str, first: tuple[str, str], second: tuple[str, str], round
     return results
 
 
+def report(results: dict[str, tuple[float, float, float]], first: str, second: str, rr_target: float) -> None:
+    """Print what alternate() measured and exit 1 when TCP_RR misses its target ratio."""
+    for mode, (a, b, ratio) in results.items():
+        print(f"TCP_{mode.upper():3}: {first} {a:9,.0f}/s  {second} {b:9,.0f}/s  ratio {ratio:.3f}")
+    ok = results["rr"][2] >= rr_target
+    print(f"target RR >= {rr_target}: {'PASS' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)

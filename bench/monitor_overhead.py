@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _lab import add_pod, exec_in, node_with_agent, rrprobe  # noqa: E402
-from datapath_rr import alternate  # noqa: E402
+from datapath_rr import alternate, report  # noqa: E402
 
 SETTINGS = {"medium": ["--set", "bpf.monitorAggregation=medium"],
             "no tracing": ["--set", "bpf.events.trace.enabled=false"]}
@@ -47,11 +47,7 @@ def main() -> None:
         time.sleep(0.5)
         results = alternate(probe, pairs["medium"], pairs["no tracing"], args.rounds, args.seconds)
     print(f"pinned to CPU 0, {args.rounds} alternating rounds of {args.seconds:g}s, medians")
-    for mode, (t, p, ratio) in results.items():
-        print(f"TCP_{mode.upper():3}: aggregation medium {t:9,.0f}/s  tracing disabled {p:9,.0f}/s  ratio {ratio:.3f}")
-    ok = results["rr"][2] >= 0.9
-    print(f"target RR >= 0.9: {'PASS' if ok else 'FAIL'}")
-    sys.exit(0 if ok else 1)
+    report(results, "aggregation medium", "tracing disabled", 0.9)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _lab import exec_in, node_with_agent, rrprobe  # noqa: E402
-from datapath_rr import alternate  # noqa: E402
+from datapath_rr import alternate, report  # noqa: E402
 
 
 def add(client, netns: str, app: str) -> str:
@@ -71,11 +71,7 @@ def main() -> None:
                 proc.kill()
     print(f"server policy entries: {written}; pinned to CPU 0, {args.rounds} alternating rounds "
           f"of {args.seconds:g}s, medians")
-    for mode, (p, o, ratio) in results.items():
-        print(f"TCP_{mode.upper():3}: {args.entries}-entry policy {p:9,.0f}/s  no policy {o:9,.0f}/s  ratio {ratio:.3f}")
-    ok = results["rr"][2] >= 0.93
-    print(f"target RR >= 0.93: {'PASS' if ok else 'FAIL'}")
-    sys.exit(0 if ok else 1)
+    report(results, f"{args.entries}-entry policy", "no policy", 0.93)
 
 
 if __name__ == "__main__":

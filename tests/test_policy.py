@@ -439,7 +439,6 @@ def test_policy_trace_agrees_with_real_traffic(empire, tmp_path):
     lab, start = empire
     _, pods = start()
     import_policy(lab, tmp_path, TRACE_POLICIES)
-    death = pods["deathstar"]
     serve(lab, pods["xwing"].netns, "tcp", pods["xwing"].ip, 80)
     cases = [("tiefighter", "deathstar", 80, "allowed", ["CiliumNetworkPolicy/default/tiefighter-out",
                                                           "CiliumNetworkPolicy/default/rule1"]),

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes as ct
-import ipaddress
-import socket
 import struct
 import time
 from contextlib import asynccontextmanager

@@ -6,8 +6,6 @@ count on the edge of the connection they answer."""
 
 from __future__ import annotations
 
-import collections
-
 import msgspec
 
 from pylium.plugins.observability.flow import Endpoint, Flow
