@@ -18,11 +18,11 @@ from pylium.plugins.policy.model import NAMESPACE_LABEL, Policy, PolicyError, pa
 from pylium.plugins.policy.resolve import DIRECTIONS, EGRESS, INGRESS, EndpointPolicy, Key
 
 TRACE_IDENTITIES = {"src": 0xFFFFFFF0, "dst": 0xFFFFFFF1}  # provisional identities of `policy trace` labels
+POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
 
 
 class PolicyApi:
     """Handlers; PolicyPlugin declares the routes."""
-
 
     def _summary(self, key: tuple) -> dict:
         p = self.policies[key]
@@ -47,11 +47,11 @@ class PolicyApi:
         if not policies:
             raise ApiError(400, f"{origin}: no CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or "
                                 f"NetworkPolicy in it")
-        kinds = {d.get("kind") for d in docs}
-        by_key = {(d.get("kind"), ((d.get("metadata") or {}).get("namespace") or
-                                   ("" if d.get("kind") == "CiliumClusterwideNetworkPolicy" else "default")),
-                   (d.get("metadata") or {}).get("name")): d for d in docs if d.get("kind") in kinds}
-        return [(p, by_key.get(p.key, {})) for p in policies]
+        # each policy with its document as written (`policy get -o yaml`)
+        by_key = {(d["kind"], "" if d["kind"] == "CiliumClusterwideNetworkPolicy"
+                   else (d.get("metadata") or {}).get("namespace") or "default", d["metadata"]["name"]): d
+                  for d in docs if isinstance(d, dict) and d.get("kind") in POLICY_KINDS}
+        return [(p, by_key[p.key]) for p in policies]
 
     async def api_validate(self, req):
         parsed = self._parse(req.body)
@@ -150,14 +150,12 @@ class PolicyApi:
             raise ApiError(400, f"policy trace: --dport {port_text!r} must be PORT[/TCP|UDP|SCTP]")
         proto = protos[proto_name.upper()]
         provisional = {}
-        for number, labels, side in ((src_id, src_labels, "src"), (dst_id, dst_labels, "dst")):
-            if number is None:
-                number = TRACE_IDENTITIES[side]
-                provisional[number] = Identity(number, labels, "trace")
-            if side == "src":
-                src_id = number
-            else:
-                dst_id = number
+        if src_id is None:
+            src_id = TRACE_IDENTITIES["src"]
+            provisional[src_id] = Identity(src_id, src_labels, "trace")
+        if dst_id is None:
+            dst_id = TRACE_IDENTITIES["dst"]
+            provisional[dst_id] = Identity(dst_id, dst_labels, "trace")
         resolver = self._resolver(provisional)
         steps, final = [], "allowed"
         for direction, subject, subject_labels, peer in ((EGRESS, src_name, src_labels, dst_id),

@@ -25,7 +25,7 @@ from pylium.core.hookspecs import hookimpl
 from pylium.core.manifests import Manifests
 from pylium.core.plugin_api import Health
 from pylium.plugins.policy import maps
-from pylium.plugins.policy.api import PolicyApi
+from pylium.plugins.policy.api import POLICY_KINDS, PolicyApi
 from pylium.plugins.policy.config import PolicyConfig
 from pylium.plugins.policy.identity import MIN_LOCAL, Identity, IdentityAllocator, LabelFilter
 from pylium.plugins.policy.metrics import PolicyCollector
@@ -33,7 +33,6 @@ from pylium.plugins.policy.model import Policy, PolicyError, parse_policy
 from pylium.plugins.policy.resolve import ALLOW_LOCALHOST_RULE, EGRESS, INGRESS, EndpointPolicy, Key, Resolver
 
 IDENTITY_SYNC_SECONDS = 2.0
-POLICY_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy")
 SLOT_POLICY = 2  # bpf/include/pylium_consts.h SLOT_FROM_POLICY / SLOT_TO_POLICY
 
 

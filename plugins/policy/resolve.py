@@ -126,7 +126,8 @@ class EndpointPolicy:
         a deny from either lookup wins, then an allow, then the direction's default."""
         found = [x for x in (self._longest(direction, peer, proto, port), self._longest(direction, 0, proto, port))
                  if x is not None]
-        deny = next((e for _, e in found if e.deny), None)
+        denies = [e for _, e in found if e.deny]
+        deny = next((e for e in denies if not e.audit), denies[0] if denies else None)  # enforced first
         if deny is not None:
             return ("audit" if deny.audit or self.audit[direction] else "denied", deny, 181)
         if found:
