@@ -16,6 +16,21 @@ from pylium.core.cli.client import AgentUnreachable, Client
 HERE = Path(__file__).parent
 
 
+def wait_until_running(client: Client, proc: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    """Until the agent reports `running`; its log when it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/v1/status")["state"] == "running":
+                return
+        except (AgentUnreachable, OSError):
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"agent exited: {log_path.read_text()}")
+        time.sleep(0.02)
+    raise SystemExit(f"agent not running after {timeout:g}s: {log_path.read_text()}")
+
+
 @contextlib.contextmanager
 def bench_agent(*extra: str):
     root = Path(tempfile.mkdtemp(prefix="pylium-bench-"))
@@ -34,15 +49,7 @@ def bench_agent(*extra: str):
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(site)})
     client = Client.for_run_dir(run_dir, timeout=30)
     try:
-        for _ in range(300):
-            try:
-                if client.get("/v1/status")["state"] == "running":
-                    break
-            except (AgentUnreachable, OSError):
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"agent exited: {(root / 'agent.log').read_text()}")
-            time.sleep(0.05)
+        wait_until_running(client, proc, root / "agent.log", timeout=15)
         yield client, run_dir
     finally:
         proc.terminate()

@@ -11,7 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
-from pylium.core.cli.client import AgentUnreachable, Client
+from _agent import wait_until_running  # noqa: E402 (bench/ is on sys.path)
+from pylium.core.cli.client import Client
 
 VENV_BIN = Path(sys.executable).parent
 POD_CIDR = "10.211.0.0/16"
@@ -48,15 +49,7 @@ def node_with_agent(*agent_args: str):
         stdout=log, stderr=subprocess.STDOUT)
     client = Client.for_run_dir(run_dir, timeout=120)
     try:
-        while True:
-            try:
-                if client.get("/v1/status")["state"] == "running":
-                    break
-            except (AgentUnreachable, OSError):
-                pass
-            if proc.poll() is not None:
-                raise SystemExit((root / "agent.log").read_text())
-            time.sleep(0.02)
+        wait_until_running(client, proc, root / "agent.log")
         yield node, client, netns, time.monotonic() - started, run_dir
     finally:
         proc.terminate()
@@ -68,9 +61,9 @@ def node_with_agent(*agent_args: str):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def add_pod(client: Client, netns_name: str) -> str:
+def add_pod(client: Client, netns_name: str, labels: dict[str, str] | None = None) -> str:
     ep = client.call("POST", "/v1/cni/add", {"container_id": netns_name, "ifname": "eth0",
-                                             "netns": f"/var/run/netns/{netns_name}"})
+                                             "netns": f"/var/run/netns/{netns_name}", "labels": labels or {}})
     return ep["addresses"][0]["ip"]
 
 

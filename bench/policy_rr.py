@@ -18,15 +18,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _lab import exec_in, node_with_agent, rrprobe  # noqa: E402
+from _lab import add_pod, exec_in, node_with_agent, rrprobe  # noqa: E402
 from datapath_rr import alternate, report  # noqa: E402
 
 
 def add(client, netns: str, app: str) -> str:
-    ep = client.call("POST", "/v1/cni/add", {"container_id": netns, "ifname": "eth0",
-                                             "netns": f"/var/run/netns/{netns}",
-                                             "labels": {"k8s:app": app, "k8s:io.kubernetes.pod.namespace": "default"}})
-    return ep["addresses"][0]["ip"]
+    return add_pod(client, netns, {"k8s:app": app, "k8s:io.kubernetes.pod.namespace": "default"})
 
 
 def big_policy(entries: int) -> dict:

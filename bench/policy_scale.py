@@ -28,7 +28,7 @@ import time
 import anyio
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _lab import node_with_agent  # noqa: E402
+from _lab import add_pod, node_with_agent  # noqa: E402
 
 
 def policy(i: int, endpoints: int) -> dict:
@@ -44,9 +44,7 @@ def policy(i: int, endpoints: int) -> dict:
 
 def add(client, netns, i: int) -> float:
     started = time.perf_counter()
-    client.call("POST", "/v1/cni/add", {"container_id": netns, "ifname": "eth0", "netns": f"/var/run/netns/{netns}",
-                                        "labels": {"k8s:app": f"a{i}", "k8s:group": f"g{i % 50}",
-                                                   "k8s:io.kubernetes.pod.namespace": "default"}})
+    add_pod(client, netns, {"k8s:app": f"a{i}", "k8s:group": f"g{i % 50}", "k8s:io.kubernetes.pod.namespace": "default"})
     return time.perf_counter() - started
 
 

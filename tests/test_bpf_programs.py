@@ -114,7 +114,7 @@ def test_from_container_table(dp, name, packet, verdict, reason):
 def test_a_device_that_is_no_endpoint_passes_untouched(dp):
     other = next((i for i, _ in socket.if_nameindex() if i != IFINDEX_A), None)
     if other is None:
-        pytest.skip("needs a second network device")
+        skip_or_fail("needs a second network device")
     packet = from_a(POD_B)
     ret, out, _, _ = run(dp, "from-container", packet, ifindex=other)
     assert ret == TC_ACT_OK and out == packet

@@ -240,27 +240,19 @@ static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u
 #define TRACE_DEV_AT(file, line, skb, obs, dir, ifindex) trace(skb, obs, dir, ifindex, file, line)
 #define TRACE_DEV(skb, obs, dir, ifindex) TRACE_DEV_AT(PYLIUM_FILE_ID, __LINE__, skb, obs, dir, ifindex)
 
-/* Count and report a drop; returns the verdict to return. */
-static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir, __u8 file, __u16 line) {
-    count(skb, reason, dir);
-#if PYLIUM_DROP_EVENTS
-    emit(skb, MSG_DROP, reason, dir, TRACE_REASON_UNKNOWN, 0, skb->ifindex, file, line); /* is_reply: the reader's */
-#endif
-    return TC_ACT_SHOT;
-}
-#define DROP_AT(file, line, skb, reason, dir) drop(skb, reason, dir, file, line)
-#define DROP(skb, reason, dir) DROP_AT(PYLIUM_FILE_ID, __LINE__, skb, reason, dir)
-
-/* A policy drop: the record names the rules that denied (0: none, the default deny). */
-static __always_inline int policy_drop(struct __sk_buff *skb, __u8 reason, __u8 dir, __u32 rule0, __u32 rule1,
-                                       __u8 file, __u16 line) {
+/* Count and report a drop; returns the verdict to return. Policy drops name the rules that
+ * denied (0: none); is_reply is left to the reader (no lookups on the drop path). */
+static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir, __u32 rule0, __u32 rule1, __u8 file,
+                                __u16 line) {
     count(skb, reason, dir);
 #if PYLIUM_DROP_EVENTS
     emit_rules(skb, MSG_DROP, reason, dir, TRACE_REASON_UNKNOWN, 0, skb->ifindex, file, line, rule0, rule1);
 #endif
     return TC_ACT_SHOT;
 }
-#define POLICY_DROP_AT(file, line, skb, reason, dir, r0, r1) policy_drop(skb, reason, dir, r0, r1, file, line)
+#define DROP_AT(file, line, skb, reason, dir) drop(skb, reason, dir, 0, 0, file, line)
+#define DROP(skb, reason, dir) DROP_AT(PYLIUM_FILE_ID, __LINE__, skb, reason, dir)
+#define POLICY_DROP_AT(file, line, skb, reason, dir, r0, r1) drop(skb, reason, dir, r0, r1, file, line)
 #define POLICY_DROP(skb, reason, dir, r0, r1) POLICY_DROP_AT(PYLIUM_FILE_ID, __LINE__, skb, reason, dir, r0, r1)
 
 /* A policy verdict for a connection the policy just decided on (allowed, audited). */

@@ -3,9 +3,9 @@ a mixin of PolicyPlugin: the handlers read and change the plugin's repository an
 
 from __future__ import annotations
 
-import ctypes as ct
 import dataclasses
 import ipaddress
+import socket
 import time
 from typing import Any
 
@@ -222,8 +222,7 @@ class PolicyApi:
         for key, entry in self.ctx.bpf_maps["policy_rules"].items():
             if wanted and str(key.ep_id) != wanted:
                 continue
-            k = Key(key.egress, key.identity, key.proto, int.from_bytes(bytes(ct.c_uint16(key.port)), "big"),
-                    key.prefixlen)
+            k = Key.from_bpf(key)
             rows.append({"endpoint": key.ep_id, "direction": DIRECTIONS[key.egress],
                          "identity": key.identity, "labels": self._identity_labels(key.identity),
                          "port": _port_text(k), "action": "deny" if entry.flags & maps.F_DENY else "allow",
@@ -245,7 +244,7 @@ class PolicyApi:
         for key, value in self.ctx.bpf_maps["policy_ct"].items():
             size = 4 if key.family == 4 else 16
             a, b = (str(ipaddress.ip_address(bytes(x)[:size])) for x in (key.saddr, key.daddr))
-            pa, pb = (int.from_bytes(bytes(ct.c_uint16(p)), "big") for p in (key.sport, key.dport))
+            pa, pb = socket.ntohs(key.sport), socket.ntohs(key.dport)
             if value.origin:
                 a, b, pa, pb = b, a, pb, pa
             rows.append({"source": a, "source_port": pa, "destination": b, "destination_port": pb,

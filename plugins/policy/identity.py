@@ -141,13 +141,11 @@ class IdentityAllocator:
                 new += 1
         return new
 
-    def cidr(self, prefix: str) -> Identity:
+    def cidr(self, prefix: str) -> tuple[Identity, bool]:
+        """The node-local identity of a prefix, and whether it was just created."""
         prefix = str(ipaddress.ip_network(prefix, strict=False))
         number = self._cidrs.get(prefix)
-        if number is None:
-            number = self._cidrs[prefix] = MIN_LOCAL + len(self._cidrs)
-            self._remember(number, cidr_labels(prefix), "node_local")
-        return self.known[number]
-
-    def cidr_prefixes(self) -> dict[str, int]:
-        return dict(self._cidrs)
+        if number is not None:
+            return self.known[number], False
+        number = self._cidrs[prefix] = MIN_LOCAL + len(self._cidrs)
+        return self._remember(number, cidr_labels(prefix), "node_local"), True

@@ -191,9 +191,7 @@ class PolicyPlugin(PolicyApi):
         wanted any more) and the highest revision (ours continue above it)."""
         self._pinned: dict[int, set[Key]] = {}
         for key, _ in self.ctx.bpf_maps["policy_rules"].items():
-            port = int.from_bytes(bytes(ct.c_uint16(key.port)), "big")
-            self._pinned.setdefault(key.ep_id, set()).add(Key(key.egress, key.identity, key.proto, port,
-                                                              key.prefixlen))
+            self._pinned.setdefault(key.ep_id, set()).add(Key.from_bpf(key))
         revisions = [v.revision for _, v in self.ctx.bpf_maps["policy_endpoints"].items()]
         self.revision = max(revisions, default=0) + 1
 
@@ -265,6 +263,11 @@ class PolicyPlugin(PolicyApi):
             number = len(self.policy_ids) + ALLOW_LOCALHOST_RULE + 1
             self.policy_ids[policy.key] = number
             self.rule_names[number] = f"{policy.kind}/{policy.display_name}"
+        for rule in policy.rules:  # CIDR peers become identities in the ipcache
+            for element in (*rule.ingress, *rule.ingress_deny, *rule.egress, *rule.egress_deny):
+                for cidr in element.cidrs:
+                    for prefix in (cidr.cidr, *cidr.excepts):
+                        self._cidr_identity(prefix)
 
     def _remove(self, key: tuple) -> None:
         self.policies.pop(key, None)
@@ -309,20 +312,13 @@ class PolicyPlugin(PolicyApi):
 
     def _resolver(self, extra: dict[int, Identity] | None = None) -> Resolver:
         cfg = self.ctx.config
-        for policy in self.policies.values():  # CIDR peers become identities in the ipcache
-            for rule in policy.rules:
-                for element in (*rule.ingress, *rule.ingress_deny, *rule.egress, *rule.egress_deny):
-                    for cidr in element.cidrs:
-                        for prefix in (cidr.cidr, *cidr.excepts):
-                            self._cidr_identity(prefix)
         identities = {**self.identities.known, **extra} if extra else self.identities.known
         return Resolver(list(self.policies.values()), identities, self.policy_ids,
                         cfg.policyEnforcementMode, cfg.policyAuditMode, cfg.policy.allowLocalhost == "always")
 
     def _cidr_identity(self, prefix: str) -> None:
-        known = set(self.identities.cidr_prefixes())
-        identity = self.identities.cidr(prefix)
-        if prefix not in known and self.ctx.datapath is not None:
+        identity, new = self.identities.cidr(prefix)
+        if new and self.ctx.datapath is not None:
             ipcache = self.ctx.datapath.maps["ipcache"]
             key = IpcacheKey.of(prefix)
             found = ipcache.get(key)  # the longest match, not necessarily this prefix

@@ -65,14 +65,16 @@ class Key:
         return bits <= 0 or (self.port >> (16 - bits)) == (other.port >> (16 - bits))
 
     def packed(self, ep_id: int) -> bytes:
-        """struct policy_key as bytes (what `bpf()` builds, without a ctypes object)."""
+        """struct policy_key as bytes (batch writes build no ctypes object per entry)."""
         proto = self.proto if self.prefixlen > maps.PREFIX_ANY_PROTO else 0
         return _KEY.pack(self.prefixlen, ep_id, self.egress, 0, self.identity, proto, 0) + self.port.to_bytes(2, "big")
 
     def bpf(self, ep_id: int) -> maps.PolicyKey:
-        return maps.PolicyKey(prefixlen=self.prefixlen, ep_id=ep_id, egress=self.egress, identity=self.identity,
-                              proto=self.proto if self.prefixlen > maps.PREFIX_ANY_PROTO else 0,
-                              port=socket.htons(self.port))
+        return maps.PolicyKey.from_buffer_copy(self.packed(ep_id))
+
+    @classmethod
+    def from_bpf(cls, key: maps.PolicyKey) -> Key:
+        return cls(key.egress, key.identity, key.proto, socket.ntohs(key.port), key.prefixlen)
 
 
 @dataclass
@@ -88,11 +90,7 @@ class Entry:
                            *rules)
 
     def bpf(self) -> maps.PolicyEntry:
-        e = maps.PolicyEntry(flags=(maps.F_DENY if self.deny else 0) | (maps.F_AUDIT if self.audit else 0),
-                             match=self.match)
-        for i, rule in enumerate(self.rule_ids[:2]):
-            e.rule_ids[i] = rule
-        return e
+        return maps.PolicyEntry.from_buffer_copy(self.packed())
 
 
 @dataclass
