@@ -82,11 +82,13 @@ class _PluginTasks:
 class Agent:
     def __init__(self, config: cfg.Section, options: AgentOptions, host: PluginHost, order: list[str],
                  routes: list[ApiRoute], metrics: AgentMetrics, warnings: list[str] = (),
-                 registry: ev.Registry | None = None, stages: list = (), bpf_maps: dict | None = None):
+                 registry: ev.Registry | None = None, stages: list = (), bpf_maps: dict | None = None,
+                 bpf_defines: dict | None = None):
         self.config = config
         self.registry = registry or ev.VOCABULARY
         self.stages = list(stages)
         self.bpf_map_specs = bpf_maps or {}
+        self.bpf_defines = bpf_defines or {}
         self.options = options
         self.host = host
         self.order = order
@@ -161,6 +163,7 @@ class Agent:
         registry = ev.VOCABULARY.copy()
         stages: dict[tuple[str, int], object] = {}
         bpf_maps: dict[str, list] = {}
+        bpf_defines: dict[str, dict[str, str]] = {}
         for info in enabled:
             decl = Declarations(info.name, config)
             try:
@@ -186,9 +189,11 @@ class Agent:
                 stages[(st.attach, st.slot)] = st
             if decl.maps:
                 bpf_maps[info.name] = decl.maps
+            if decl.defines:
+                bpf_defines[info.name] = decl.defines
         order = host.order([i.name for i in enabled])
         return cls(config, options, host, order, list(routes.values()), metrics, raw.warnings, registry,
-                   list(stages.values()), bpf_maps)
+                   list(stages.values()), bpf_maps, bpf_defines)
 
     # ----------------------------------------------------------------------------------------
     # Running
@@ -292,7 +297,7 @@ class Agent:
 
         started = time.monotonic()
         dp = Datapath(self.options.bpf_root, self.options.node_name, self.log.bind(component="datapath"),
-                      MonitorSettings.from_config(self.config.bpf))
+                      MonitorSettings.from_config(self.config.bpf), self.bpf_defines)
         try:
             dp.open_maps(self.bpf_map_specs)
             await dp.compile(self.stages)

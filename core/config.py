@@ -121,6 +121,9 @@ class BpfSettings(Section):
     events: BpfEventsSettings = Field(default_factory=BpfEventsSettings)
     policyMapMax: int = Field(16384, ge=256, le=65536, description="Policy entries one endpoint may have "
                                                                   "(256-65536); more is a policy map overflow.")
+    lbMapMax: int = Field(65536, ge=256, le=1 << 24, description="Entries of the load balancer's service, "
+                                                               "backend and affinity maps; a change that needs "
+                                                               "more is refused whole.")
     ctTcpTimeout: str = Field("2h13m20s", description="How long an idle TCP connection policy allowed stays "
                                                      "allowed without a new policy decision.")
     ctAnyTimeout: str = Field("1m", description="The same for UDP, ICMP and other protocols.")

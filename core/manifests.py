@@ -71,11 +71,38 @@ class Manifests:
                 changed = True
         return changed
 
+    def files(self, kind: str) -> dict[tuple[str, str], Path]:
+        """The file each object of a kind comes from (for messages)."""
+        out = {}
+        for path, docs in self._by_file.items():
+            for doc in docs:
+                if doc.get("kind") == kind:
+                    meta = doc.get("metadata") or {}
+                    ns = "" if kind in CLUSTER_SCOPED else meta.get("namespace") or "default"
+                    out[(ns, meta.get("name", ""))] = path
+        return out
+
     async def watch(self, on_change: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
+        """Call on_change after each change: told by inotify within milliseconds, and a full
+        rescan every `interval` seconds in any case (a directory that appears later, NFS)."""
+        from watchfiles import awatch
+
         while True:
             if self.scan():
                 await on_change()
-            await anyio.sleep(interval)
+            if self.dir is None or not self.dir.is_dir():
+                await anyio.sleep(interval)
+                continue
+            try:
+                async for _ in awatch(self.dir, step=5, debounce=200, rust_timeout=int(interval * 1000),
+                                      yield_on_timeout=True, recursive=True):
+                    if self.scan():
+                        await on_change()
+                    if not self.dir.is_dir():
+                        break
+            except (OSError, RuntimeError) as e:  # the directory went away under the watcher
+                self.log.debug("manifests watcher restarting", error=str(e))
+                await anyio.sleep(interval)
 
     def pod_labels(self, namespace: str, name: str) -> dict[str, str]:
         """Cilium's labels for a pod: its own (k8s:key), its namespace's, and the namespace."""

@@ -14,8 +14,22 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
+SO_NETNS_COOKIE = 71
+
+
 def netlink_socket(netns_path: str, protocol: int = 0) -> socket.socket:
     """A netlink socket (NETLINK_ROUTE by default) living in the namespace at `netns_path`."""
+    return socket_in(netns_path, socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
+
+
+def netns_cookie(netns_path: str) -> int:
+    """The kernel's cookie of a network namespace (what bpf_get_netns_cookie() returns)."""
+    with socket_in(netns_path, socket.AF_INET, socket.SOCK_DGRAM, 0) as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def socket_in(netns_path: str, family: int, kind: int, protocol: int) -> socket.socket:
+    """A socket created in the namespace at `netns_path` (it stays bound to it)."""
     result: dict = {}
 
     def enter_and_create() -> None:
@@ -32,7 +46,7 @@ def netlink_socket(netns_path: str, protocol: int = 0) -> socket.socket:
                 result["error"] = OSError(err, f"setns {netns_path}: {os.strerror(err)}")
                 return
             try:
-                result["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, protocol)
+                result["sock"] = socket.socket(family, kind, protocol)
             finally:
                 if _libc.setns(here, CLONE_NEWNET) != 0:
                     os._exit(70)  # a thread stranded in a foreign namespace must not live on

@@ -80,6 +80,7 @@ class Declarations:
         self.event_types: list[Any] = []
         self.maps: list[Any] = []
         self.stages: list[Any] = []
+        self.defines: dict[str, str] = {}
 
     def after(self, *names: str) -> None:
         """Start this plugin after the named plugins, when those are loaded."""
@@ -98,6 +99,11 @@ class Declarations:
         """BPF maps this plugin owns (pylium.core.bpf.maps.MapSpec): created or checked at
         start, pinned under <bpf-root>/<node>/<plugin>/, open in ctx.bpf_maps[name]."""
         self.maps.extend(specs)
+
+    def bpf_defines(self, **defines: Any) -> None:
+        """C macros for every program of this plugin (its stages and compile_programs), e.g.
+        map sizes from its configuration: `declare.bpf_defines(LB_MAP_MAX=65536)`."""
+        self.defines.update({k: str(v) for k, v in defines.items()})
 
     def bpf_stage(self, attach: str, slot: int, source: str, function: str) -> None:
         """Put `function` of `source` (a path under bpf/) in `slot` of `attach`."""

@@ -27,10 +27,10 @@ def start_agent(agent_dirs: AgentDirs, tmp_path: Path):
               metrics: bool = False) -> AgentProcess:
         d = dirs or agent_dirs
         log_path = tmp_path / f"agent-{len(started)}.log"
-        # Agents here run in the test's own namespace: no datapath (connectivity, observability, policy) unless a
+        # Agents here run in the test's own namespace: no datapath (connectivity, lb, observability, policy) unless a
         # test disables plugins itself. Datapath tests use the `lab` fixture.
         args = [str(BIN / "pylium-agent"), *d.args(), "--log-format", "json",
-                "--set", "plugins.disabled={connectivity,observability,policy}"]
+                "--set", "plugins.disabled={connectivity,lb,observability,policy}"]
         if not metrics:
             args += ["--set", "prometheus.port=0"]
         full_env = {**os.environ, **(env or {})}

@@ -10,6 +10,7 @@
 #define SLOT_FROM_POLICY 2      /* egress policy */
 #define SLOT_FROM_ENCRYPTION 4  /* encryption mark */
 #define SLOT_FROM_DELIVERY 7    /* connectivity: local delivery, else to the stack */
+#define SLOT_TO_LB 0            /* reverse translation of replies from beyond the node */
 #define SLOT_TO_POLICY 2        /* ingress policy */
 #define SLOT_TO_DELIVERY 7      /* connectivity: hand the packet to the pod */
 

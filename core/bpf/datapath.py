@@ -69,8 +69,10 @@ class Stage:
 
 
 class Datapath:
-    def __init__(self, bpf_root: Path, node: str, log: Any, monitor: MonitorSettings = MonitorSettings()):
+    def __init__(self, bpf_root: Path, node: str, log: Any, monitor: MonitorSettings = MonitorSettings(),
+                 plugin_defines: dict[str, dict[str, str]] | None = None):
         self.root = bpf_root / node
+        self.plugin_defines = plugin_defines or {}  # owner -> C macros for its programs
         self.log = log
         self.monitor = monitor
         self.core_map_specs = core_maps(monitor.events_bytes)
@@ -134,7 +136,7 @@ class Datapath:
 
     def _defines(self, owner: str) -> dict[str, str]:
         return {"PYLIUM_CORE_PIN": f'"{self.pin_dir("core")}"', "PYLIUM_PIN": f'"{self.pin_dir(owner)}"',
-                **self.monitor.defines()}
+                **self.monitor.defines(), **self.plugin_defines.get(owner, {})}
 
     async def compile(self, stages: list[Stage], parallel: int | None = None) -> None:
         """Compile the dispatchers and every stage, at most `parallel` at a time."""

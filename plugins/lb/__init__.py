@@ -1,0 +1,1 @@
+"""Load balancing: Kubernetes services in BPF (socket LB, per-packet NAT, NodePort, maglev)."""

@@ -1,0 +1,137 @@
+"""From services and their endpoint slices to what the datapath serves: frontends (address,
+port, protocol) with their backends and states. Pure logic; the writer puts it in maps."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from pylium.plugins.lb.model import EndpointSlice, ModelError, Service, ServicePort, target_port
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    address: str
+    port: int
+    protocol: str
+    state: str = "active"  # active, terminating, terminating-not-serving, quarantined
+    node: str = ""
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.address, self.port, self.protocol
+
+
+@dataclass(frozen=True)
+class Frontend:
+    address: str  # "" for NodePort: any address of the node's devices
+    port: int
+    protocol: str
+    type: str  # ClusterIP, NodePort, ExternalIPs, LoadBalancer
+    service: tuple[str, str]
+    port_name: str
+    backends: tuple[Backend, ...]  # for clients in the cluster (internalTrafficPolicy)
+    external_backends: tuple[Backend, ...] | None = None  # for clients outside, when different
+    affinity_timeout: int = 0
+    external_local: bool = False
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.address, self.port, self.protocol
+
+    @property
+    def external(self) -> bool:
+        return self.type != "ClusterIP"
+
+    def label(self) -> str:
+        return f"{self.address or '0.0.0.0'}:{self.port}/{self.protocol}"
+
+
+@dataclass
+class Problem:
+    """Why (part of) a service is not served: the object, its file and the field."""
+
+    kind: str
+    key: tuple[str, str]
+    file: str
+    error: ModelError
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.kind} {self.key[0]}/{self.key[1]}: {self.error}"
+
+
+@dataclass
+class Catalog:
+    """The services and slices in force (the last good version of each object)."""
+
+    services: dict[tuple[str, str], Service] = field(default_factory=dict)
+    slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+
+    def slices_of(self) -> dict[tuple[str, str], list[EndpointSlice]]:
+        out: dict[tuple[str, str], list[EndpointSlice]] = {}
+        for s in self.slices.values():
+            out.setdefault((s.namespace, s.service), []).append(s)
+        return out
+
+
+def node_port_for(service: Service, port: ServicePort, taken: set[int], port_range: tuple[int, int]) -> int:
+    """A NodePort for a port that has none written: derived from the service's name, so every
+    node picks the same one, and the next free one on a collision."""
+    low, high = port_range
+    span = high - low + 1
+    start = int.from_bytes(hashlib.sha256(f"{service.namespace}/{service.name}/{port.port}/{port.protocol}"
+                                          .encode()).digest()[:4], "big") % span
+    for i in range(span):
+        candidate = low + (start + i) % span
+        if candidate not in taken:
+            return candidate
+    raise ModelError("spec.ports", f"no free NodePort left in {low}-{high}")
+
+
+def backends_of(service: Service, port: ServicePort, slices: list[EndpointSlice]) -> tuple[Backend, ...]:
+    number = target_port(port, slices)
+    if number is None:
+        if not any(s.ports for s in slices):  # slices without ports: no port to reach yet
+            return ()
+        i = service.ports.index(port)
+        raise ModelError(f"spec.ports[{i}].targetPort", f"no port named {port.target_port!r} in the "
+                                                        f"service's EndpointSlices")
+    seen: dict[str, Backend] = {}
+    for s in slices:
+        for e in s.endpoints:
+            b = Backend(e.address, number, port.protocol, e.state, e.node_name)
+            if e.address not in seen or _rank(b.state) < _rank(seen[e.address].state):
+                seen[e.address] = b
+    return tuple(sorted(seen.values()))
+
+
+def _rank(state: str) -> int:
+    return ("active", "terminating", "terminating-not-serving", "quarantined").index(state)
+
+
+def frontends(service: Service, slices: list[EndpointSlice], is_local, node_ports: set[int],
+              port_range: tuple[int, int]) -> list[Frontend]:
+    """The frontends of one service. `is_local(backend)`: the backend runs on this node.
+    Raises ModelError for what only shows with the slices (an unknown targetPort name)."""
+    out = []
+    if service.type == "ExternalName" or (not service.cluster_ips and service.type == "ClusterIP"):
+        return out  # headless or ExternalName: nothing to balance
+    for port in service.ports:
+        every = backends_of(service, port, slices)
+        local = tuple(b for b in every if is_local(b))
+        internal = local if service.internal_local else every
+        external = local if service.external_local else every
+        common = dict(service=service.key, port_name=port.name, affinity_timeout=service.affinity_timeout,
+                      external_local=service.external_local)
+        for ip in service.cluster_ips:
+            out.append(Frontend(ip, port.port, port.protocol, "ClusterIP", backends=internal, **common))
+        exposed = [(ip, "ExternalIPs") for ip in service.external_ips] + [(ip, "LoadBalancer") for ip in service.lb_ips]
+        if service.type in ("NodePort", "LoadBalancer"):
+            node_port = port.node_port or node_port_for(service, port, node_ports, port_range)
+            node_ports.add(node_port)
+            out.append(Frontend("", node_port, port.protocol, "NodePort", backends=internal,
+                                external_backends=external if external != internal else None, **common))
+        for ip, kind in exposed:
+            out.append(Frontend(ip, port.port, port.protocol, kind, backends=internal,
+                                external_backends=external if external != internal else None, **common))
+    return out

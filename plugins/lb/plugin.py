@@ -1,0 +1,313 @@
+"""The load-balancing plugin: hook implementations. Services and EndpointSlices come from the
+manifests directory (model.py), become frontends (frontends.py) and are written to the maps
+(writer.py); the C is in bpf/lb/: per-packet stages (lb.c), the node's devices (nodeport.c)
+and cgroup socket hooks (sock.c)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import os
+import subprocess
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from pylium.core import netns
+from pylium.core.bpf import libbpf
+from pylium.core.hookspecs import hookimpl
+from pylium.core.manifests import Manifests
+from pylium.core.plugin_api import Health
+from pylium.plugins.lb import maglev
+from pylium.plugins.lb.api import LbApi
+from pylium.plugins.lb.config import LbConfig
+from pylium.plugins.lb.frontends import Catalog, Frontend, Problem, frontends
+from pylium.plugins.lb.maps import LbDevice, ip4, lb_maps
+from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
+from pylium.plugins.lb.writer import MapFull, Writer
+
+SLOT_LB = 0  # bpf/include/pylium_consts.h SLOT_FROM_LB / SLOT_TO_LB
+SOCKET_HOOKS = {"sock4_connect": libbpf.CGROUP_INET4_CONNECT, "sock4_sendmsg": libbpf.CGROUP_UDP4_SENDMSG,
+                "sock4_recvmsg": libbpf.CGROUP_UDP4_RECVMSG, "sock4_getpeername": libbpf.CGROUP_INET4_GETPEERNAME}
+
+
+def cgroup2_root() -> Path:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            return Path(fields[4])
+    raise OSError("no cgroup2 file system is mounted (socket LB needs one; or set socketLB.enabled=false)")
+
+
+class LbPlugin(LbApi):
+    def __init__(self) -> None:
+        self.ctx: Any = None
+        self.catalog = Catalog()
+        self.docs: dict[tuple, dict] = {}  # (kind, ns, name) -> the document in force
+        self.problems: dict[tuple, Problem] = {}
+        self.by_service: dict[tuple[str, str], tuple[Any, list[Frontend]]] = {}
+        self.writer: Writer | None = None
+        self.cookies: dict[int, int] = {}  # endpoint id -> netns cookie
+        self.local_ips: set[str] = set()
+        self.devices: dict[str, int] = {}
+        self.last_apply: dict[str, float] = {}
+        self._lock: anyio.Lock | None = None
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    @hookimpl
+    def pylium_config_model(self):
+        return LbConfig
+
+    @hookimpl
+    def pylium_declare(self, declare):
+        cfg = declare.config
+        declare.after("connectivity")
+        declare.bpf_maps(*lb_maps(cfg.bpf.lbMapMax, cfg.maglev.tableSize))
+        seed = int.from_bytes(maglev.seed_bytes(cfg.maglev.hashSeed)[:4], "little")
+        declare.bpf_defines(LB_MAP_MAX=cfg.bpf.lbMapMax, LB_MAGLEV_M=cfg.maglev.tableSize, LB_HASH_SEED=f"{seed}U",
+                            LB_REJECT=int(cfg.serviceNoBackendResponse == "reject"))
+        declare.bpf_stage("from-container", SLOT_LB, "lb/lb.c", "lb_from_container")
+        declare.bpf_stage("to-container", SLOT_LB, "lb/lb.c", "lb_to_container")
+        for method, path, handler in (("GET", "/v1/service", self.api_services),
+                                      ("GET", "/v1/bpf/lb", self.api_bpf_lb),
+                                      ("GET", "/v1/bpf/lb/maglev/{service}", self.api_maglev)):
+            declare.api_route(method, path, handler)
+
+    @hookimpl
+    def pylium_lifespan(self, ctx):
+        return self._run(ctx)
+
+    @hookimpl
+    def pylium_status_details(self, ctx):
+        if self.ctx is None:
+            return None
+        cfg = ctx.config
+        kpr = "True" if cfg.kubeProxyReplacement else "False"
+        socket_lb = "Enabled" if self._socket_lb_on() else "Disabled"
+        return {"KubeProxyReplacement": f"{kpr} [{', '.join(self.devices) or 'no devices'}] "
+                                        f"(Socket LB: {socket_lb}, algorithm {cfg.loadBalancer.algorithm}, "
+                                        f"mode {cfg.loadBalancer.mode})",
+                "Services": f"{len(self.by_service)} services, {len(self.writer.frontends) if self.writer else 0} "
+                            f"frontends" + (f", {len(self.problems)} not loaded" if self.problems else "")}
+
+    def _socket_lb_on(self) -> bool:
+        cfg = self.ctx.config
+        return cfg.kubeProxyReplacement and cfg.socketLB.enabled
+
+    @asynccontextmanager
+    async def _run(self, ctx):
+        self.ctx = ctx
+        self._lock = anyio.Lock()
+        cfg = ctx.config
+        self.writer = Writer(ctx.bpf_maps, cfg.bpf.lbMapMax, cfg.loadBalancer.algorithm, cfg.maglev.tableSize,
+                             maglev.seed_bytes(cfg.maglev.hashSeed))
+        self.writer.restore()
+        await self._load_programs()
+        for key in list(ctx.bpf_maps["lb_netns"].keys()):  # endpoints that come back are added again
+            ctx.bpf_maps["lb_netns"].delete(key)
+        if self._socket_lb_on():  # the node's own processes
+            ctx.bpf_maps["lb_netns"].put(ct.c_uint64(netns.netns_cookie("/proc/self/ns/net")), ct.c_uint32(0))
+        manifests = Manifests(Path(cfg.standalone.manifestsDir), ctx.log)
+        manifests.scan()
+        await self._changed(manifests)
+        ctx.start_task("manifests", manifests.watch, lambda: self._changed(manifests))
+        ctx.set_health(Health.OK)
+        try:
+            yield
+        finally:
+            ctx.datapath.pressure.pop("lb4_services", None)
+            ctx.datapath.pressure.pop("lb4_backends", None)
+            self.ctx = None  # programs and maps stay: services keep working while the agent is away
+
+    # ---- programs ---------------------------------------------------------------------------
+
+    async def _load_programs(self) -> None:
+        ctx, cfg = self.ctx, self.ctx.config
+        dp = ctx.datapath
+        sock, nodeport = {}, {}
+
+        async def compile_sock():
+            sock.update(await dp.compile_programs("lb", "lb/sock.c", {
+                fn: {"type": "CGROUP_SOCK_ADDR", "attach_type": at} for fn, at in SOCKET_HOOKS.items()}))
+
+        async def compile_nodeport():
+            nodeport.update(await dp.compile_programs("lb", "lb/nodeport.c", {"lb_nodeport": {"type": "SCHED_CLS"}}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(compile_sock)
+            if cfg.kubeProxyReplacement and cfg.nodePort.enabled:
+                tg.start_soon(compile_nodeport)
+        cgroup = Path(cfg.cgroup.hostRoot) if cfg.cgroup.hostRoot else cgroup2_root()
+        for fn, attach_type in SOCKET_HOOKS.items():
+            if self._socket_lb_on():
+                dp.attach_cgroup(sock[fn], cgroup, attach_type)
+            else:
+                dp.detach_cgroup(sock[fn], cgroup, attach_type)
+        if nodeport:
+            await self._attach_devices(nodeport["lb_nodeport"])
+
+    async def _attach_devices(self, program: Path) -> None:
+        from pyroute2 import IPRoute
+
+        cfg = self.ctx.config
+
+        def find() -> dict[str, tuple[int, str]]:
+            with IPRoute() as ipr:
+                names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+                found: dict[str, tuple[int, str]] = {}
+                for a in ipr.get_addr(family=2):
+                    name = names.get(a["index"])
+                    if a["scope"] == 0 and name not in found:
+                        found[name] = (a["index"], a.get_attr("IFA_ADDRESS"))
+            if cfg.devices:
+                missing = [d for d in cfg.devices if d not in found]
+                if missing:
+                    raise OSError(f"devices: {', '.join(missing)} not found or without an IPv4 address")
+                return {d: found[d] for d in cfg.devices}
+            return {n: v for n, v in found.items() if n not in ("lo", cfg.connectivity.hostDevice)}
+
+        devices = await anyio.to_thread.run_sync(find)
+        table = self.ctx.bpf_maps["lb_devices"]
+        for key in list(table.keys()):
+            if key.value not in {i for i, _ in devices.values()}:
+                table.delete(key)
+        commands = []
+        for name, (index, address) in devices.items():
+            table.put(ct.c_uint32(index), LbDevice.from_buffer_copy(ip4(address) + bytes(4)))
+            commands += [f"qdisc replace dev {name} clsact",
+                         f"filter replace dev {name} ingress prio 1 handle 1 bpf da object-pinned {program}"]
+        if commands:
+            result = await anyio.run_process(["tc", "-batch", "-"], input="\n".join(commands).encode() + b"\n",
+                                             check=False)
+            if result.returncode:
+                raise OSError(f"attaching lb_nodeport: {result.stderr.decode(errors='replace').strip()}")
+        self.devices = {name: index for name, (index, _) in devices.items()}
+        self.ctx.log.info("serving NodePort and external addresses", devices=sorted(self.devices))
+
+    # ---- services ---------------------------------------------------------------------------
+
+    def _load(self, manifests: Manifests) -> None:
+        """Take in changed Service and EndpointSlice documents; a bad one is reported with its
+        file and field, and its previous version (if any) stays in force."""
+        port_range = self.ctx.config.nodePort.bounds()
+        for kind, parse, table in (("Service", lambda d: parse_service(d, port_range), self.catalog.services),
+                                   ("EndpointSlice", parse_endpoint_slice, self.catalog.slices)):
+            objects, files = manifests.objects(kind), manifests.files(kind)
+            for key in [k for k in table if k not in objects]:
+                del table[key]
+                self.docs.pop((kind, *key), None)
+            for key in [k for k in self.problems if k[0] == kind and k[1:] not in objects]:
+                del self.problems[key]
+            for key, doc in objects.items():
+                if self.docs.get((kind, *key)) == doc:
+                    continue
+                try:
+                    parsed = parse(doc)
+                except ModelError as e:
+                    self._problem(Problem(kind, key, str(files.get(key, "?")), e))
+                    continue
+                self.problems.pop((kind, *key), None)
+                self.docs[(kind, *key)] = doc
+                if parsed is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = parsed
+
+    def _problem(self, problem: Problem) -> None:
+        self.problems[(problem.kind, *problem.key)] = problem
+        self.ctx.log.error("service manifest not loaded; its previous version stays in force",
+                           file=problem.file, object=f"{problem.kind} {problem.key[0]}/{problem.key[1]}",
+                           field=problem.error.path, error=str(problem.error))
+
+    def _is_local(self, backend) -> bool:
+        return backend.node == self.ctx.node_name if backend.node else backend.address in self.local_ips
+
+    def _desired(self, files: dict) -> dict[tuple, Frontend]:
+        slices = self.catalog.slices_of()
+        port_range = self.ctx.config.nodePort.bounds()
+        taken = {p.node_port for s in self.catalog.services.values() for p in s.ports if p.node_port}
+        taken |= {f.port for _, fs in self.by_service.values() for f in fs if f.type == "NodePort"}
+        kept = {}
+        for key, service in self.catalog.services.items():
+            local = frozenset(self.local_ips) if service.internal_local or service.external_local else None
+            inputs = (service, tuple(slices.get(key, ())), local)
+            cached = self.by_service.get(key)
+            if cached is not None and cached[0] == inputs:
+                kept[key] = cached
+                continue
+            try:
+                kept[key] = (inputs, frontends(service, list(inputs[1]), self._is_local, taken, port_range))
+                self.problems.pop(("Service", *key), None)
+            except ModelError as e:
+                self._problem(Problem("Service", key, str(files.get(key, "?")), e))
+                if cached is not None:
+                    kept[key] = cached
+        self.by_service = kept
+        if not self.ctx.config.kubeProxyReplacement:  # ClusterIP only, per packet
+            return {f.key: f for _, fs in kept.values() for f in fs if f.type == "ClusterIP"}
+        return {f.key: f for _, fs in kept.values() for f in fs}
+
+    async def _changed(self, manifests: Manifests | None) -> None:
+        async with self._lock:
+            started = time.perf_counter()
+            if manifests is not None:
+                self._load(manifests)
+                self._files = manifests.files("Service")
+            desired = self._desired(getattr(self, "_files", {}))
+            try:
+                written = self.writer.apply(desired)
+            except MapFull as e:
+                self.ctx.log.error("services not programmed", error=str(e))
+                self._pressure(full=True)
+                return
+            self._pressure()
+            idle = not self.writer.frontends
+            for attach in ("from-container", "to-container"):
+                if ((attach, SLOT_LB) in self.ctx.datapath.bypassed) != idle:
+                    self.ctx.datapath.bypass(attach, SLOT_LB, idle)
+            if written:
+                self.last_apply = {"frontends": len(written), "seconds": time.perf_counter() - started}
+                self.ctx.log.info("services programmed", frontends=len(written), total=len(self.writer.frontends),
+                                  ms=round(self.last_apply["seconds"] * 1000, 1))
+
+    def _pressure(self, full: bool = False) -> None:
+        limit = self.ctx.config.bpf.lbMapMax
+        pressure = self.ctx.datapath.pressure
+        pressure["lb4_services"] = 1.0 if full else self.writer.entries / limit
+        pressure["lb4_backends"] = len(self.writer.backend_ids) / limit
+
+    # ---- endpoints --------------------------------------------------------------------------
+
+    @hookimpl
+    async def pylium_endpoint_plug(self, ctx, endpoint):
+        await self._adopt(endpoint)
+
+    @hookimpl
+    async def pylium_endpoint_restore(self, ctx, endpoint):
+        await self._adopt(endpoint)
+
+    async def _adopt(self, endpoint) -> None:
+        cfg = self.ctx.config
+        if self._socket_lb_on() and not cfg.socketLB.hostNamespaceOnly:
+            cookie = await anyio.to_thread.run_sync(netns.netns_cookie, endpoint.netns)
+            self.cookies[endpoint.id] = cookie
+            self.ctx.bpf_maps["lb_netns"].put(ct.c_uint64(cookie), ct.c_uint32(endpoint.id))
+        await self._endpoint_addresses(add={a["ip"] for a in endpoint.addresses})
+
+    @hookimpl
+    async def pylium_endpoint_unplug(self, ctx, endpoint):
+        cookie = self.cookies.pop(endpoint.id, None)
+        if cookie is not None:
+            ctx.bpf_maps["lb_netns"].delete(ct.c_uint64(cookie))
+        await self._endpoint_addresses(remove={a["ip"] for a in endpoint.addresses})
+
+    async def _endpoint_addresses(self, add: set[str] = frozenset(), remove: set[str] = frozenset()) -> None:
+        """Backends without a nodeName are local when a local endpoint has their address; that
+        matters only to services with a Local traffic policy."""
+        self.local_ips = (self.local_ips | add) - remove
+        if any(s.internal_local or s.external_local for s in self.catalog.services.values()):
+            await self._changed(None)

@@ -1,0 +1,211 @@
+"""Puts frontends into the BPF maps and keeps them in step, changing only what changed.
+
+Order matters to packets in flight: backends exist before a slot names them, slots before
+the slot-0 entry that counts them, and slot 0 changes before surplus slots go. A change that
+does not fit the maps (bpf.lbMapMax) is refused whole: nothing is written."""
+
+from __future__ import annotations
+
+import ctypes as ct
+from dataclasses import dataclass
+
+from pylium.plugins.lb import maglev
+from pylium.plugins.lb.frontends import Backend, Frontend
+from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_EXT, F_NODEPORT, PROTOCOLS,
+                                    SCOPE_EXTERNAL, SCOPE_INTERNAL, STATES, Lb4Key, addr_str, maglev_struct,
+                                    pack_backend, pack_key, pack_revnat, pack_service, port_of, u32)
+
+MAX_IDS = 65535  # frontend ids are 16 bits (rev_nat_index)
+BPF_STATE = {"active": STATES["active"], "terminating": STATES["terminating"],
+             "terminating-not-serving": STATES["quarantined"], "quarantined": STATES["quarantined"]}
+
+
+class MapFull(Exception):
+    """The frontends do not fit the maps; nothing was changed."""
+
+
+@dataclass
+class Installed:
+    id: int
+    frontend: Frontend | None  # None: found in the maps at start, not (yet) claimed
+    slots: dict[int, int]  # scope -> slots written (1 + backends)
+
+
+def _scopes(f: Frontend) -> dict[int, tuple[Backend, ...]]:
+    scopes = {SCOPE_INTERNAL: f.backends}
+    if f.external_backends is not None:
+        scopes[SCOPE_EXTERNAL] = f.external_backends
+    return scopes
+
+
+def _chosen(backends: tuple[Backend, ...]) -> tuple[list[Backend], list[Backend]]:
+    """Backends new connections may use: the active ones, then the terminating ones."""
+    return ([b for b in backends if b.state == "active"], [b for b in backends if b.state == "terminating"])
+
+
+def entries_needed(f: Frontend) -> int:
+    return sum(1 + sum(map(len, _chosen(b))) for b in _scopes(f).values())
+
+
+class Writer:
+    def __init__(self, maps: dict, map_max: int, algorithm: str, maglev_m: int, seed: bytes):
+        self.maps, self.map_max, self.maglev_m, self.seed = maps, map_max, maglev_m, seed
+        self.algorithm = ALGORITHMS[algorithm]
+        self.frontends: dict[tuple, Installed] = {}
+        self.backend_ids: dict[tuple, int] = {}
+        self.backend_states: dict[int, int] = {}
+        self.entries = 0  # in lb4_services
+
+    # ---- start: adopt what an earlier run left -------------------------------------------
+
+    def restore(self) -> None:
+        """Ids of frontends and backends already in the maps stay theirs: connections in
+        flight keep their translation while the new desired state is written over them."""
+        slots: dict[tuple, dict[int, int]] = {}
+        ids: dict[tuple, int] = {}
+        for k, v in self.maps["lb4_services"].items():
+            address = addr_str(k.address)
+            key = ("" if address == "0.0.0.0" else address, port_of(k.dport),
+                   {p: n for n, p in PROTOCOLS.items()}.get(k.proto, "TCP"))
+            scopes = slots.setdefault(key, {})
+            scopes[k.scope] = max(scopes.get(k.scope, 0), k.slot + 1)
+            if k.slot == 0:
+                ids[key] = v.rev_nat_index
+        for key, scopes in slots.items():
+            if key in ids:
+                self.frontends[key] = Installed(ids[key], None, scopes)
+                self.entries += sum(scopes.values())
+        for k, v in self.maps["lb4_backends"].items():
+            self.backend_ids[(addr_str(v.address), port_of(v.port),
+                              {p: n for n, p in PROTOCOLS.items()}.get(v.proto, "TCP"))] = k.value
+            self.backend_states[k.value] = v.state
+
+    # ---- apply ------------------------------------------------------------------------------
+
+    def apply(self, desired: dict[tuple, Frontend]) -> list[tuple]:
+        """Make the maps serve exactly `desired`; returns the keys of frontends written."""
+        changed = [k for k, f in desired.items() if k not in self.frontends or self.frontends[k].frontend != f]
+        removed = [k for k in self.frontends if k not in desired]
+        if not changed and not removed:
+            return []
+        self._check_room(desired, changed, removed)
+        for key in removed:
+            self._remove(key)
+        ids = self._assign_ids(changed)
+        wanted_backends = {b.key: b for f in desired.values() for scope in _scopes(f).values() for b in scope}
+        self._write_backends(changed, desired, wanted_backends)
+        slot_keys, slot_values, master_keys, master_values, revnat = [], [], [], [], []
+        for key in changed:
+            f = desired[key]
+            fid = ids[key]
+            proto = PROTOCOLS[f.protocol]
+            flags = ((F_EXTERNAL if f.external else 0) | (F_NODEPORT if f.type == "NodePort" else 0) |
+                     (F_AFFINITY if f.affinity_timeout else 0) | (F_LOCAL_EXT if f.external_local else 0))
+            for scope, backends in _scopes(f).items():
+                active, terminating = _chosen(backends)
+                for slot, b in enumerate(active + terminating, 1):
+                    slot_keys.append(pack_key(f.address, f.port, proto, slot, scope))
+                    slot_values.append(pack_service(backend_id=self.backend_ids[b.key]))
+                master_keys.append(pack_key(f.address, f.port, proto, 0, scope))
+                master_values.append(pack_service(0, f.affinity_timeout, len(active), len(terminating), fid, flags,
+                                                  self.algorithm))
+            revnat.append((u32(fid), pack_revnat(f.address, f.port)))
+        services = self.maps["lb4_services"]
+        services.put_many(b"".join(slot_keys), b"".join(slot_values))
+        services.put_many(b"".join(master_keys), b"".join(master_values))
+        self.maps["lb4_reverse_nat"].put_many(b"".join(k for k, _ in revnat), b"".join(v for _, v in revnat))
+        for key in changed:
+            f = desired[key]
+            old = self.frontends.get(key)
+            new_slots = {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
+            if old is not None:
+                self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old.slots, new_slots)
+                self.entries -= sum(old.slots.values())
+            self.entries += sum(new_slots.values())
+            self._write_maglev(ids[key], f)
+            self.frontends[key] = Installed(ids[key], f, new_slots)
+        self._drop_backends(set(wanted_backends))
+        return changed
+
+    def _check_room(self, desired: dict, changed: list, removed: list) -> None:
+        entries = self.entries - sum(sum(self.frontends[k].slots.values()) for k in removed + changed
+                                     if k in self.frontends)
+        entries += sum(entries_needed(desired[k]) for k in changed)
+        backends = len({b.key for f in desired.values() for s in _scopes(f).values() for b in s})
+        if entries > self.map_max:
+            raise MapFull(f"the services need {entries} entries in lb4_services, more than bpf.lbMapMax "
+                          f"({self.map_max}); the change was not applied")
+        if backends > self.map_max:
+            raise MapFull(f"the services have {backends} backends, more than bpf.lbMapMax ({self.map_max}); "
+                          f"the change was not applied")
+        if len(desired) > min(MAX_IDS, self.map_max):
+            raise MapFull(f"{len(desired)} frontends, more than the {min(MAX_IDS, self.map_max)} ids available; "
+                          f"the change was not applied")
+
+    def _assign_ids(self, changed: list) -> dict[tuple, int]:
+        used = {i.id for i in self.frontends.values()}
+        ids = {k: self.frontends[k].id for k in changed if k in self.frontends}
+        candidate = 1
+        for key in changed:
+            if key in ids:
+                continue
+            while candidate in used:
+                candidate += 1
+            ids[key] = candidate
+            used.add(candidate)
+        return ids
+
+    def _write_backends(self, changed: list, desired: dict, wanted: dict[tuple, Backend]) -> None:
+        used = set(self.backend_ids.values())
+        candidate, keys, values = 1, [], []
+        for bkey, b in wanted.items():
+            bid = self.backend_ids.get(bkey)
+            if bid is None:
+                while candidate in used:
+                    candidate += 1
+                bid = self.backend_ids[bkey] = candidate
+                used.add(bid)
+            state = BPF_STATE[b.state]
+            if self.backend_states.get(bid) != state:
+                keys.append(u32(bid))
+                values.append(pack_backend(b.address, b.port, PROTOCOLS[b.protocol], state))
+                self.backend_states[bid] = state
+        self.maps["lb4_backends"].put_many(b"".join(keys), b"".join(values))
+
+    def _write_maglev(self, fid: int, f: Frontend) -> None:
+        tables = self.maps["lb4_maglev"]
+        backends = f.external_backends if f.external_backends is not None else f.backends
+        active = _chosen(backends)[0]
+        if self.algorithm != ALGORITHMS["maglev"] or not active:
+            tables.delete(ct.c_uint32(fid))
+            return
+        names = [f"{b.address}:{b.port}" for b in active]
+        value = maglev_struct(self.maglev_m)()
+        value.backend_ids[:] = [self.backend_ids[active[i].key] for i in maglev.table(names, self.maglev_m, self.seed)]
+        tables.put(ct.c_uint32(fid), value)
+
+    def _drop_slots(self, address: str, port: int, proto: int, old: dict[int, int], new: dict[int, int]) -> None:
+        services = self.maps["lb4_services"]
+        for scope, count in old.items():
+            for slot in range(new.get(scope, 0), count):
+                services.delete(Lb4Key.from_buffer_copy(pack_key(address, port, proto, slot, scope)))
+
+    def _remove(self, key: tuple) -> None:
+        installed = self.frontends.pop(key)
+        address, port, protocol = key
+        proto = PROTOCOLS[protocol]
+        self._drop_slots(address, port, proto, {s: 1 for s in installed.slots}, {})  # slot 0 first
+        self._drop_slots(address, port, proto, installed.slots, {s: 1 for s in installed.slots})
+        self.maps["lb4_reverse_nat"].delete(ct.c_uint32(installed.id))
+        self.maps["lb4_maglev"].delete(ct.c_uint32(installed.id))
+        self.entries -= sum(installed.slots.values())
+
+    def _drop_backends(self, wanted: set[tuple]) -> None:
+        for bkey in [k for k in self.backend_ids if k not in wanted]:
+            bid = self.backend_ids.pop(bkey)
+            self.backend_states.pop(bid, None)
+            self.maps["lb4_backends"].delete(ct.c_uint32(bid))
+
+    def id_of(self, key: tuple) -> int | None:
+        installed = self.frontends.get(key)
+        return installed.id if installed else None
