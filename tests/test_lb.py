@@ -32,15 +32,23 @@ NAMED_SERVER = textwrap.dedent("""
             data, peer = u.recvfrom(100)
             u.sendto(f"{name} {peer[0]}".encode(), peer)
     threading.Thread(target=udp, daemon=True).start()
-    print("ready", flush=True)
-    while True:
-        c, peer = t.accept()
+    def tcp(c, peer):
         try:
-            c.recv(100)
-            c.sendall(f"{name} {peer[0]}".encode())
+            while c.recv(100):
+                c.sendall(f"{name} {peer[0]}".encode())
         except OSError:
             pass
         c.close()
+    print("ready", flush=True)
+    while True:
+        threading.Thread(target=tcp, args=t.accept(), daemon=True).start()
+""")
+# A connection kept open: prints the first answer, then one answer per line on stdin.
+LIVE = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    for _ in iter(sys.stdin.readline, ""):
+        s.sendall(b"x"); print(s.recv(100).decode().split()[0], flush=True)
 """)
 # argv: kind ip port count [sport]: one line per connection: "<server> <peer seen> <getpeername>"
 # or "ERR <errno name>"
@@ -117,15 +125,19 @@ def connect(lab, pod_ns: str, kind: str, ip: str, port: int, count: int = 1, spo
     return [line.split() for line in out.splitlines()]
 
 
-@pytest.fixture
-def backends(lab):
-    """An agent with a client pod and three backend pods serving TCP and UDP on 8080."""
-    lab.start_agent(*getattr(lab, "lb_args", ()))
+def start_backends(lab, *agent_args: str, count: int = 3):
+    """An agent with a client pod and `count` backend pods serving TCP and UDP on 8080."""
+    lab.start_agent(*agent_args)
     client = lab.pod("client", k8s_namespace="default", k8s_pod_name="client")
-    pods = [lab.pod(f"web{i}", k8s_namespace="default", k8s_pod_name=f"web{i}") for i in range(3)]
+    pods = [lab.pod(f"web{i}", k8s_namespace="default", k8s_pod_name=f"web{i}") for i in range(count)]
     for i, p in enumerate(pods):
         serve_named(lab, p, f"web{i}")
     return client, pods
+
+
+@pytest.fixture
+def backends(lab):
+    return start_backends(lab, *getattr(lab, "lb_args", ()))
 
 
 def serve_named(lab, pod, name: str, port: int = 8080):
@@ -158,3 +170,223 @@ def test_cluster_ip_through_socket_lb_tcp_and_udp(lab, backends):
             assert server in names.values()
             assert seen == client.ip  # the backend sees the pod
             assert peer == f"{VIP}:{port}"  # the client sees the service
+
+
+@pytest.fixture
+def per_packet(lab):
+    lab.lb_args = ("--set", "socketLB.enabled=false")
+
+
+def test_cluster_ip_through_the_per_packet_path(lab, per_packet, backends):
+    client, pods = backends
+    web_service(lab, pods)
+    for kind, port in (("tcp", 80), ("udp-connected", 53), ("udp", 53)):
+        lines = connect(lab, client.netns, kind, VIP, port, count=6)
+        assert {line[0] for line in lines} <= {"web0", "web1", "web2"}, lines
+        assert all(seen == client.ip and peer == f"{VIP}:{port}" for _, seen, peer in lines), lines
+    # the translation is per packet: connection entries, no socket-LB reverse entries
+    ct_entries = lab.node("bpftool", "map", "dump", "pinned", str(lab.bpf_root / lab.dirs.node / "lb" / "lb4_ct_v1"),
+                          "-j").stdout
+    assert len(json.loads(ct_entries)) >= 2
+
+
+def test_hairpin_a_pod_reaches_itself_through_its_service(lab, per_packet, backends):
+    client, pods = backends
+    write(lab, "self.yaml", service("self", [{"port": 80, "targetPort": 8080}]),
+          endpoint_slice("self-1", "self", [{"port": 8080}], [ready(pods[0].ip)]))
+    wait_services(lab, lambda rows: any(r["service"] == "default/self" and r["backends"] for r in rows))
+    [(server, seen, peer)] = connect(lab, pods[0].netns, "tcp", VIP, 80)
+    assert server == "web0" and peer == f"{VIP}:80"
+    assert seen == "169.254.42.1"  # the pod sees the service loopback address, as with Cilium
+
+
+def test_node_port_and_external_ips_from_outside(lab, backends):
+    client, pods = backends
+    external = "10.250.9.9"
+    lab.exec(lab.out_ns, "ip", "route", "add", f"{external}/32", "via", NODE_IP)
+    write(lab, "np.yaml",
+          service("np", [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080},
+                         {"name": "dns", "port": 53, "targetPort": 8080, "nodePort": 30053, "protocol": "UDP"}],
+                  type="NodePort", externalIPs=[external]),
+          endpoint_slice("np-1", "np", [{"name": "http", "port": 8080}, {"name": "dns", "port": 8080,
+                                                                           "protocol": "UDP"}],
+                         [ready(p.ip) for p in pods]))
+    wait_services(lab, lambda rows: sum(r["service"] == "default/np" for r in rows) == 6)
+    for kind, ip, port in (("tcp", NODE_IP, 30080), ("udp", NODE_IP, 30053), ("tcp", external, 80),
+                           ("udp-connected", external, 53)):
+        lines = connect(lab, lab.out_ns, kind, ip, port, count=4)
+        for line in lines:
+            assert line[0] != "ERR", (kind, ip, port, lines)
+            server, seen, peer = line
+            assert server.startswith("web")
+            assert seen == NODE_IP  # loadBalancer.mode snat: the backend sees the node
+            assert peer == f"{ip}:{port}"  # and the reply comes back from the address asked
+    # the ClusterIP is not served to outside clients (bpf.lbExternalClusterIP is off, as Cilium's default)
+    lab.exec(lab.out_ns, "ip", "route", "add", f"{VIP}/32", "via", NODE_IP)
+    assert connect(lab, lab.out_ns, "tcp", VIP, 80)[0][0] == "ERR"
+
+
+def test_external_traffic_policy_local_keeps_the_client_address_and_local_backends(lab, backends):
+    client, pods = backends
+    write(lab, "local.yaml",
+          service("local", [{"port": 80, "targetPort": 8080, "nodePort": 30081}], type="NodePort",
+                  externalTrafficPolicy="Local"),
+          endpoint_slice("local-1", "local", [{"port": 8080}],
+                         [ready(pods[0].ip, node=lab.dirs.node), ready(pods[1].ip, node="elsewhere")]))
+    rows = wait_services(lab, lambda rows: any(r["type"] == "NodePort" for r in rows))
+    node_port = next(r for r in rows if r["type"] == "NodePort")
+    assert [b["address"] for b in node_port["external_backends"]] == [pods[0].ip]
+    lines = connect(lab, lab.out_ns, "tcp", NODE_IP, 30081, count=10)
+    assert all(line[:2] == ["web0", OUTSIDE_IP] for line in lines), lines  # no SNAT, only the local one
+    # pods still reach both backends through the ClusterIP
+    assert {line[0] for line in connect(lab, client.netns, "tcp", VIP, 80, count=30)} == {"web0", "web1"}
+
+
+def spread(lines: list[list[str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in lines:
+        out[line[0]] = out.get(line[0], 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("mode", ["socket", "per-packet"])
+@pytest.mark.parametrize("algorithm", ["random", "round_robin"])
+def test_connections_spread_within_15_percent(lab, mode, algorithm):
+    client, pods = start_backends(lab, "--set", f"loadBalancer.algorithm={algorithm}",
+                                  "--set", f"socketLB.enabled={'true' if mode == 'socket' else 'false'}")
+    web_service(lab, pods)
+    counts = spread(connect(lab, client.netns, "tcp", VIP, 80, count=3000))
+    assert set(counts) == {"web0", "web1", "web2"}, counts
+    assert all(850 <= n <= 1150 for n in counts.values()), counts
+    if algorithm == "round_robin":  # in turn, not by chance
+        assert max(counts.values()) - min(counts.values()) <= 10, counts
+
+
+def lb_map(lab, name: str):
+    from pylium.core.bpf.maps import PinnedMap
+    from pylium.plugins.lb.maps import lb_maps
+
+    spec = next(s for s in lb_maps(65536, 16381) if s.name == name)
+    return PinnedMap.open(spec, lab.bpf_root / lab.dirs.node / "lb")
+
+
+def test_maglev_removing_one_of_ten_backends_moves_few_flows(lab):
+    client, pods = start_backends(lab, "--set", "loadBalancer.algorithm=maglev", "--set", "socketLB.enabled=false",
+                                  count=10)
+
+    def assign(members) -> dict[int, str]:
+        write(lab, "mg.yaml", service("mg", [{"port": 53, "targetPort": 8080, "protocol": "UDP"}]),
+              endpoint_slice("mg-1", "mg", [{"port": 8080, "protocol": "UDP"}], [ready(p.ip) for p in members]))
+        wait_services(lab, lambda rows: len(rows) == 1 and len(rows[0]["backends"]) == len(members))
+        ct_map = lb_map(lab, "lb4_ct")
+        for key in list(ct_map.keys()):  # forget established flows: every flow is chosen afresh
+            ct_map.delete(key)
+        lines = connect(lab, client.netns, "udp", VIP, 53, count=3000, sport=20000)
+        assert all(line[0] != "ERR" for line in lines), lines
+        return {i: line[0] for i, line in enumerate(lines)}
+
+    before = assign(pods)
+    assert len(set(before.values())) == 10
+    again = assign(pods)
+    assert again == before  # the same flows land on the same backends (hash, not chance)
+    after = assign(pods[:4] + pods[5:])
+    moved = sum(before[i] != after[i] for i in before)
+    others = sum(before[i] != after[i] for i in before if before[i] != "web4")
+    assert "web4" not in after.values()
+    assert moved <= 0.12 * len(before), (moved, others, len(before))
+    listing = json.loads(run_cli(lab.dirs, "bpf", "lb", "maglev", "list", "default/mg", "-o", "json").stdout)
+    assert listing[0]["size"] == 16381 and len(listing[0]["slots"]) == 9
+    assert all(1800 <= n <= 1841 for n in listing[0]["slots"].values())  # 16381 / 9, +-1 per fill round
+
+
+@pytest.mark.parametrize("mode", ["socket", "per-packet"])
+@pytest.mark.parametrize("how", ["affinity", "source_hash"])
+def test_session_affinity_and_source_hash_keep_a_client_on_one_backend(lab, how, mode):
+    args = ["--set", f"socketLB.enabled={'true' if mode == 'socket' else 'false'}"]
+    spec = {}
+    if how == "source_hash":
+        args += ["--set", "loadBalancer.algorithm=source_hash"]
+    else:
+        spec = {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}
+    client, pods = start_backends(lab, *args)
+    other = lab.pod("other", k8s_namespace="default", k8s_pod_name="other")
+    web_service(lab, pods, **spec)
+    for pod in (client, other):
+        chosen = spread(connect(lab, pod.netns, "tcp", VIP, 80, count=40))
+        assert len(chosen) == 1, chosen
+
+
+class Live:
+    """A TCP connection through a service, held open; ask() sends on it and returns the
+    backend's name."""
+
+    def __init__(self, lab, pod, ip: str, port: int):
+        import subprocess
+
+        self.proc = subprocess.Popen(["ip", "netns", "exec", pod.netns, sys.executable, "-c", LIVE, ip, str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        lab.servers = getattr(lab, "servers", []) + [self.proc]
+
+    def ask(self) -> str:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+
+def slice_with(lab, pods, conditions: list[dict]) -> None:
+    endpoints = [{"addresses": [p.ip], "conditions": c} for p, c in zip(pods, conditions)]
+    write(lab, "web-slice.yaml", endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], endpoints))
+
+
+ACTIVE = {"ready": True}
+TERMINATING = {"ready": False, "serving": True, "terminating": True}
+TERMINATING_NOT_SERVING = {"ready": False, "serving": False, "terminating": True}
+QUARANTINED = {"ready": False, "serving": False, "terminating": False}
+
+
+@pytest.mark.parametrize("mode", ["socket", "per-packet"])
+def test_backend_states_with_a_live_connection_then_reject(lab, mode):
+    from test_policy import wait_flow
+
+    client, pods = start_backends(lab, "--set", f"socketLB.enabled={'true' if mode == 'socket' else 'false'}",
+                                  count=2)
+    write(lab, "web.yaml", service("web", [{"name": "http", "port": 80, "targetPort": 8080}]))
+    slice_with(lab, pods, [ACTIVE, ACTIVE])
+    wait_services(lab, lambda rows: rows and len(rows[0]["backends"]) == 2)
+    live = Live(lab, client, VIP, 80)
+    first = live.ask()
+    held = int(first[-1])
+    other = 1 - held
+    states = [None, None]
+
+    def change(held_state, other_state, expect):
+        states[held], states[other] = held_state, other_state
+        slice_with(lab, pods, states)
+        wait_services(lab, lambda rows: [b["state"] for b in rows[0]["backends"]] == expect)
+
+    # the live connection's backend starts terminating: new connections avoid it, the live one goes on
+    change(TERMINATING, ACTIVE, [["terminating", "active"], ["active", "terminating"]][held])
+    assert spread(connect(lab, client.netns, "tcp", VIP, 80, count=20)) == {f"web{other}": 20}
+    assert live.ask() == first
+    # nothing active: the terminating (still serving) backend takes new connections
+    change(TERMINATING, QUARANTINED, [["terminating", "quarantined"], ["quarantined", "terminating"]][held])
+    assert spread(connect(lab, client.netns, "tcp", VIP, 80, count=10)) == {first: 10}
+    # nothing to offer: new connections are refused (reason 158), the live one still works
+    change(TERMINATING_NOT_SERVING, QUARANTINED,
+           [["terminating-not-serving", "quarantined"], ["quarantined", "terminating-not-serving"]][held])
+    assert connect(lab, client.netns, "tcp", VIP, 80) == [["ERR", "ECONNREFUSED"]]
+    assert live.ask() == first
+    flow = wait_flow(lab, lambda f: f.get("drop_reason") == 158, "--type", "drop")
+    assert flow["drop_reason_desc"] == "SERVICE_BACKEND_NOT_FOUND"
+    assert flow["IP"]["destination"] == VIP and flow["IP"]["source"] == client.ip
+
+
+def test_no_backend_with_drop_response_times_out(lab):
+    from test_policy import metric, wait_flow
+
+    client, pods = start_backends(lab, "--set", "serviceNoBackendResponse=drop", count=1)
+    write(lab, "web.yaml", service("web", [{"name": "http", "port": 80, "targetPort": 8080}]))
+    wait_services(lab, lambda rows: len(rows) == 1)
+    assert connect(lab, client.netns, "tcp", VIP, 80) == [["ERR", "timeout"]]
+    wait_flow(lab, lambda f: f.get("drop_reason") == 158 and f["IP"]["destination"] == VIP, "--type", "drop")
+    assert metric(lab, "cilium_drop_count_total", reason="Service backend not found", direction="EGRESS") >= 1

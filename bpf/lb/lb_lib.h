@@ -42,8 +42,9 @@ static __always_inline int backend_usable(__u32 id) {
 }
 
 /* The backend for a new connection of a frontend (k: its slot-0 key), or 0 when it has none
- * to offer. `client`: who sticks to a backend under session affinity; `hash`: source_hash and
- * maglev's key. Active backends first; terminating ones only when none is active. */
+ * to offer. `client`: who sticks to a backend under session affinity and whom source_hash
+ * hashes; `hash`: maglev's key (the connection). Active backends first; terminating ones
+ * only when none is active. */
 static __always_inline __u32 select_backend(struct lb4_key *k, struct lb4_service *svc, __u64 client, __u8 netns,
                                             __u32 hash) {
     __u32 n = svc->count, first = 1, rev = svc->rev_nat_index, id = 0;
@@ -71,7 +72,7 @@ static __always_inline __u32 select_backend(struct lb4_key *k, struct lb4_servic
             index = *next % n;
         }
     } else if (algorithm == ALG_SOURCE_HASH) {
-        index = hash % n;
+        index = mix32((__u32)client ^ (__u32)(client >> 32) ^ LB_HASH_SEED) % n;
     } else if (algorithm == ALG_MAGLEV && svc->count) {
         struct lb_maglev *table = lb4_maglev.lookup(&rev);
         __u32 at = hash % LB_MAGLEV_M;
