@@ -390,3 +390,91 @@ def test_no_backend_with_drop_response_times_out(lab):
     assert connect(lab, client.netns, "tcp", VIP, 80) == [["ERR", "timeout"]]
     wait_flow(lab, lambda f: f.get("drop_reason") == 158 and f["IP"]["destination"] == VIP, "--type", "drop")
     assert metric(lab, "cilium_drop_count_total", reason="Service backend not found", direction="EGRESS") >= 1
+
+
+BAD = [
+    ("port out of range", service("web", [{"port": 70000, "targetPort": 8080}]), "spec.ports[0].port"),
+    ("duplicate port", service("web", [{"name": "a", "port": 80}, {"name": "b", "port": 80}]), "spec.ports[1].port"),
+    ("unknown targetPort name", service("web", [{"name": "web", "port": 80, "targetPort": "nope"}]),
+     "spec.ports[0].targetPort"),
+    ("malformed EndpointSlice", endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}],
+                                               [{"addresses": ["10.210.999.1"]}]), "endpoints[0].addresses[0]"),
+    ("EndpointSlice without its service label",
+     json.dumps({"kind": "EndpointSlice", "addressType": "IPv4", "metadata": {"name": "web-1"}, "endpoints": []}),
+     "metadata.labels[kubernetes.io/service-name]"),
+]
+
+
+@pytest.mark.parametrize("what, doc, field", BAD, ids=[b[0] for b in BAD])
+def test_a_bad_manifest_is_reported_with_file_and_field_and_the_previous_state_stays(lab, backends, what, doc, field):
+    client, pods = backends
+    write(lab, "web.yaml", service("web", [{"name": "http", "port": 80, "targetPort": 8080}]))
+    write(lab, "web-slice.yaml", endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}],
+                                                [ready(p.ip) for p in pods[:2]]))
+    before = wait_services(lab, lambda rows: rows and len(rows[0]["backends"]) == 2)
+    target = "web-slice.yaml" if "EndpointSlice" in what else "web.yaml"
+    write(lab, target, doc)
+    deadline = time.monotonic() + 10
+    while not (answer := lab.api.get("/v1/service"))["problems"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [problem] = answer["problems"]
+    assert str(lab.manifests / target) in problem and field in problem, problem
+    assert answer["services"] == before  # still served as before
+    assert {line[0] for line in connect(lab, client.netns, "tcp", VIP, 80, count=10)} <= {"web0", "web1"}
+    err = run_cli(lab.dirs, "service", "list").stderr
+    assert field in err
+    log = lab.agents[0].log
+    assert "service manifest not loaded" in log and field in log
+
+
+def test_listings_and_their_json(lab, backends):
+    client, pods = backends
+    write(lab, "np.yaml",
+          service("np", [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}], type="NodePort"),
+          endpoint_slice("np-1", "np", [{"name": "http", "port": 8080}],
+                         [ready(pods[0].ip), {"addresses": [pods[1].ip], "conditions": TERMINATING}]))
+    rows = wait_services(lab, lambda rows: len(rows) == 2)
+    table = run_cli(lab.dirs, "service", "list").stdout
+    assert f"{VIP}:80/TCP" in table and "0.0.0.0:30080/TCP" in table and "NodePort" in table
+    assert f"{pods[1].ip}:8080 (terminating)" in table
+    listed = json.loads(run_cli(lab.dirs, "service", "list", "-o", "json").stdout)
+    assert listed == rows and {r["type"] for r in listed} == {"ClusterIP", "NodePort"}
+    ids = {r["frontend"]: r["id"] for r in listed}
+    bpf = json.loads(run_cli(lab.dirs, "bpf", "lb", "list", "-o", "json").stdout)
+    master = next(r for r in bpf if r["frontend"] == f"{VIP}:80/TCP" and r["slot"] == 0)
+    assert master["count"] == 1 and master["terminating"] == 1 and master["rev_nat_index"] == ids[f"{VIP}:80/TCP"]
+    assert {r["backend"] for r in bpf if r["frontend"] == f"{VIP}:80/TCP" and r["slot"]} == {
+        f"{pods[0].ip}:8080", f"{pods[1].ip}:8080"}
+    nodeport = next(r for r in bpf if r["frontend"] == "0.0.0.0:30080/TCP" and r["slot"] == 0)
+    assert set(nodeport["flags"]) == {"external", "nodeport"}
+    backends_listed = json.loads(run_cli(lab.dirs, "bpf", "lb", "list", "--backends", "-o", "json").stdout)
+    assert {(b["address"], b["state"]) for b in backends_listed} == {(f"{pods[0].ip}:8080", "active"),
+                                                                     (f"{pods[1].ip}:8080", "terminating")}
+    revnat = json.loads(run_cli(lab.dirs, "bpf", "lb", "list", "--revnat", "-o", "json").stdout)
+    assert {r["address"] for r in revnat} == {f"{VIP}:80", "0.0.0.0:30080"}
+    missing = run_cli(lab.dirs, "bpf", "lb", "maglev", "list", "nope/nope", check=False)
+    assert missing.returncode != 0 and "no such service" in missing.stderr
+    status = run_cli(lab.dirs, "status").stdout
+    assert "KubeProxyReplacement" in status and "Socket LB: Enabled" in status
+
+
+def test_services_that_do_not_fit_the_maps_are_refused_whole(lab):
+    from test_policy import metric
+
+    client, pods = start_backends(lab, "--set", "bpf.lbMapMax=256", count=2)
+    write(lab, "web.yaml", service("web", [{"name": "http", "port": 80, "targetPort": 8080}]),
+          endpoint_slice("web-1", "web", [{"name": "http", "port": 8080}], [ready(p.ip) for p in pods]))
+    wait_services(lab, lambda rows: len(rows) == 1)
+    # 100 more services with 2 backends each need 300 entries: none of them is programmed
+    many = [service(f"s{i}", [{"port": 80, "targetPort": 8080}], ip=f"10.96.1.{i}") for i in range(100)]
+    many += [endpoint_slice(f"s{i}-1", f"s{i}", [{"port": 8080}], [ready(p.ip) for p in pods]) for i in range(100)]
+    write(lab, "many.yaml", *many)
+    deadline = time.monotonic() + 10
+    while "services not programmed" not in lab.agents[0].log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "more than bpf.lbMapMax (256)" in lab.agents[0].log
+    assert [r["service"] for r in services(lab)] == ["default/web"]
+    entries = json.loads(run_cli(lab.dirs, "bpf", "lb", "list", "-o", "json").stdout)
+    assert {r["frontend"] for r in entries} == {f"{VIP}:80/TCP"}  # not one half-programmed service
+    assert metric(lab, "cilium_bpf_map_pressure", map_name="lb4_services") == 1.0
+    assert {line[0] for line in connect(lab, client.netns, "tcp", VIP, 80, count=5)} <= {"web0", "web1"}
