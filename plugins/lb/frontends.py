@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pylium.plugins.lb.model import EndpointSlice, ModelError, Service, ServicePort, target_port
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(slots=True, order=True)
 class Backend:
     address: str
     port: int
@@ -22,7 +22,7 @@ class Backend:
         return self.address, self.port, self.protocol
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Frontend:
     address: str  # "" for NodePort: any address of the node's devices
     port: int

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes as ct
-import ipaddress
 import socket
 import struct
 
@@ -99,7 +98,7 @@ _REVNAT = struct.Struct("=4sH2x")
 
 
 def ip4(address: str) -> bytes:
-    return ipaddress.IPv4Address(address).packed
+    return socket.inet_pton(socket.AF_INET, address)
 
 
 def pack_key(address: str | None, port: int, proto: int, slot: int, scope: int) -> bytes:
@@ -124,7 +123,7 @@ def u32(n: int) -> bytes:
 
 
 def addr_str(raw) -> str:
-    return str(ipaddress.IPv4Address(bytes(raw)))
+    return socket.inet_ntop(socket.AF_INET, bytes(raw))
 
 
 def port_of(raw: int) -> int:

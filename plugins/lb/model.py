@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field
 
 from pylium.plugins.lb.maps import PROTOCOLS
@@ -53,7 +54,7 @@ class Service:
         return self.namespace, self.name
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Endpoint:
     address: str
     ready: bool = True
@@ -109,16 +110,24 @@ def _protocol(value, path: str) -> str:
     return value
 
 
-def _ip(value, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _ip(value, path: str) -> tuple[int, str]:
+    """(4 or 6, the address in its canonical form)."""
+    if isinstance(value, str):
+        try:
+            socket.inet_pton(socket.AF_INET, value)  # the common case, without ipaddress' cost
+            return 4, value
+        except OSError:
+            pass
     try:
-        return ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise ModelError(path, f"{value!r} is not an IP address") from None
+    return address.version, str(address)
 
 
 def _v4(values: list, path: str) -> tuple[str, ...]:
     """IPv4 addresses of a list (IPv6 ones are checked, then left to a later version)."""
-    return tuple(str(a) for i, v in enumerate(values) if (a := _ip(v, f"{path}[{i}]")).version == 4)
+    return tuple(a for i, v in enumerate(values) for version, a in [_ip(v, f"{path}[{i}]")] if version == 4)
 
 
 def _bool(value, default: bool, path: str) -> bool:
@@ -240,10 +249,10 @@ def parse_endpoint_slice(doc: dict) -> EndpointSlice | None:
         terminating = _bool(cond.get("terminating"), False, f"{path}.conditions.terminating")
         node = e.get("nodeName") or ""
         for j, a in enumerate(addresses if family != "FQDN" else ()):
-            ip = _ip(a, f"{path}.addresses[{j}]")
-            if ip.version != (4 if family == "IPv4" else 6):
+            version, ip = _ip(a, f"{path}.addresses[{j}]")
+            if version != (4 if family == "IPv4" else 6):
                 raise ModelError(f"{path}.addresses[{j}]", f"{a!r} is not an {family} address")
-            endpoints.append(Endpoint(str(ip), ready, serving, terminating, node))
+            endpoints.append(Endpoint(ip, ready, serving, terminating, node))
     if family != "IPv4":
         return None
     return EndpointSlice(namespace, name, service, tuple(ports), tuple(endpoints))

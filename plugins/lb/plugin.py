@@ -19,7 +19,7 @@ import anyio
 from pylium.core import netns
 from pylium.core.bpf import libbpf
 from pylium.core.hookspecs import hookimpl
-from pylium.core.manifests import Manifests
+from pylium.core.manifests import Manifests, gc_paused
 from pylium.core.plugin_api import Health
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.api import LbApi
@@ -48,7 +48,9 @@ class LbPlugin(LbApi):
         self.catalog = Catalog()
         self.docs: dict[tuple, dict] = {}  # (kind, ns, name) -> the document in force
         self.problems: dict[tuple, Problem] = {}
-        self.by_service: dict[tuple[str, str], tuple[Any, list[Frontend]]] = {}
+        self.by_service: dict[tuple[str, str], list[Frontend]] = {}  # as written in the maps
+        self._synced = False  # the first write replaces whatever an earlier run left
+        self._manifests: Manifests | None = None
         self.writer: Writer | None = None
         self.cookies: dict[int, int] = {}  # endpoint id -> netns cookie
         self.local_ips: set[str] = set()
@@ -190,32 +192,42 @@ class LbPlugin(LbApi):
 
     # ---- services ---------------------------------------------------------------------------
 
-    def _load(self, manifests: Manifests) -> None:
+    def _load(self, manifests: Manifests) -> set[tuple[str, str]]:
         """Take in changed Service and EndpointSlice documents; a bad one is reported with its
-        file and field, and its previous version (if any) stays in force."""
+        file and field, and its previous version (if any) stays in force. Returns the keys
+        of the services to compute again."""
         port_range = self.ctx.config.nodePort.bounds()
+        dirty: set[tuple[str, str]] = set()
         for kind, parse, table in (("Service", lambda d: parse_service(d, port_range), self.catalog.services),
                                    ("EndpointSlice", parse_endpoint_slice, self.catalog.slices)):
-            objects, files = manifests.objects(kind), manifests.files(kind)
-            for key in [k for k in table if k not in objects]:
-                del table[key]
+            entries = manifests.entries(kind)
+            for key in [k for k in table if k not in entries]:
+                dirty.add(self._service_of(kind, table.pop(key)))
                 self.docs.pop((kind, *key), None)
-            for key in [k for k in self.problems if k[0] == kind and k[1:] not in objects]:
+            for key in [k for k in self.problems if k[0] == kind and k[1:] not in entries]:
                 del self.problems[key]
-            for key, doc in objects.items():
-                if self.docs.get((kind, *key)) == doc:
+            for key, (doc, path) in entries.items():
+                if self.docs.get((kind, *key)) is doc:
                     continue
                 try:
                     parsed = parse(doc)
                 except ModelError as e:
-                    self._problem(Problem(kind, key, str(files.get(key, "?")), e))
+                    self._problem(Problem(kind, key, str(path), e))
+                    self.docs[(kind, *key)] = doc  # reported once; the previous version stays
                     continue
                 self.problems.pop((kind, *key), None)
                 self.docs[(kind, *key)] = doc
-                if parsed is None:
-                    table.pop(key, None)
-                else:
+                old = table.pop(key, None)
+                if old is not None:
+                    dirty.add(self._service_of(kind, old))
+                if parsed is not None:
                     table[key] = parsed
+                    dirty.add(self._service_of(kind, parsed))
+        return dirty
+
+    @staticmethod
+    def _service_of(kind: str, obj) -> tuple[str, str]:
+        return obj.key if kind == "Service" else (obj.namespace, obj.service)
 
     def _problem(self, problem: Problem) -> None:
         self.problems[(problem.kind, *problem.key)] = problem
@@ -226,53 +238,77 @@ class LbPlugin(LbApi):
     def _is_local(self, backend) -> bool:
         return backend.node == self.ctx.node_name if backend.node else backend.address in self.local_ips
 
-    def _desired(self, files: dict) -> dict[tuple, Frontend]:
-        slices = self.catalog.slices_of()
+    def _delta(self, dirty: set[tuple[str, str]]) -> dict[tuple, Frontend | None]:
+        """The frontends of the services in `dirty`, computed again: what to write (a
+        Frontend) and what to remove (None)."""
         port_range = self.ctx.config.nodePort.bounds()
-        taken = {p.node_port for s in self.catalog.services.values() for p in s.ports if p.node_port}
-        taken |= {f.port for _, fs in self.by_service.values() for f in fs if f.type == "NodePort"}
-        kept = {}
-        for key, service in self.catalog.services.items():
-            local = frozenset(self.local_ips) if service.internal_local or service.external_local else None
-            inputs = (service, tuple(slices.get(key, ())), local)
-            cached = self.by_service.get(key)
-            if cached is not None and cached[0] == inputs:
-                kept[key] = cached
-                continue
-            try:
-                kept[key] = (inputs, frontends(service, list(inputs[1]), self._is_local, taken, port_range))
-                self.problems.pop(("Service", *key), None)
-            except ModelError as e:
-                self._problem(Problem("Service", key, str(files.get(key, "?")), e))
-                if cached is not None:
-                    kept[key] = cached
-        self.by_service = kept
-        if not self.ctx.config.kubeProxyReplacement:  # ClusterIP only, per packet
-            return {f.key: f for _, fs in kept.values() for f in fs if f.type == "ClusterIP"}
-        return {f.key: f for _, fs in kept.values() for f in fs}
+        slices_by_service: dict[tuple[str, str], list] = {}
+        for s in self.catalog.slices.values():
+            if (s.namespace, s.service) in dirty:
+                slices_by_service.setdefault((s.namespace, s.service), []).append(s)
+        taken: set[int] | None = None
+        delta: dict[tuple, Frontend | None] = {}
+        for key in dirty:
+            old = self.by_service.pop(key, [])
+            service = self.catalog.services.get(key)
+            new = old if service is not None else []
+            if service is not None:
+                if taken is None and service.type in ("NodePort", "LoadBalancer"):
+                    taken = {p.node_port for s in self.catalog.services.values() for p in s.ports if p.node_port}
+                    taken |= {f.port for fs in self.by_service.values() for f in fs if f.type == "NodePort"}
+                try:
+                    new = frontends(service, slices_by_service.get(key, []), self._is_local, taken or set(),
+                                    port_range)
+                    self.problems.pop(("Service", *key), None)
+                except ModelError as e:  # found only with the slices: an unknown targetPort name
+                    path = self._manifests.entries("Service").get(key, (None, "?"))[1]
+                    self._problem(Problem("Service", key, str(path), e))
+                if not self.ctx.config.kubeProxyReplacement:  # ClusterIP only, per packet
+                    new = [f for f in new if f.type == "ClusterIP"]
+                self.by_service[key] = new
+            delta.update({f.key: None for f in old})
+            delta.update({f.key: f for f in new})
+        return delta
 
-    async def _changed(self, manifests: Manifests | None) -> None:
+    async def _changed(self, manifests: Manifests | None, dirty: set | None = None) -> None:
         async with self._lock:
-            started = time.perf_counter()
-            if manifests is not None:
-                self._load(manifests)
-                self._files = manifests.files("Service")
-            desired = self._desired(getattr(self, "_files", {}))
-            try:
-                written = self.writer.apply(desired)
-            except MapFull as e:
-                self.ctx.log.error("services not programmed", error=str(e))
-                self._pressure(full=True)
-                return
-            self._pressure()
-            idle = not self.writer.frontends
-            for attach in ("from-container", "to-container"):
-                if ((attach, SLOT_LB) in self.ctx.datapath.bypassed) != idle:
-                    self.ctx.datapath.bypass(attach, SLOT_LB, idle)
-            if written:
-                self.last_apply = {"frontends": len(written), "seconds": time.perf_counter() - started}
-                self.ctx.log.info("services programmed", frontends=len(written), total=len(self.writer.frontends),
-                                  ms=round(self.last_apply["seconds"] * 1000, 1))
+            with gc_paused():
+                self._apply(manifests, dirty)
+
+    def _apply(self, manifests: Manifests | None, dirty: set | None) -> None:
+        """Take in what changed and write the difference to the maps."""
+        started = time.perf_counter()
+        dirty = set(dirty or ())
+        if manifests is not None:
+            self._manifests = manifests
+            dirty |= self._load(manifests)
+        first = not self._synced
+        if first:
+            dirty = set(self.catalog.services) | set(self.by_service)
+        before = {k: self.by_service[k] for k in dirty if k in self.by_service}
+        delta = self._delta(dirty)
+        try:
+            if first:
+                written = self.writer.sync({k: f for k, f in delta.items() if f is not None})
+                self._synced = True
+            else:
+                written = self.writer.apply(delta)
+        except MapFull as e:
+            self.ctx.log.error("services not programmed", error=str(e))
+            self._pressure(full=True)
+            for key in dirty:  # as written in the maps
+                self.by_service.pop(key, None)
+            self.by_service.update(before)
+            return
+        self._pressure()
+        idle = not self.writer.frontends
+        for attach in ("from-container", "to-container"):
+            if ((attach, SLOT_LB) in self.ctx.datapath.bypassed) != idle:
+                self.ctx.datapath.bypass(attach, SLOT_LB, idle)
+        if written:
+            self.last_apply = {"frontends": len(written), "seconds": time.perf_counter() - started}
+            self.ctx.log.info("services programmed", frontends=len(written), total=len(self.writer.frontends),
+                              ms=round(self.last_apply["seconds"] * 1000, 1))
 
     def _pressure(self, full: bool = False) -> None:
         limit = self.ctx.config.bpf.lbMapMax
@@ -309,5 +345,6 @@ class LbPlugin(LbApi):
         """Backends without a nodeName are local when a local endpoint has their address; that
         matters only to services with a Local traffic policy."""
         self.local_ips = (self.local_ips | add) - remove
-        if any(s.internal_local or s.external_local for s in self.catalog.services.values()):
-            await self._changed(None)
+        local = {k for k, s in self.catalog.services.items() if s.internal_local or s.external_local}
+        if local and self._synced:
+            await self._changed(None, local)

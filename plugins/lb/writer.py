@@ -7,6 +7,7 @@ does not fit the maps (bpf.lbMapMax) is refused whole: nothing is written."""
 from __future__ import annotations
 
 import ctypes as ct
+from collections import Counter
 from dataclasses import dataclass
 
 from pylium.plugins.lb import maglev
@@ -43,6 +44,10 @@ def _chosen(backends: tuple[Backend, ...]) -> tuple[list[Backend], list[Backend]
     return ([b for b in backends if b.state == "active"], [b for b in backends if b.state == "terminating"])
 
 
+def _backend_keys(f: Frontend) -> list[tuple]:
+    return list({b.key for backends in _scopes(f).values() for b in backends})
+
+
 def entries_needed(f: Frontend) -> int:
     return sum(1 + sum(map(len, _chosen(b))) for b in _scopes(f).values())
 
@@ -54,6 +59,8 @@ class Writer:
         self.frontends: dict[tuple, Installed] = {}
         self.backend_ids: dict[tuple, int] = {}
         self.backend_states: dict[int, int] = {}
+        self.refs: Counter = Counter()  # backend key -> frontends using it
+        self._released: list[tuple] = []  # backends of frontends removed in this change
         self.entries = 0  # in lb4_services
 
     # ---- start: adopt what an earlier run left -------------------------------------------
@@ -82,21 +89,28 @@ class Writer:
 
     # ---- apply ------------------------------------------------------------------------------
 
-    def apply(self, desired: dict[tuple, Frontend]) -> list[tuple]:
-        """Make the maps serve exactly `desired`; returns the keys of frontends written."""
-        changed = [k for k, f in desired.items() if k not in self.frontends or self.frontends[k].frontend != f]
-        removed = [k for k in self.frontends if k not in desired]
+    def sync(self, desired: dict[tuple, Frontend]) -> list[tuple]:
+        """Make the maps serve exactly `desired` (and nothing an earlier run left)."""
+        delta: dict[tuple, Frontend | None] = {k: None for k in self.frontends if k not in desired}
+        delta.update(desired)
+        written = self.apply(delta)
+        self._drop_backends([k for k in self.backend_ids if not self.refs.get(k)])
+        return written
+
+    def apply(self, delta: dict[tuple, Frontend | None]) -> list[tuple]:
+        """Add, change (a Frontend) or remove (None) frontends; returns the keys written."""
+        changed = {k: f for k, f in delta.items()
+                   if f is not None and (k not in self.frontends or self.frontends[k].frontend != f)}
+        removed = [k for k, f in delta.items() if f is None and k in self.frontends]
         if not changed and not removed:
             return []
-        self._check_room(desired, changed, removed)
+        moved = self._check_room(changed, removed)
         for key in removed:
             self._remove(key)
-        ids = self._assign_ids(changed)
-        wanted_backends = {b.key: b for f in desired.values() for scope in _scopes(f).values() for b in scope}
-        self._write_backends(changed, desired, wanted_backends)
+        ids = self._assign_ids(list(changed))
+        self._write_backends(changed.values())
         slot_keys, slot_values, master_keys, master_values, revnat = [], [], [], [], []
-        for key in changed:
-            f = desired[key]
+        for key, f in changed.items():
             fid = ids[key]
             proto = PROTOCOLS[f.protocol]
             flags = ((F_EXTERNAL if f.external else 0) | (F_NODEPORT if f.type == "NodePort" else 0) |
@@ -114,33 +128,53 @@ class Writer:
         services.put_many(b"".join(slot_keys), b"".join(slot_values))
         services.put_many(b"".join(master_keys), b"".join(master_values))
         self.maps["lb4_reverse_nat"].put_many(b"".join(k for k, _ in revnat), b"".join(v for _, v in revnat))
-        for key in changed:
-            f = desired[key]
+        released = []
+        for key, f in changed.items():
             old = self.frontends.get(key)
             new_slots = {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
             if old is not None:
                 self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old.slots, new_slots)
                 self.entries -= sum(old.slots.values())
+                if old.frontend is not None:
+                    released += _backend_keys(old.frontend)
             self.entries += sum(new_slots.values())
             self._write_maglev(ids[key], f)
             self.frontends[key] = Installed(ids[key], f, new_slots)
-        self._drop_backends(set(wanted_backends))
-        return changed
+        for bkey, n in moved.items():
+            if n:
+                self.refs[bkey] += n
+                if self.refs[bkey] <= 0:
+                    del self.refs[bkey]
+        self._drop_backends([k for k in released + self._released if not self.refs.get(k)])
+        self._released = []
+        return list(changed)
 
-    def _check_room(self, desired: dict, changed: list, removed: list) -> None:
-        entries = self.entries - sum(sum(self.frontends[k].slots.values()) for k in removed + changed
-                                     if k in self.frontends)
-        entries += sum(entries_needed(desired[k]) for k in changed)
-        backends = len({b.key for f in desired.values() for s in _scopes(f).values() for b in s})
+    def _check_room(self, changed: dict, removed: list) -> Counter:
+        """How the change moves backend reference counts, if it fits; MapFull otherwise."""
+        moved: Counter = Counter()
+        entries = self.entries
+        for key in [*removed, *changed]:
+            old = self.frontends.get(key)
+            if old is not None:
+                entries -= sum(old.slots.values())
+                if old.frontend is not None:
+                    moved.subtract(_backend_keys(old.frontend))
+        for f in changed.values():
+            entries += entries_needed(f)
+            moved.update(_backend_keys(f))
+        frontends = len(self.frontends) + sum(k not in self.frontends for k in changed) - len(removed)
+        backends = len(self.refs) + sum((self.refs.get(k, 0) > 0) != (self.refs.get(k, 0) + n > 0) and
+                                        (1 if n > 0 else -1) for k, n in moved.items())
         if entries > self.map_max:
             raise MapFull(f"the services need {entries} entries in lb4_services, more than bpf.lbMapMax "
                           f"({self.map_max}); the change was not applied")
         if backends > self.map_max:
             raise MapFull(f"the services have {backends} backends, more than bpf.lbMapMax ({self.map_max}); "
                           f"the change was not applied")
-        if len(desired) > min(MAX_IDS, self.map_max):
-            raise MapFull(f"{len(desired)} frontends, more than the {min(MAX_IDS, self.map_max)} ids available; "
+        if frontends > min(MAX_IDS, self.map_max):
+            raise MapFull(f"{frontends} frontends, more than the {min(MAX_IDS, self.map_max)} ids available; "
                           f"the change was not applied")
+        return moved
 
     def _assign_ids(self, changed: list) -> dict[tuple, int]:
         used = {i.id for i in self.frontends.values()}
@@ -155,21 +189,23 @@ class Writer:
             used.add(candidate)
         return ids
 
-    def _write_backends(self, changed: list, desired: dict, wanted: dict[tuple, Backend]) -> None:
+    def _write_backends(self, frontends) -> None:
         used = set(self.backend_ids.values())
         candidate, keys, values = 1, [], []
-        for bkey, b in wanted.items():
-            bid = self.backend_ids.get(bkey)
-            if bid is None:
-                while candidate in used:
-                    candidate += 1
-                bid = self.backend_ids[bkey] = candidate
-                used.add(bid)
-            state = BPF_STATE[b.state]
-            if self.backend_states.get(bid) != state:
-                keys.append(u32(bid))
-                values.append(pack_backend(b.address, b.port, PROTOCOLS[b.protocol], state))
-                self.backend_states[bid] = state
+        for f in frontends:
+            for backends in _scopes(f).values():
+                for b in backends:
+                    bid = self.backend_ids.get(b.key)
+                    if bid is None:
+                        while candidate in used:
+                            candidate += 1
+                        bid = self.backend_ids[b.key] = candidate
+                        used.add(bid)
+                    state = BPF_STATE[b.state]
+                    if self.backend_states.get(bid) != state:
+                        keys.append(u32(bid))
+                        values.append(pack_backend(b.address, b.port, PROTOCOLS[b.protocol], state))
+                        self.backend_states[bid] = state
         self.maps["lb4_backends"].put_many(b"".join(keys), b"".join(values))
 
     def _write_maglev(self, fid: int, f: Frontend) -> None:
@@ -192,6 +228,8 @@ class Writer:
 
     def _remove(self, key: tuple) -> None:
         installed = self.frontends.pop(key)
+        if installed.frontend is not None:
+            self._released += _backend_keys(installed.frontend)
         address, port, protocol = key
         proto = PROTOCOLS[protocol]
         self._drop_slots(address, port, proto, {s: 1 for s in installed.slots}, {})  # slot 0 first
@@ -200,8 +238,8 @@ class Writer:
         self.maps["lb4_maglev"].delete(ct.c_uint32(installed.id))
         self.entries -= sum(installed.slots.values())
 
-    def _drop_backends(self, wanted: set[tuple]) -> None:
-        for bkey in [k for k in self.backend_ids if k not in wanted]:
+    def _drop_backends(self, keys: list[tuple]) -> None:
+        for bkey in set(keys) & self.backend_ids.keys():
             bid = self.backend_ids.pop(bkey)
             self.backend_states.pop(bid, None)
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
