@@ -67,10 +67,6 @@ class Manifests:
     def objects(self, kind: str) -> dict[tuple[str, str], dict]:
         return {key: doc for key, (doc, _) in self._index.get(kind, {}).items()}
 
-    def files(self, kind: str) -> dict[tuple[str, str], Path]:
-        """The file each object of a kind comes from (for messages)."""
-        return {key: path for key, (_, path) in self._index.get(kind, {}).items()}
-
     def entries(self, kind: str) -> dict[tuple[str, str], tuple[dict, Path]]:
         """(document, file) of each object of a kind, by (namespace, name). Unchanged
         documents stay the same objects from scan to scan (cheap to compare with `is`)."""

@@ -64,7 +64,7 @@ class _DatapathCollector:
         for m in dp.all_maps():
             for (operation, outcome), n in sorted(m.ops.items()):
                 ops.add_metric([m.spec.name, operation, outcome], n)
-            if TYPE_NAMES.get(m.spec.type) in _PRESSURE_TYPES and m.fd >= 0:
+            if TYPE_NAMES.get(m.spec.type) in _PRESSURE_TYPES and m.fd >= 0 and m.spec.name not in dp.pressure:
                 pressure.add_metric([m.spec.name], m.count() / m.spec.max_entries)
         for name, ratio in sorted(dp.pressure.items()):
             pressure.add_metric([name], ratio)

@@ -13,7 +13,6 @@ import pytest
 
 from helpers import run_cli
 from lab import NODE_IP, OUTSIDE_IP
-from test_datapath import serve
 
 VIP = "10.96.0.10"
 
@@ -452,7 +451,7 @@ def test_listings_and_their_json(lab, backends):
                                                                      (f"{pods[1].ip}:8080", "terminating")}
     revnat = json.loads(run_cli(lab.dirs, "bpf", "lb", "list", "--revnat", "-o", "json").stdout)
     assert {r["address"] for r in revnat} == {f"{VIP}:80", "0.0.0.0:30080"}
-    missing = run_cli(lab.dirs, "bpf", "lb", "maglev", "list", "nope/nope", check=False)
+    missing = run_cli(lab.dirs, "bpf", "lb", "maglev", "list", "nope/nope")
     assert missing.returncode != 0 and "no such service" in missing.stderr
     status = run_cli(lab.dirs, "status").stdout
     assert "KubeProxyReplacement" in status and "Socket LB: Enabled" in status

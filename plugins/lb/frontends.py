@@ -67,12 +67,6 @@ class Catalog:
     services: dict[tuple[str, str], Service] = field(default_factory=dict)
     slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
 
-    def slices_of(self) -> dict[tuple[str, str], list[EndpointSlice]]:
-        out: dict[tuple[str, str], list[EndpointSlice]] = {}
-        for s in self.slices.values():
-            out.setdefault((s.namespace, s.service), []).append(s)
-        return out
-
 
 def node_port_for(service: Service, port: ServicePort, taken: set[int], port_range: tuple[int, int]) -> int:
     """A NodePort for a port that has none written: derived from the service's name, so every

@@ -154,8 +154,13 @@ def parse_service(doc: dict, node_port_range: tuple[int, int]) -> Service:
         raise ModelError("spec.type", f"{kind!r} is not one of {', '.join(SERVICE_TYPES)}")
     ips = _list(spec.get("clusterIPs"), "spec.clusterIPs") or (
         [spec["clusterIP"]] if spec.get("clusterIP") not in (None, "") else [])
-    where = "spec.clusterIPs" if spec.get("clusterIPs") else "spec.clusterIP"
-    cluster_ips = () if ips in (["None"], []) else _v4(ips, where)
+    if ips in (["None"], []):
+        cluster_ips = ()
+    elif spec.get("clusterIPs"):
+        cluster_ips = _v4(ips, "spec.clusterIPs")
+    else:
+        version, ip = _ip(ips[0], "spec.clusterIP")
+        cluster_ips = (ip,) if version == 4 else ()
     if kind == "ExternalName":
         return Service(namespace, name, kind)
     ports, seen, names = [], set(), set()

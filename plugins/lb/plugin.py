@@ -6,9 +6,6 @@ and cgroup socket hooks (sock.c)."""
 from __future__ import annotations
 
 import ctypes as ct
-import ipaddress
-import os
-import subprocess
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,7 +52,6 @@ class LbPlugin(LbApi):
         self.cookies: dict[int, int] = {}  # endpoint id -> netns cookie
         self.local_ips: set[str] = set()
         self.devices: dict[str, int] = {}
-        self.last_apply: dict[str, float] = {}
         self._lock: anyio.Lock | None = None
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -122,7 +118,6 @@ class LbPlugin(LbApi):
             yield
         finally:
             ctx.datapath.pressure.pop("lb4_services", None)
-            ctx.datapath.pressure.pop("lb4_backends", None)
             self.ctx = None  # programs and maps stay: services keep working while the agent is away
 
     # ---- programs ---------------------------------------------------------------------------
@@ -306,15 +301,16 @@ class LbPlugin(LbApi):
             if ((attach, SLOT_LB) in self.ctx.datapath.bypassed) != idle:
                 self.ctx.datapath.bypass(attach, SLOT_LB, idle)
         if written:
-            self.last_apply = {"frontends": len(written), "seconds": time.perf_counter() - started}
             self.ctx.log.info("services programmed", frontends=len(written), total=len(self.writer.frontends),
-                              ms=round(self.last_apply["seconds"] * 1000, 1))
+                              ms=round((time.perf_counter() - started) * 1000, 1))
 
     def _pressure(self, full: bool = False) -> None:
-        limit = self.ctx.config.bpf.lbMapMax
-        pressure = self.ctx.datapath.pressure
-        pressure["lb4_services"] = 1.0 if full else self.writer.entries / limit
-        pressure["lb4_backends"] = len(self.writer.backend_ids) / limit
+        """A change refused for want of room shows as a full map (cilium_bpf_map_pressure 1.0)
+        until one fits; otherwise the core reports the maps' fill."""
+        if full:
+            self.ctx.datapath.pressure["lb4_services"] = 1.0
+        else:
+            self.ctx.datapath.pressure.pop("lb4_services", None)
 
     # ---- endpoints --------------------------------------------------------------------------
 

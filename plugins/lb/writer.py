@@ -243,7 +243,3 @@ class Writer:
             bid = self.backend_ids.pop(bkey)
             self.backend_states.pop(bid, None)
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
-
-    def id_of(self, key: tuple) -> int | None:
-        installed = self.frontends.get(key)
-        return installed.id if installed else None

@@ -1,0 +1,205 @@
+"""The load balancer's pure logic: manifests parsing with field paths, frontends with traffic
+policies, maglev tables, and the writer's order and all-or-nothing behaviour (on fake maps)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pylium.plugins.lb import maglev
+from pylium.plugins.lb.frontends import Backend, frontends
+from pylium.plugins.lb.maps import Lb4Key
+from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
+from pylium.plugins.lb.writer import MapFull, Writer
+
+RANGE = (30000, 32767)
+SEED = maglev.seed_bytes(maglev.DEFAULT_SEED)
+
+
+def svc(**spec) -> dict:
+    return {"kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "targetPort": 8080}], **spec}}
+
+
+def eps(endpoints, ports=({"port": 8080},)) -> dict:
+    return {"kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "ports": list(ports), "endpoints": endpoints}
+
+
+@pytest.mark.parametrize("spec, path", [
+    ({"ports": [{"port": 0}]}, "spec.ports[0].port"),
+    ({"ports": [{"port": 80, "targetPort": 65536}]}, "spec.ports[0].targetPort"),
+    ({"ports": [{"port": 80, "protocol": "ICMP"}]}, "spec.ports[0].protocol"),
+    ({"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}, "spec.ports[1].port"),
+    ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}, "spec.ports[1].name"),
+    ({"ports": [{"port": 80}, {"port": 81}]}, "spec.ports[0].name"),
+    ({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}, "spec.ports[0].nodePort"),
+    ({"ports": [{"port": 80, "nodePort": 30000}]}, "spec.ports[0].nodePort"),
+    ({"clusterIP": "10.96.0.300"}, "spec.clusterIP"),
+    ({"externalIPs": ["nope"]}, "spec.externalIPs[0]"),
+    ({"type": "Weird"}, "spec.type"),
+    ({"sessionAffinity": "Cookie"}, "spec.sessionAffinity"),
+    ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}},
+     "spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
+    ({"externalTrafficPolicy": "Nearby"}, "spec.externalTrafficPolicy"),
+])
+def test_bad_services_name_the_field(spec, path):
+    with pytest.raises(ModelError) as e:
+        parse_service(svc(**spec), RANGE)
+    assert e.value.path == path
+
+
+@pytest.mark.parametrize("doc, path", [
+    (eps([{"addresses": []}]), "endpoints[0].addresses"),
+    (eps([{"addresses": ["fd00::1"]}]), "endpoints[0].addresses[0]"),
+    (eps([{"addresses": ["10.0.0.1"], "conditions": {"ready": "yes"}}]), "endpoints[0].conditions.ready"),
+    (eps([], ports=({"port": 99999},)), "ports[0].port"),
+    ({**eps([]), "addressType": "IPX"}, "addressType"),
+    ({**eps([]), "metadata": {"name": "x"}}, "metadata.labels[kubernetes.io/service-name]"),
+])
+def test_bad_endpoint_slices_name_the_field(doc, path):
+    with pytest.raises(ModelError) as e:
+        parse_endpoint_slice(doc)
+    assert e.value.path == path
+
+
+def test_service_defaults_and_conditions_give_backend_states():
+    s = parse_service(svc(sessionAffinity="ClientIP"), RANGE)
+    assert s.key == ("shop", "web") and s.affinity_timeout == 10800 and s.ports[0].protocol == "TCP"
+    sl = parse_endpoint_slice(eps([
+        {"addresses": ["10.0.0.1"]},
+        {"addresses": ["10.0.0.2"], "conditions": {"ready": False, "serving": True, "terminating": True}},
+        {"addresses": ["10.0.0.3"], "conditions": {"ready": False, "serving": False, "terminating": True}},
+        {"addresses": ["10.0.0.4"], "conditions": {"ready": False}},
+    ]))
+    assert [e.state for e in sl.endpoints] == ["active", "terminating", "terminating-not-serving", "quarantined"]
+    assert parse_endpoint_slice({**eps([{"addresses": ["fd00::1"]}]), "addressType": "IPv6"}) is None
+
+
+def test_named_target_ports_and_frontends_of_each_type():
+    s = parse_service(svc(type="LoadBalancer", externalIPs=["192.0.2.1"],
+                          ports=[{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080}],
+                          status=None) | {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}}}, RANGE)
+    sl = parse_endpoint_slice(eps([{"addresses": ["10.0.0.1"]}], ports=({"name": "web", "port": 8080},)))
+    fs = frontends(s, [sl], lambda b: True, set(), RANGE)
+    assert [(f.type, f.label()) for f in fs] == [
+        ("ClusterIP", "10.96.0.10:80/TCP"), ("NodePort", "0.0.0.0:30080/TCP"),
+        ("ExternalIPs", "192.0.2.1:80/TCP"), ("LoadBalancer", "192.0.2.9:80/TCP")]
+    assert all(f.backends == (Backend("10.0.0.1", 8080, "TCP"),) for f in fs)
+    with pytest.raises(ModelError) as e:  # no slice port of that name
+        other = parse_endpoint_slice(eps([{"addresses": ["10.0.0.1"]}], ports=({"name": "api", "port": 9000},)))
+        frontends(s, [other], lambda b: True, set(), RANGE)
+    assert e.value.path == "spec.ports[0].targetPort"
+
+
+def test_traffic_policies_split_internal_and_external_backends():
+    s = parse_service(svc(type="NodePort", externalTrafficPolicy="Local", internalTrafficPolicy="Cluster"), RANGE)
+    sl = parse_endpoint_slice(eps([{"addresses": ["10.0.0.1"], "nodeName": "me"},
+                                   {"addresses": ["10.0.0.2"], "nodeName": "other"}]))
+    cluster_ip, node_port = frontends(s, [sl], lambda b: b.node == "me", set(), RANGE)
+    assert cluster_ip.external_backends is None and len(cluster_ip.backends) == 2
+    assert [b.address for b in node_port.external_backends] == ["10.0.0.1"] and len(node_port.backends) == 2
+    assert RANGE[0] <= node_port.port <= RANGE[1]  # allocated: the same on every node
+    assert frontends(s, [sl], lambda b: True, set(), RANGE)[1].port == node_port.port
+    assert frontends(s, [sl], lambda b: True, {node_port.port}, RANGE)[1].port != node_port.port
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 60), st.sampled_from([251, 509, 1021]))
+def test_maglev_gives_every_backend_its_share(n, m):
+    names = [f"10.0.{i // 250}.{i % 250}:80" for i in range(n)]
+    table = maglev.table(names, m, SEED)
+    counts = [table.count(i) for i in range(n)]
+    assert len(table) == m and max(counts) - min(counts) <= 1 + (n > m // 2)
+    assert maglev.table(list(reversed(names)), m, SEED) == [n - 1 - i for i in table]  # order does not matter
+
+
+def test_maglev_removal_moves_little_and_the_seed_matters():
+    names = [f"10.0.0.{i}:80" for i in range(10)]
+    before = [names[i] for i in maglev.table(names, 16381, SEED)]
+    rest = names[:3] + names[4:]
+    after = [rest[i] for i in maglev.table(rest, 16381, SEED)]
+    moved = sum(a != b for a, b in zip(before, after)) / 16381
+    assert 0.09 < moved < 0.12
+    assert maglev.table(names, 16381, maglev.seed_bytes("AAAAAAAAAAAAAAAA")) != maglev.table(names, 16381, SEED)
+    with pytest.raises(ValueError):
+        maglev.seed_bytes("short")
+
+
+class FakeMap:
+    """Records writes in order; put_many unpacks into the same dict."""
+
+    def __init__(self, key_size: int, log: list, name: str):
+        self.data, self.key_size, self.log, self.name = {}, key_size, log, name
+
+    def put_many(self, keys: bytes, values: bytes) -> None:
+        if not keys:
+            return
+        size = len(values) // (len(keys) // self.key_size)
+        for i in range(len(keys) // self.key_size):
+            k = keys[i * self.key_size:(i + 1) * self.key_size]
+            self.data[k] = values[i * size:(i + 1) * size]
+            self.log.append(("put", self.name, k))
+
+    def put(self, key, value) -> None:
+        self.data[bytes(key)] = bytes(value)
+        self.log.append(("put", self.name, bytes(key)))
+
+    def delete(self, key) -> bool:
+        self.log.append(("delete", self.name, bytes(key)))
+        return self.data.pop(bytes(key), None) is not None
+
+    def items(self):
+        return iter(())
+
+
+def fake_writer(map_max: int = 1000, algorithm: str = "random"):
+    log: list = []
+    maps = {n: FakeMap(size, log, n) for n, size in (("lb4_services", 12), ("lb4_backends", 4),
+                                                     ("lb4_reverse_nat", 4), ("lb4_maglev", 4))}
+    return Writer(maps, map_max, algorithm, 251, SEED), maps, log
+
+
+def web(addresses, state="active"):
+    s = parse_service(svc(), RANGE)
+    sl = parse_endpoint_slice(eps([{"addresses": [a]} for a in addresses]))
+    return {f.key: f for f in frontends(s, [sl], lambda b: True, set(), RANGE)}
+
+
+def test_writer_orders_backends_slots_then_slot0_and_removes_in_reverse():
+    writer, maps, log = fake_writer()
+    writer.sync(web(["10.0.0.1", "10.0.0.2"]))
+    names = [(op, m, Lb4Key.from_buffer_copy(k).slot if m == "lb4_services" else None) for op, m, k in log]
+    assert names == [("put", "lb4_backends", None)] * 2 + [("put", "lb4_services", 1), ("put", "lb4_services", 2),
+                                                             ("put", "lb4_services", 0), ("put", "lb4_reverse_nat", None),
+                                                             ("delete", "lb4_maglev", None)]
+    log.clear()
+    writer.sync(web(["10.0.0.1"]))  # one backend fewer: slot 0 first, then the surplus slot and backend
+    ops = [(op, m) for op, m, _ in log]
+    assert ops.index(("delete", "lb4_services")) > ops.index(("put", "lb4_services"))
+    assert ops[-1] == ("delete", "lb4_backends") and len(maps["lb4_backends"].data) == 1
+    writer.sync({})
+    assert not maps["lb4_services"].data and not maps["lb4_backends"].data and not maps["lb4_reverse_nat"].data
+
+
+def test_writer_refuses_what_does_not_fit_and_writes_nothing():
+    writer, maps, log = fake_writer(map_max=4)
+    writer.sync(web(["10.0.0.1", "10.0.0.2"]))
+    before = {n: dict(m.data) for n, m in maps.items()}
+    log.clear()
+    with pytest.raises(MapFull, match="more than bpf.lbMapMax"):
+        writer.sync(web([f"10.0.0.{i}" for i in range(1, 6)]))
+    assert log == [] and {n: m.data for n, m in maps.items()} == before
+
+
+def test_writer_maglev_tables_cover_active_backends_only():
+    writer, maps, _ = fake_writer(algorithm="maglev")
+    s = parse_service(svc(), RANGE)
+    sl = parse_endpoint_slice(eps([{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]},
+                                   {"addresses": ["10.0.0.3"], "conditions": {"ready": False, "terminating": True}}]))
+    writer.sync({f.key: f for f in frontends(s, [sl], lambda b: True, set(), RANGE)})
+    [table] = maps["lb4_maglev"].data.values()
+    ids = {int.from_bytes(table[i:i + 4], "little") for i in range(0, len(table), 4)}
+    assert ids == {writer.backend_ids[("10.0.0.1", 8080, "TCP")], writer.backend_ids[("10.0.0.2", 8080, "TCP")]}
