@@ -477,3 +477,51 @@ def test_services_that_do_not_fit_the_maps_are_refused_whole(lab):
     assert {r["frontend"] for r in entries} == {f"{VIP}:80/TCP"}  # not one half-programmed service
     assert metric(lab, "cilium_bpf_map_pressure", map_name="lb4_services") == 1.0
     assert {line[0] for line in connect(lab, client.netns, "tcp", VIP, 80, count=5)} <= {"web0", "web1"}
+
+
+def socket_programs() -> list[int]:
+    from pylium.core.bpf import libbpf
+    from pylium.core.bpf.datapath import Datapath
+    from pylium.plugins.lb.plugin import cgroup2_root
+
+    return [pid for pid, name in Datapath.cgroup_programs(cgroup2_root(), libbpf.CGROUP_INET4_CONNECT)
+            if name == "sock4_connect"]
+
+
+def test_two_nodes_on_one_kernel_each_translate_only_their_own_sockets(lab, tmp_path):
+    from lab import Lab
+
+    other = Lab(tmp_path / "second")
+    try:
+        answers = {}
+        for node in (lab, other):
+            client, pods = start_backends(node, count=1)
+            web_service(node, pods)
+            answers[node.id] = (client, pods[0])
+        for node in (lab, other):
+            client, backend = answers[node.id]
+            # web0 of each node answers with the address it saw: its own node's client
+            assert {tuple(line[:2]) for line in connect(node, client.netns, "tcp", VIP, 80, count=5)} == {
+                ("web0", client.ip)}
+    finally:
+        other.close()
+
+
+def test_socket_lb_outlives_the_agent_and_leaves_nothing_behind(lab, tmp_path):
+    import signal
+
+    before = socket_programs()
+    client, pods = start_backends(lab, count=1)
+    web_service(lab, pods)
+    attached = socket_programs()
+    assert len(attached) == len(before) + 1
+    agent = lab.agents[0]
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    assert connect(lab, client.netns, "tcp", VIP, 80)[0][:2] == ["web0", client.ip]  # no agent, still served
+    lab.start_agent()
+    again = socket_programs()
+    assert len(again) == len(attached) and again != attached  # the same link, the new program swapped in
+    assert connect(lab, client.netns, "tcp", VIP, 80)[0][:2] == ["web0", client.ip]
+    lab.close()
+    assert socket_programs() == before  # the node's BPF directory gone: its hooks are gone too

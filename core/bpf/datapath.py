@@ -310,6 +310,47 @@ class Datapath:
         finally:
             os.close(cg)
 
+    def attach_cgroup_link(self, program_pin: Path, cgroup: Path, attach_type: int, link_pin: Path) -> int:
+        """Attach a pinned socket program to a cgroup through a BPF link pinned at `link_pin`
+        (under the plugin's directory): it lasts while pinned (the agent may restart), a new
+        start swaps the program in atomically, and removing the pin (the node's BPF
+        directory) detaches it, so nothing is left behind on a cgroup every node shares
+        (a cgroup holds at most 64 programs per hook). Returns the program's id."""
+        prog = libbpf.obj_get(str(program_pin))
+        try:
+            if link_pin.exists():
+                link = libbpf.obj_get(str(link_pin))
+                try:
+                    libbpf.link_update(link, prog)
+                finally:
+                    os.close(link)
+            else:
+                cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    link = libbpf.link_create(prog, cg, attach_type)
+                finally:
+                    os.close(cg)
+                try:
+                    libbpf.obj_pin(link, str(link_pin))
+                finally:
+                    os.close(link)
+            return libbpf.prog_info(prog).id
+        finally:
+            os.close(prog)
+
+    @staticmethod
+    def detach_cgroup_link(link_pin: Path) -> bool:
+        """Detach what attach_cgroup_link pinned at `link_pin`; False when nothing was."""
+        if not link_pin.exists():
+            return False
+        link = libbpf.obj_get(str(link_pin))
+        try:
+            libbpf.link_detach(link)
+        finally:
+            os.close(link)
+        link_pin.unlink()
+        return True
+
     @staticmethod
     def _detach_cgroup_id(prog_id: int, cg: int, attach_type: int) -> None:
         fd = libbpf.prog_fd_by_id(prog_id)

@@ -81,6 +81,9 @@ class AttachOpts(ct.Structure):  # libbpf 1.1's struct bpf_prog_attach_opts
 
 _lib.bpf_prog_attach_opts.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.POINTER(AttachOpts)]
 _lib.bpf_prog_detach2.argtypes = [ct.c_int, ct.c_int, ct.c_int]
+_lib.bpf_link_create.argtypes = [ct.c_int, ct.c_int, ct.c_int, ct.c_void_p]
+_lib.bpf_link_update.argtypes = [ct.c_int, ct.c_int, ct.c_void_p]
+_lib.bpf_link_detach.argtypes = [ct.c_int]
 _lib.bpf_prog_query.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(ct.c_uint32),
                                 ct.POINTER(ct.c_uint32), ct.POINTER(ct.c_uint32)]
 
@@ -181,6 +184,20 @@ def prog_attach(prog_fd: int, target: int, attach_type: int, replace_fd: int | N
 
 def prog_detach(prog_fd: int, target: int, attach_type: int) -> None:
     _check(_lib.bpf_prog_detach2(prog_fd, target, attach_type), "detach program")
+
+
+def link_create(prog_fd: int, target: int, attach_type: int) -> int:
+    """A BPF link attaching a program (BPF_LINK_CREATE): it lasts while an fd or a pin holds it."""
+    return _check(_lib.bpf_link_create(prog_fd, target, attach_type, None), "create link")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Swap the program behind a link, atomically."""
+    _check(_lib.bpf_link_update(link_fd, prog_fd, None), "update link")
+
+
+def link_detach(link_fd: int) -> None:
+    _check(_lib.bpf_link_detach(link_fd), "detach link")
 
 
 def prog_query(target: int, attach_type: int) -> list[int]:

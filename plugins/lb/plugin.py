@@ -140,10 +140,11 @@ class LbPlugin(LbApi):
                 tg.start_soon(compile_nodeport)
         cgroup = Path(cfg.cgroup.hostRoot) if cfg.cgroup.hostRoot else cgroup2_root()
         for fn, attach_type in SOCKET_HOOKS.items():
+            link = dp.pin_dir("lb") / f"link_{fn}"
             if self._socket_lb_on():
-                dp.attach_cgroup(sock[fn], cgroup, attach_type)
+                dp.attach_cgroup_link(sock[fn], cgroup, attach_type, link)
             else:
-                dp.detach_cgroup(sock[fn], cgroup, attach_type)
+                dp.detach_cgroup_link(link)
         if nodeport:
             await self._attach_devices(nodeport["lb_nodeport"])
 
