@@ -199,20 +199,23 @@ def test_hairpin_a_pod_reaches_itself_through_its_service(lab, per_packet, backe
     assert seen == "169.254.42.1"  # the pod sees the service loopback address, as with Cilium
 
 
-def test_node_port_and_external_ips_from_outside(lab, backends):
+def test_node_port_external_and_load_balancer_ips_from_outside(lab, backends):
     client, pods = backends
-    external = "10.250.9.9"
-    lab.exec(lab.out_ns, "ip", "route", "add", f"{external}/32", "via", NODE_IP)
-    write(lab, "np.yaml",
-          service("np", [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080},
-                         {"name": "dns", "port": 53, "targetPort": 8080, "nodePort": 30053, "protocol": "UDP"}],
-                  type="NodePort", externalIPs=[external]),
+    external, lb_ip = "10.250.9.9", "10.250.9.10"
+    for ip in (external, lb_ip):
+        lab.exec(lab.out_ns, "ip", "route", "add", f"{ip}/32", "via", NODE_IP)
+    np = json.loads(service("np", [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080},
+                                   {"name": "dns", "port": 53, "targetPort": 8080, "nodePort": 30053,
+                                    "protocol": "UDP"}], type="LoadBalancer", externalIPs=[external]))
+    np["status"] = {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}
+    write(lab, "np.yaml", json.dumps(np),
           endpoint_slice("np-1", "np", [{"name": "http", "port": 8080}, {"name": "dns", "port": 8080,
                                                                            "protocol": "UDP"}],
                          [ready(p.ip) for p in pods]))
-    wait_services(lab, lambda rows: sum(r["service"] == "default/np" for r in rows) == 6)
+    rows = wait_services(lab, lambda rows: sum(r["service"] == "default/np" for r in rows) == 8)
+    assert {r["type"] for r in rows} == {"ClusterIP", "NodePort", "ExternalIPs", "LoadBalancer"}
     for kind, ip, port in (("tcp", NODE_IP, 30080), ("udp", NODE_IP, 30053), ("tcp", external, 80),
-                           ("udp-connected", external, 53)):
+                           ("udp-connected", external, 53), ("tcp", lb_ip, 80), ("udp", lb_ip, 53)):
         lines = connect(lab, lab.out_ns, kind, ip, port, count=4)
         for line in lines:
             assert line[0] != "ERR", (kind, ip, port, lines)
@@ -296,6 +299,15 @@ def test_maglev_removing_one_of_ten_backends_moves_few_flows(lab):
     listing = json.loads(run_cli(lab.dirs, "bpf", "lb", "maglev", "list", "default/mg", "-o", "json").stdout)
     assert listing[0]["size"] == 16381 and len(listing[0]["slots"]) == 9
     assert all(1800 <= n <= 1841 for n in listing[0]["slots"].values())  # 16381 / 9, +-1 per fill round
+
+
+def test_session_affinity_expires_after_its_timeout(lab):
+    client, pods = start_backends(lab, "--set", "loadBalancer.algorithm=round_robin")
+    web_service(lab, pods, sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 1}})
+    [first] = spread(connect(lab, client.netns, "tcp", VIP, 80, count=10))
+    time.sleep(1.5)  # round robin goes on to the next backend once the client is forgotten
+    [second] = spread(connect(lab, client.netns, "tcp", VIP, 80, count=10))
+    assert second != first
 
 
 @pytest.mark.parametrize("mode", ["socket", "per-packet"])
@@ -525,3 +537,27 @@ def test_socket_lb_outlives_the_agent_and_leaves_nothing_behind(lab, tmp_path):
     assert connect(lab, client.netns, "tcp", VIP, 80)[0][:2] == ["web0", client.ip]
     lab.close()
     assert socket_programs() == before  # the node's BPF directory gone: its hooks are gone too
+
+
+def test_no_backend_for_a_client_outside_is_rejected_too(lab, backends):
+    from test_policy import wait_flow
+
+    write(lab, "np.yaml", service("np", [{"port": 80, "targetPort": 8080, "nodePort": 30080}], type="NodePort"))
+    wait_services(lab, lambda rows: len(rows) == 2)
+    assert connect(lab, lab.out_ns, "tcp", NODE_IP, 30080) == [["ERR", "ECONNREFUSED"]]
+    flow = wait_flow(lab, lambda f: f.get("drop_reason") == 158 and f["IP"]["source"] == OUTSIDE_IP,
+                     "--type", "drop")
+    assert flow["traffic_direction"] == "INGRESS"
+
+
+def test_without_kube_proxy_replacement_only_cluster_ips_per_packet(lab):
+    client, pods = start_backends(lab, "--set", "kubeProxyReplacement=false", count=1)
+    write(lab, "np.yaml", service("np", [{"port": 80, "targetPort": 8080, "nodePort": 30080}], type="NodePort"),
+          endpoint_slice("np-1", "np", [{"port": 8080}], [ready(pods[0].ip)]))
+    rows = wait_services(lab, lambda rows: len(rows) == 1)
+    assert rows[0]["type"] == "ClusterIP"
+    assert connect(lab, client.netns, "tcp", VIP, 80)[0][:2] == ["web0", client.ip]
+    assert connect(lab, lab.out_ns, "tcp", NODE_IP, 30080)[0][0] == "ERR"
+    assert "KubeProxyReplacement:" in (status := run_cli(lab.dirs, "status").stdout)
+    assert "Socket LB: Disabled" in status
+    assert len(list(lb_map(lab, "lb4_ct").keys())) >= 2  # translated per packet
