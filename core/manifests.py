@@ -75,7 +75,7 @@ class Manifests:
     @staticmethod
     def _key(doc: dict) -> tuple[str, tuple[str, str]]:
         kind = doc.get("kind")
-        meta = doc.get("metadata") or {}
+        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
         return kind, ("" if kind in CLUSTER_SCOPED else meta.get("namespace") or "default", meta.get("name", ""))
 
     def _replace(self, path: Path, docs: list[dict] | None) -> None:

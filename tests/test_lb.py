@@ -535,6 +535,7 @@ def test_socket_lb_outlives_the_agent_and_leaves_nothing_behind(lab, tmp_path):
     again = socket_programs()
     assert len(again) == len(attached) and again != attached  # the same link, the new program swapped in
     assert connect(lab, client.netns, "tcp", VIP, 80)[0][:2] == ["web0", client.ip]
+    assert not list(lb_map(lab, "lb4_ct").keys())  # by the socket hooks all along: nothing per packet
     lab.close()
     assert socket_programs() == before  # the node's BPF directory gone: its hooks are gone too
 

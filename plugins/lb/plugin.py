@@ -135,7 +135,8 @@ class LbPlugin(LbApi):
             nodeport.update(await dp.compile_programs("lb", "lb/nodeport.c", {"lb_nodeport": {"type": "SCHED_CLS"}}))
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(compile_sock)
+            if self._socket_lb_on():
+                tg.start_soon(compile_sock)
             if cfg.kubeProxyReplacement and cfg.nodePort.enabled:
                 tg.start_soon(compile_nodeport)
         cgroup = Path(cfg.cgroup.hostRoot) if cfg.cgroup.hostRoot else cgroup2_root()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.frontends import Backend, Frontend
-from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_EXT, F_NODEPORT, PROTOCOLS,
+from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_EXT, F_NODEPORT, PROTOCOL_NAMES, PROTOCOLS,
                                     SCOPE_EXTERNAL, SCOPE_INTERNAL, STATES, Lb4Key, addr_str, maglev_struct,
                                     pack_backend, pack_key, pack_revnat, pack_service, port_of, u32)
 
@@ -73,7 +73,7 @@ class Writer:
         for k, v in self.maps["lb4_services"].items():
             address = addr_str(k.address)
             key = ("" if address == "0.0.0.0" else address, port_of(k.dport),
-                   {p: n for n, p in PROTOCOLS.items()}.get(k.proto, "TCP"))
+                   PROTOCOL_NAMES.get(k.proto, "TCP"))
             scopes = slots.setdefault(key, {})
             scopes[k.scope] = max(scopes.get(k.scope, 0), k.slot + 1)
             if k.slot == 0:
@@ -84,7 +84,7 @@ class Writer:
                 self.entries += sum(scopes.values())
         for k, v in self.maps["lb4_backends"].items():
             self.backend_ids[(addr_str(v.address), port_of(v.port),
-                              {p: n for n, p in PROTOCOLS.items()}.get(v.proto, "TCP"))] = k.value
+                              PROTOCOL_NAMES.get(v.proto, "TCP"))] = k.value
             self.backend_states[k.value] = v.state
 
     # ---- apply ------------------------------------------------------------------------------
