@@ -260,6 +260,37 @@ class PolicyChanged(Event):
 
 
 # ============================================================================================
+# Services (load balancing)
+# ============================================================================================
+
+
+class ServiceBackend(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    address: str
+    port: int
+    state: Literal["active", "terminating", "terminating-not-serving", "quarantined"]
+
+
+@state("service.changed", family="service", key="frontend", owner="lb")
+class ServiceChanged(Event):
+    """A frontend (address:port/protocol; address 0.0.0.0 for a NodePort) as the datapath now
+    serves it: its id, type, service and backends with their states."""
+
+    frontend: str
+    id: int
+    type: Literal["ClusterIP", "NodePort", "ExternalIPs", "LoadBalancer"]
+    service: str  # namespace/name
+    backends: list[ServiceBackend]
+
+
+@state("service.deleted", family="service", key="frontend", deletes=True, owner="lb")
+class ServiceDeleted(Event):
+    """A frontend is no longer served."""
+
+    frontend: str
+    service: str
+
+
+# ============================================================================================
 # Encoding helpers
 # ============================================================================================
 

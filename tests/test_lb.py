@@ -467,6 +467,26 @@ def test_listings_and_their_json(lab, backends):
     assert missing.returncode != 0 and "no such service" in missing.stderr
     status = run_cli(lab.dirs, "status").stdout
     assert "KubeProxyReplacement" in status and "Socket LB: Enabled" in status
+    # event subscribers get every frontend replayed, then service.synced; a removal follows live
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.connect(f"ipc://{lab.dirs.run_dir}/bus.sock")
+    sub.subscribe(b"service.")
+    seen = {}
+    while sub.poll(3000):
+        topic, header, payload = sub.recv_multipart()
+        if topic == b"service.synced":
+            break
+        seen[json.loads(header)["key"]] = json.loads(payload)
+    assert {k: v["id"] for k, v in seen.items()} == ids
+    assert seen[f"{VIP}:80/TCP"]["backends"] == [{"address": pods[0].ip, "port": 8080, "state": "active"},
+                                                 {"address": pods[1].ip, "port": 8080, "state": "terminating"}]
+    (lab.manifests / "np.yaml").unlink()
+    assert sub.poll(5000)
+    topic, header, payload = sub.recv_multipart()
+    assert topic == b"service.deleted" and json.loads(payload)["service"] == "default/np"
+    sub.close()
 
 
 def test_services_that_do_not_fit_the_maps_are_refused_whole(lab):

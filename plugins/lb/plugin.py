@@ -15,6 +15,7 @@ import anyio
 
 from pylium.core import netns
 from pylium.core.bpf import libbpf
+from pylium.core.events import ServiceBackend, ServiceChanged, ServiceDeleted
 from pylium.core.hookspecs import hookimpl
 from pylium.core.manifests import Manifests, gc_paused
 from pylium.core.plugin_api import Health
@@ -109,6 +110,7 @@ class LbPlugin(LbApi):
             ctx.bpf_maps["lb_netns"].delete(key)
         if self._socket_lb_on():  # the node's own processes
             ctx.bpf_maps["lb_netns"].put(ct.c_uint64(netns.netns_cookie("/proc/self/ns/net")), ct.c_uint32(0))
+        ctx.bus.owns("service")  # late subscribers get the frontends (none is an answer too)
         manifests = Manifests(Path(cfg.standalone.manifestsDir), ctx.log)
         manifests.scan()
         await self._changed(manifests)
@@ -302,9 +304,22 @@ class LbPlugin(LbApi):
         for attach in ("from-container", "to-container"):
             if ((attach, SLOT_LB) in self.ctx.datapath.bypassed) != idle:
                 self.ctx.datapath.bypass(attach, SLOT_LB, idle)
-        if written:
-            self.ctx.log.info("services programmed", frontends=len(written), total=len(self.writer.frontends),
-                              ms=round((time.perf_counter() - started) * 1000, 1))
+        if written or self.writer.removed:
+            self.ctx.log.info("services programmed", frontends=len(written), removed=len(self.writer.removed),
+                              total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
+        self._publish(written)
+
+    def _publish(self, written: list[tuple]) -> None:
+        """service.changed / service.deleted for subscribers (replayed to late ones)."""
+        for key, f in self.writer.removed.items():
+            label = f.label() if f else f"{key[0] or '0.0.0.0'}:{key[1]}/{key[2]}"
+            self.ctx.bus.publish(ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
+        for key in written:
+            installed = self.writer.frontends[key]
+            f = installed.frontend
+            self.ctx.bus.publish(ServiceChanged(
+                frontend=f.label(), id=installed.id, type=f.type, service="/".join(f.service),
+                backends=[ServiceBackend(b.address, b.port, b.state) for b in f.backends]))
 
     def _pressure(self, full: bool = False) -> None:
         """A change refused for want of room shows as a full map (cilium_bpf_map_pressure 1.0)

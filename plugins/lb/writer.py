@@ -61,6 +61,7 @@ class Writer:
         self.backend_states: dict[int, int] = {}
         self.refs: Counter = Counter()  # backend key -> frontends using it
         self._released: list[tuple] = []  # backends of frontends removed in this change
+        self.removed: dict[tuple, Frontend | None] = {}  # by the last apply()
         self.entries = 0  # in lb4_services
 
     # ---- start: adopt what an earlier run left -------------------------------------------
@@ -98,10 +99,12 @@ class Writer:
         return written
 
     def apply(self, delta: dict[tuple, Frontend | None]) -> list[tuple]:
-        """Add, change (a Frontend) or remove (None) frontends; returns the keys written."""
+        """Add, change (a Frontend) or remove (None) frontends; returns the keys written.
+        The frontends removed are in `self.removed` until the next call."""
         changed = {k: f for k, f in delta.items()
                    if f is not None and (k not in self.frontends or self.frontends[k].frontend != f)}
         removed = [k for k, f in delta.items() if f is None and k in self.frontends]
+        self.removed = {k: self.frontends[k].frontend for k in removed}
         if not changed and not removed:
             return []
         moved = self._check_room(changed, removed)
