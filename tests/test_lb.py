@@ -251,8 +251,9 @@ def spread(lines: list[list[str]]) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize("mode", ["socket", "per-packet"])
-@pytest.mark.parametrize("algorithm", ["random", "round_robin"])
+@pytest.mark.parametrize("algorithm, mode", [("random", "socket"), ("random", "per-packet"),
+                                             ("round_robin", "socket"), ("round_robin", "per-packet"),
+                                             ("maglev", "socket")])  # a random slot of the table
 def test_connections_spread_within_15_percent(lab, mode, algorithm):
     client, pods = start_backends(lab, "--set", f"loadBalancer.algorithm={algorithm}",
                                   "--set", f"socketLB.enabled={'true' if mode == 'socket' else 'false'}")

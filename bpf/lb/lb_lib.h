@@ -18,8 +18,8 @@ static __always_inline __u32 mix32(__u32 h) {
     return h;
 }
 
-/* Hash of a client address (source_hash) or of a whole tuple (maglev), seeded the same on
- * every node so that every node picks the same backend. */
+/* Hash of a connection's tuple (maglev's key), seeded the same on every node so that every
+ * node picks the same backend. */
 static __always_inline __u32 hash_tuple(__be32 saddr, __be32 daddr, __be16 sport, __be16 dport, __u8 proto) {
     __u32 h = mix32(saddr ^ LB_HASH_SEED);
     h = mix32(h ^ daddr);
@@ -47,10 +47,10 @@ static __always_inline int backend_usable(__u32 id) {
  * only when none is active. */
 static __always_inline __u32 select_backend(struct lb4_key *k, struct lb4_service *svc, __u64 client, __u8 netns,
                                             __u32 hash) {
-    __u32 n = svc->count, first = 1, rev = svc->rev_nat_index, id = 0;
+    __u32 n = svc->count, rev = svc->rev_nat_index, id = 0;
     __u8 algorithm = svc->algorithm, affinity = svc->flags & SVC_F_AFFINITY;
     __u64 timeout_ns = (__u64)svc->affinity_timeout * 1000000000ULL;
-    if (!n)
+    if (!n) /* the terminating backends: slots 1..qcount when no backend is active */
         n = svc->qcount;
     if (!n)
         return 0;
@@ -84,7 +84,7 @@ static __always_inline __u32 select_backend(struct lb4_key *k, struct lb4_servic
         index = bpf_get_prandom_u32() % n;
     }
     if (!id) {
-        k->slot = first + index;
+        k->slot = 1 + index;
         struct lb4_service *slot = lb4_services.lookup(k);
         k->slot = 0;
         if (!slot)

@@ -17,7 +17,9 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx) {
     if (!svc || !(svc->count + svc->qcount))
         return 1; /* not a service, or none to offer: the packet path rejects or drops (158) */
     __u16 rev = svc->rev_nat_index;
-    __u32 id = select_backend(&k, svc, netns, 1, mix32((__u32)netns ^ (__u32)(netns >> 32) ^ LB_HASH_SEED));
+    /* maglev keys on the connection, unknown before connect(): a random table slot here, as
+     * Cilium's socket LB does for traffic inside the cluster */
+    __u32 id = select_backend(&k, svc, netns, 1, bpf_get_prandom_u32());
     struct lb4_backend *b = lb4_backends.lookup(&id);
     if (!b)
         return 1;
