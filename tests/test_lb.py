@@ -583,3 +583,20 @@ def test_without_kube_proxy_replacement_only_cluster_ips_per_packet(lab):
     assert "KubeProxyReplacement:" in (status := run_cli(lab.dirs, "status").stdout)
     assert "Socket LB: Disabled" in status
     assert len(list(lb_map(lab, "lb4_ct").keys())) >= 2  # translated per packet
+
+
+def test_backends_beyond_the_node_per_packet_and_from_outside(lab, per_packet, backends):
+    """The backend is the outside namespace: pods reach it through the ClusterIP (the reply is
+    translated back at to-container), outside clients through a NodePort (the request is
+    routed back out, the reply translated on the device)."""
+    client, pods = backends
+    outside = type(pods[0])("outside", lab.out_ns, {"addresses": [{"family": "ipv4", "ip": OUTSIDE_IP}]})
+    serve_named(lab, outside, "outside")
+    write(lab, "far.yaml",
+          service("far", [{"port": 80, "targetPort": 8080, "nodePort": 30090}], type="NodePort"),
+          endpoint_slice("far-1", "far", [{"port": 8080}], [ready(OUTSIDE_IP, node="elsewhere")]))
+    wait_services(lab, lambda rows: len(rows) == 2)
+    for line in connect(lab, client.netns, "tcp", VIP, 80, count=3):
+        assert line[0] == "outside" and line[2] == f"{VIP}:80", line  # masqueraded on the way out
+    for line in connect(lab, lab.out_ns, "tcp", NODE_IP, 30090, count=3):
+        assert line == ["outside", NODE_IP, f"{NODE_IP}:30090"], line

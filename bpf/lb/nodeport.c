@@ -55,6 +55,14 @@ int lb_nodeport(struct __sk_buff *skb) {
         return TC_ACT_OK;
     __be32 node_addr = dev->address;
 
+    /* the reply of a backend beyond the node (forward() routed the request to it) */
+    __u32 out = 0;
+    int replied = ct_reverse(skb, &t, &out);
+    if (replied < 0)
+        return DROP(skb, DROP_WRITE_ERROR, METRIC_INGRESS);
+    if (replied)
+        return out ? redirect_neigh(out, 0, 0, 0) : TC_ACT_OK;
+
     struct lb4_key k;
     struct lb4_service *svc = svc_lookup(&k, t.daddr, t.dport, t.proto, LB_SCOPE_EXTERNAL);
     if (!svc)
