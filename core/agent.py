@@ -514,11 +514,13 @@ class Agent:
 
     def _context(self, name: str) -> PluginContext:
         o = self.options
-        return PluginContext(
+        ctx = PluginContext(
             name=name, config=self.config, node_name=o.node_name, state_dir=o.state_dir, run_dir=o.run_dir,
             bpf_root=o.bpf_root, log=self.log.bind(plugin=name), metrics=self.metrics.registry,
             start_task=self._start_task, on_health=self._on_health,
         )
+        ctx.manifests = self.manifests
+        return ctx
 
     def _start_task(self, plugin: str, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         tasks = self._tasks.get(plugin)

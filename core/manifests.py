@@ -62,7 +62,14 @@ class Manifests:
         self._signature: dict[Path, tuple[float, int]] = {}
         self._by_file: dict[Path, list[dict]] = {}
         self._index: dict[str, dict[tuple[str, str], tuple[dict, Path]]] = {}
+        self._listeners: list[Callable[[], Awaitable[None]]] = []
         self.problems: dict[Path, str] = {}
+
+    def on_change(self, callback: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Call `callback` after each change `watch` finds; returns what stops that. One
+        reader of the directory serves the core and every plugin (parsed once)."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
 
     def objects(self, kind: str) -> dict[tuple[str, str], dict]:
         return {key: doc for key, (doc, _) in self._index.get(kind, {}).items()}
@@ -129,14 +136,15 @@ class Manifests:
                 changed = True
         return changed
 
-    async def watch(self, on_change: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
-        """Call on_change after each change: told by inotify within milliseconds, and a full
-        rescan every `interval` seconds in any case (a directory that appears later, NFS)."""
+    async def watch(self, on_change: Callable[[], Awaitable[None]] | None = None, interval: float = 1.0) -> None:
+        """Call on_change, then the on_change() listeners, after each change: told by inotify
+        within milliseconds, and a full rescan every `interval` seconds in any case (a
+        directory that appears later, NFS)."""
         from watchfiles import awatch
 
         while True:
             if self.scan():
-                await on_change()
+                await self._notify(on_change)
             if self.dir is None or not self.dir.is_dir():
                 await anyio.sleep(interval)
                 continue
@@ -144,23 +152,27 @@ class Manifests:
                 async for _ in awatch(self.dir, step=5, debounce=200, rust_timeout=int(interval * 1000),
                                       yield_on_timeout=True, recursive=True):
                     if self.scan():
-                        await on_change()
+                        await self._notify(on_change)
                     if not self.dir.is_dir():
                         break
             except (OSError, RuntimeError) as e:  # the directory went away under the watcher
                 self.log.debug("manifests watcher restarting", error=str(e))
                 await anyio.sleep(interval)
 
+    async def _notify(self, first: Callable[[], Awaitable[None]] | None) -> None:
+        for callback in ([first] if first else []) + list(self._listeners):
+            await callback()
+
     def pod_labels(self, namespace: str, name: str) -> dict[str, str]:
         """Cilium's labels for a pod: its own (k8s:key), its namespace's, and the namespace."""
         if not name:
             return {}
         namespace = namespace or "default"
-        pod = self.objects("Pod").get((namespace, name))
+        pod = self.entries("Pod").get((namespace, name), (None,))[0]
         if pod is None:
             return {NAMESPACE_LABEL: namespace}
         labels = {f"k8s:{k}": str(v) for k, v in ((pod.get("metadata") or {}).get("labels") or {}).items()}
-        ns = self.objects("Namespace").get(("", namespace))
+        ns = self.entries("Namespace").get(("", namespace), (None,))[0]
         for k, v in (((ns or {}).get("metadata") or {}).get("labels") or {}).items():
             labels[NAMESPACE_LABELS_PREFIX + k] = str(v)
         labels[NAMESPACE_LABEL] = namespace

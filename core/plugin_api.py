@@ -170,6 +170,10 @@ class PluginContext:
         self.bus = bus
         #: The cluster store (pylium.core.store.ClusterStore): what nodes share.
         self.store = store
+        #: The agent's one reader of the manifests directory (pylium.core.manifests.Manifests),
+        #: already scanned when lifespans start: read `entries(kind)` / `objects(kind)`, and
+        #: `on_change(callback)` to hear of changes.
+        self.manifests: Any = None
         #: The core's datapath (pylium.core.bpf.datapath.Datapath), None when no plugin
         #: declared a BPF stage; and this plugin's own pinned maps, by name.
         self.datapath: Any = None

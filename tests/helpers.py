@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -161,3 +162,21 @@ def datagram_socket(path: Path):
         yield s
     finally:
         s.close()
+
+
+def replayed(run_dir: Path, prefix: str, timeout_ms: int = 3000):
+    """Subscribe to a state family on the agent's bus; returns the socket and what the replay
+    brought (key -> payload) up to `<prefix>synced`."""
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.connect(f"ipc://{run_dir}/bus.sock")
+    sub.subscribe(prefix.encode())
+    seen = {}
+    while sub.poll(timeout_ms):
+        topic, header, payload = sub.recv_multipart()
+        if topic == f"{prefix}synced".encode():
+            break
+        seen[json.loads(header)["key"]] = json.loads(payload)
+    return sub, seen
+

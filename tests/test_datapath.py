@@ -15,7 +15,7 @@ import time
 import pytest
 import zmq
 
-from helpers import install_test_plugin, run_cli, write_plugin_dist
+from helpers import install_test_plugin, replayed, run_cli, write_plugin_dist
 from lab import NODE_IP, OUTSIDE_IP
 
 # A server that answers each TCP connection / UDP datagram with the peer address it saw.
@@ -333,15 +333,8 @@ def test_cni_del_while_the_agent_is_down_is_queued(two_pods, plugin):
 def test_endpoints_are_replayed_on_the_bus(two_pods):
     """A late subscriber gets every endpoint (state replay), then endpoint.synced."""
     lab, a, b = two_pods
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.connect(f"ipc://{lab.dirs.run_dir}/bus.sock")
-    sub.subscribe(b"endpoint.")
-    seen = {}
-    while sub.poll(3000):
-        topic, header, payload = sub.recv_multipart()
-        if topic == b"endpoint.synced":
-            break
-        seen[json.loads(header)["key"]] = json.loads(payload)
+    sub, seen = replayed(lab.dirs.run_dir, "endpoint.")
+    sub.close()
     assert {p["addresses"][0]["ip"] for p in seen.values()} == {a.ip, b.ip}
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import run_cli
+from helpers import replayed, run_cli
 from lab import NODE_IP, OUTSIDE_IP
 
 VIP = "10.96.0.10"
@@ -469,17 +469,7 @@ def test_listings_and_their_json(lab, backends):
     status = run_cli(lab.dirs, "status").stdout
     assert "KubeProxyReplacement" in status and "Socket LB: Enabled" in status
     # event subscribers get every frontend replayed, then service.synced; a removal follows live
-    import zmq
-
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.connect(f"ipc://{lab.dirs.run_dir}/bus.sock")
-    sub.subscribe(b"service.")
-    seen = {}
-    while sub.poll(3000):
-        topic, header, payload = sub.recv_multipart()
-        if topic == b"service.synced":
-            break
-        seen[json.loads(header)["key"]] = json.loads(payload)
+    sub, seen = replayed(lab.dirs.run_dir, "service.")
     assert {k: v["id"] for k, v in seen.items()} == ids
     assert seen[f"{VIP}:80/TCP"]["backends"] == [{"address": pods[0].ip, "port": 8080, "state": "active"},
                                                  {"address": pods[1].ip, "port": 8080, "state": "terminating"}]

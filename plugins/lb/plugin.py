@@ -111,14 +111,13 @@ class LbPlugin(LbApi):
         if self._socket_lb_on():  # the node's own processes
             ctx.bpf_maps["lb_netns"].put(ct.c_uint64(netns.netns_cookie("/proc/self/ns/net")), ct.c_uint32(0))
         ctx.bus.owns("service")  # late subscribers get the frontends (none is an answer too)
-        manifests = Manifests(Path(cfg.standalone.manifestsDir), ctx.log)
-        manifests.scan()
-        await self._changed(manifests)
-        ctx.start_task("manifests", manifests.watch, lambda: self._changed(manifests))
+        await self._changed(ctx.manifests)
+        stop_listening = ctx.manifests.on_change(lambda: self._changed(ctx.manifests))
         ctx.set_health(Health.OK)
         try:
             yield
         finally:
+            stop_listening()
             ctx.datapath.pressure.pop("lb4_services", None)
             self.ctx = None  # programs and maps stay: services keep working while the agent is away
 
@@ -176,16 +175,9 @@ class LbPlugin(LbApi):
         for key in list(table.keys()):
             if key.value not in {i for i, _ in devices.values()}:
                 table.delete(key)
-        commands = []
-        for name, (index, address) in devices.items():
+        for index, address in devices.values():
             table.put(ct.c_uint32(index), LbDevice.from_buffer_copy(ip4(address) + bytes(4)))
-            commands += [f"qdisc replace dev {name} clsact",
-                         f"filter replace dev {name} ingress prio 1 handle 1 bpf da object-pinned {program}"]
-        if commands:
-            result = await anyio.run_process(["tc", "-batch", "-"], input="\n".join(commands).encode() + b"\n",
-                                             check=False)
-            if result.returncode:
-                raise OSError(f"attaching lb_nodeport: {result.stderr.decode(errors='replace').strip()}")
+        await self.ctx.datapath.attach_tc({name: {"ingress": program} for name in devices})
         self.devices = {name: index for name, (index, _) in devices.items()}
         self.ctx.log.info("serving NodePort and external addresses", devices=sorted(self.devices))
 

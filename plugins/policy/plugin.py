@@ -107,12 +107,11 @@ class PolicyPlugin(PolicyApi):
         audit_file = ctx.plugin_state_dir / "endpoint_audit.json"
         if audit_file.exists():
             self.endpoint_audit = {int(k): v for k, v in json.loads(audit_file.read_text()).items()}
-        manifests = Manifests(Path(ctx.config.standalone.manifestsDir), ctx.log)
-        manifests.scan()
+        manifests = ctx.manifests
         self._load_directory(manifests)
         collector = PolicyCollector(self)
         ctx.metrics.register(collector)
-        ctx.start_task("manifests", manifests.watch, lambda: self._directory_changed(manifests))
+        stop_listening = manifests.on_change(lambda: self._directory_changed(manifests))
         ctx.start_task("ct-gc", self._ct_gc)
         ctx.start_task("regenerate", self._regenerator)
         ctx.start_task("identities", self._sync_identities)
@@ -122,6 +121,7 @@ class PolicyPlugin(PolicyApi):
         try:
             yield
         finally:
+            stop_listening()
             ctx.metrics.unregister(collector)
             self.ctx = None  # maps stay: the datapath keeps enforcing while the agent is away
 
