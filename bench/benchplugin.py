@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from pylium.core.events import Event
+from pylium.core.bus.events import Event
 from pylium.core.hookspecs import hookimpl
 
 

@@ -57,8 +57,8 @@ class BareReader:
     """The baseline: drain the agent's pinned events ring and count, nothing else."""
 
     def __init__(self, pin: Path):
-        from pylium.core.bpf import libbpf
-        from pylium.core.bpf.ringbuf import RingReader
+        from pylium.core.datapath import libbpf
+        from pylium.core.datapath.ringbuf import RingReader
 
         self.fd = libbpf.obj_get(str(pin))
         self.reader = RingReader(self.fd)
@@ -84,8 +84,8 @@ class BareReader:
 def kernel_lost(pin_dir: Path) -> int:
     import ctypes as ct
 
-    from pylium.core.bpf.maps import PinnedMap
-    from pylium.core.bpf.structs import CORE_MAPS
+    from pylium.core.datapath.maps import PinnedMap
+    from pylium.core.datapath.structs import CORE_MAPS
 
     m = PinnedMap.open(next(s for s in CORE_MAPS if s.name == "events_lost"), pin_dir)
     try:

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _lab import exec_in, node_with_agent  # noqa: E402
 from _services import decoy_vip, decoys, kube_proxy_rules, service_docs, write_manifest  # noqa: E402
 
-from pylium.core.bpf.maps import PinnedMap  # noqa: E402
+from pylium.core.datapath.maps import PinnedMap  # noqa: E402
 from pylium.plugins.lb import maglev  # noqa: E402
 from pylium.plugins.lb.maps import Lb4Key, lb_maps, pack_key, addr_str  # noqa: E402
 

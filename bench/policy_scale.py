@@ -51,7 +51,7 @@ def add(client, netns, i: int) -> float:
 async def remote_identities(store_path, count: int) -> None:
     """Pods of other nodes: their identities allocated through the cluster store, as another
     node's agent would."""
-    from pylium.core.store import LocalStore
+    from pylium.core.state.store import LocalStore
     from pylium.plugins.policy.identity import IdentityAllocator, LabelFilter
 
     store = LocalStore(store_path)
@@ -64,8 +64,8 @@ async def remote_identities(store_path, count: int) -> None:
 
 def batch_write() -> tuple[float, float]:
     """Seconds to write 16,384 policy entries: one batch update, and one update each."""
-    from pylium.core.bpf import libbpf
-    from pylium.core.bpf.maps import PinnedMap
+    from pylium.core.datapath import libbpf
+    from pylium.core.datapath.maps import PinnedMap
     from pylium.plugins.policy import maps
     from pylium.plugins.policy.resolve import Entry, Key
 

@@ -138,7 +138,7 @@ class BpfSettings(Section):
     @field_validator("monitorAggregation")
     @classmethod
     def _level(cls, v: str) -> str:
-        from pylium.core.bpf.monitor import AGGREGATION_LEVELS
+        from pylium.core.datapath.monitor import AGGREGATION_LEVELS
 
         if str(v).lower() not in AGGREGATION_LEVELS:
             raise ValueError(f"must be one of {', '.join(AGGREGATION_LEVELS)}")
@@ -154,7 +154,7 @@ class BpfSettings(Section):
     @field_validator("monitorAggregationFlags", mode="before")
     @classmethod
     def _flags(cls, v: Any) -> str:
-        from pylium.core.bpf.monitor import TCP_FLAGS
+        from pylium.core.datapath.monitor import TCP_FLAGS
 
         names = [f.strip().lower() for f in str(v).replace(" ", ",").split(",") if f.strip()]
         bad = [n for n in names if n != "all" and n not in TCP_FLAGS]
@@ -164,12 +164,12 @@ class BpfSettings(Section):
         return ",".join(names)
 
     def aggregation_level(self) -> int:
-        from pylium.core.bpf.monitor import AGGREGATION_LEVELS
+        from pylium.core.datapath.monitor import AGGREGATION_LEVELS
 
         return AGGREGATION_LEVELS[self.monitorAggregation]
 
     def tcp_flag_mask(self) -> int:
-        from pylium.core.bpf.monitor import TCP_FLAGS
+        from pylium.core.datapath.monitor import TCP_FLAGS
 
         names = self.monitorAggregationFlags.split(",")
         return 0xFF if "all" in names else sum(TCP_FLAGS[n] for n in set(names))

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from pylium.core import config as cfg
-from pylium.core.plugin_host import discover, instantiate
+from pylium.core.agent.plugin_host import discover, instantiate
 
 BEGIN = "<!-- BEGIN GENERATED: {name} (make docs) -->"
 END = "<!-- END GENERATED: {name} -->"
@@ -38,7 +38,7 @@ def config_keys() -> str:
 
 
 def cli_reference() -> str:
-    from pylium.core.agent_main import main as agent_main
+    from pylium.core.agent.main import main as agent_main
     from pylium.core.cli.main import main as cli_main
 
     out: list[str] = []
@@ -66,7 +66,7 @@ def _command_doc(out: list[str], cmd: click.Command, path: str, parent: click.Co
 
 
 def event_reference() -> str:
-    from pylium.core import events as ev
+    from pylium.core.bus import events as ev
 
     out = []
     types = sorted(ev.VOCABULARY.types.values(), key=lambda t: t.topic) + [ev.SYNCED_TYPE]

@@ -29,7 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from pylium.core.endpoints import Endpoint
+    from pylium.core.endpoints.manager import Endpoint
     from pylium.core.plugin_api import Declarations, PluginContext
 
 PROJECT = "pylium"
@@ -82,8 +82,8 @@ def pylium_declare(declare: Declarations) -> None:
       control API at ``path`` (which must start with ``/v1/``); the handler returns a JSON-able
       value or raises :class:`~pylium.core.plugin_api.ApiError`;
     - ``declare.event_type(topic, model, state_family=None, key=None)``: add a third-party
-      event type to the bus vocabulary (built-in types live in ``pylium.core.events``);
-    - ``declare.bpf_maps(*specs)``: BPF maps this plugin owns (:class:`pylium.core.bpf.maps.MapSpec`),
+      event type to the bus vocabulary (built-in types live in ``pylium.core.bus.events``);
+    - ``declare.bpf_maps(*specs)``: BPF maps this plugin owns (:class:`pylium.core.datapath.maps.MapSpec`),
       created or checked at start and pinned under ``<bpf-root>/<node>/<plugin>/``;
     - ``declare.bpf_stage(attach, slot, source, function)``: a program (C under ``bpf/``)
       for a slot of an attach point (``from-container``, ``to-container``; slots in
@@ -135,7 +135,7 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncContextManager[Any] | None:
 async def pylium_endpoint_plug(ctx: PluginContext, endpoint: Endpoint) -> None:
     """Set up this plugin's part of a new endpoint (a CNI ADD), after IPAM gave its addresses.
 
-    ``endpoint`` (:class:`pylium.core.endpoints.Endpoint`) carries the id, container id,
+    ``endpoint`` (:class:`pylium.core.endpoints.manager.Endpoint`) carries the id, container id,
     interface name, network namespace path, labels and ``addresses``; a plugin that wires the
     endpoint (connectivity) fills in ``host_ifname``, ``host_ifindex``, ``mac``, ``host_mac``
     and ``mtu``. The endpoint becomes reachable only after every plugin returned, so no packet

@@ -96,7 +96,7 @@ class Declarations:
         self.routes.append(ApiRoute(method, path, handler, self.plugin))
 
     def bpf_maps(self, *specs: Any) -> None:
-        """BPF maps this plugin owns (pylium.core.bpf.maps.MapSpec): created or checked at
+        """BPF maps this plugin owns (pylium.core.datapath.maps.MapSpec): created or checked at
         start, pinned under <bpf-root>/<node>/<plugin>/, open in ctx.bpf_maps[name]."""
         self.maps.extend(specs)
 
@@ -107,21 +107,21 @@ class Declarations:
 
     def bpf_stage(self, attach: str, slot: int, source: str, function: str) -> None:
         """Put `function` of `source` (a path under bpf/) in `slot` of `attach`."""
-        from pylium.core.bpf.structs import ATTACH_POINTS, SLOTS
+        from pylium.core.datapath.structs import ATTACH_POINTS, SLOTS
 
         if attach not in ATTACH_POINTS:
             raise ValueError(f"bpf_stage: unknown attach point {attach!r} (known: {', '.join(ATTACH_POINTS)})")
         if not 0 <= slot < SLOTS:
             raise ValueError(f"bpf_stage: slot {slot} is not in 0..{SLOTS - 1}")
-        from pylium.core.bpf.datapath import Stage
+        from pylium.core.datapath.datapath import Stage
 
         self.stages.append(Stage(self.plugin, attach, slot, source, function))
 
     def event_type(self, topic: str, model: type, *, state_family: str | None = None, key: str | None = None,
                    deletes: bool = False) -> None:
         """Add an event type to the bus vocabulary (third-party events; built-in ones live in
-        pylium.core.events). `model` is a frozen `pylium.core.events.Event` subclass."""
-        from pylium.core import events
+        pylium.core.bus.events). `model` is a frozen `pylium.core.bus.events.Event` subclass."""
+        from pylium.core.bus import events
 
         model.topic = topic
         kind = "state" if state_family else "stream"
@@ -165,16 +165,16 @@ class PluginContext:
         self.bpf_dir = bpf_root / node_name / name
         self.log = log
         self.metrics = metrics
-        #: This plugin's bus connection (pylium.core.bus_client.BusClient): publish, subscribe,
+        #: This plugin's bus connection (pylium.core.bus.client.BusClient): publish, subscribe,
         #: serve, request.
         self.bus = bus
-        #: The cluster store (pylium.core.store.ClusterStore): what nodes share.
+        #: The cluster store (pylium.core.state.store.ClusterStore): what nodes share.
         self.store = store
-        #: The agent's one reader of the manifests directory (pylium.core.manifests.Manifests),
+        #: The agent's one reader of the manifests directory (pylium.core.state.manifests.Manifests),
         #: already scanned when lifespans start: read `entries(kind)` / `objects(kind)`, and
         #: `on_change(callback)` to hear of changes.
         self.manifests: Any = None
-        #: The core's datapath (pylium.core.bpf.datapath.Datapath), None when no plugin
+        #: The core's datapath (pylium.core.datapath.datapath.Datapath), None when no plugin
         #: declared a BPF stage; and this plugin's own pinned maps, by name.
         self.datapath: Any = None
         self.bpf_maps: dict[str, Any] = {}

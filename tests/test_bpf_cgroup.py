@@ -17,9 +17,9 @@ import structlog
 
 from lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
 
-from pylium.core.bpf import libbpf
-from pylium.core.bpf.datapath import Datapath
-from pylium.core.bpf.maps import MapSpec
+from pylium.core.datapath import libbpf
+from pylium.core.datapath.datapath import Datapath
+from pylium.core.datapath.maps import MapSpec
 
 DATA = Path(__file__).parent / "data"
 CONNECTS = MapSpec("connects", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint64, 1)

@@ -18,12 +18,12 @@ import structlog
 from lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
 from packets import SkBuff, arp_request, checksum, ether, icmp_echo, ipv4, ipv6, mac, tcp, udp
 
-from pylium.core.bpf import libbpf
-from pylium.core.bpf.compiler import BPF_DIR
-from pylium.core.bpf import monitor
-from pylium.core.bpf.datapath import Datapath, Stage
-from pylium.core.bpf.ringbuf import RingReader
-from pylium.core.bpf.structs import (CORE_MAPS, EVENT_HEADER, EndpointInfo, EndpointKey, IpcacheInfo, IpcacheKey,
+from pylium.core.datapath import libbpf
+from pylium.core.datapath.compiler import BPF_DIR
+from pylium.core.datapath import monitor
+from pylium.core.datapath.datapath import Datapath, Stage
+from pylium.core.datapath.ringbuf import RingReader
+from pylium.core.datapath.structs import (CORE_MAPS, EVENT_HEADER, EndpointInfo, EndpointKey, IpcacheInfo, IpcacheKey,
                                      LxcInfo, mac_bytes, metrics_index)
 from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
 from pylium.plugins.observability.plugin import flow_key

@@ -149,7 +149,7 @@ def test_requests_between_agent_and_a_plugin_in_another_process(probe_agent, age
     child = tmp_path / "upper_service.py"
     child.write_text(textwrap.dedent(f"""
         import anyio
-        from pylium.core.bus_client import RpcError, connect
+        from pylium.core.bus.client import RpcError, connect
 
         async def upper(payload):
             if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
@@ -176,7 +176,7 @@ def test_requests_between_agent_and_a_plugin_in_another_process(probe_agent, age
         # a client in another process calls the agent's plugin
         out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
             import anyio, json
-            from pylium.core.bus_client import connect
+            from pylium.core.bus.client import connect
             async def main():
                 async with connect({str(agent_dirs.run_dir)!r}, source="client") as bus:
                     print(json.dumps(await bus.request("probe.echo", {{"text": "ping"}})))

@@ -115,8 +115,8 @@ def test_local_delivery_is_bpf_not_iptables(two_pods):
 
 
 def _metric(lab, reason: int, direction: int) -> int:
-    from pylium.core.bpf.maps import PinnedMap
-    from pylium.core.bpf.structs import CORE_MAPS, metrics_index
+    from pylium.core.datapath.maps import PinnedMap
+    from pylium.core.datapath.structs import CORE_MAPS, metrics_index
 
     spec = next(s for s in CORE_MAPS if s.name == "metrics")
     m = PinnedMap.open(spec, lab.bpf_root / lab.dirs.node / "core")
@@ -269,7 +269,7 @@ def test_endpoint_hooks_run_in_order_and_a_refusal_leaves_nothing(lab, tmp_path)
 
 
 def test_pinned_map_with_a_different_layout_is_replaced(lab):
-    from pylium.core.bpf import libbpf
+    from pylium.core.datapath import libbpf
 
     pins = lab.bpf_root / lab.dirs.node / "core"
     pins.mkdir(parents=True)

@@ -266,7 +266,7 @@ def test_connections_spread_within_15_percent(lab, mode, algorithm):
 
 
 def lb_map(lab, name: str):
-    from pylium.core.bpf.maps import PinnedMap
+    from pylium.core.datapath.maps import PinnedMap
     from pylium.plugins.lb.maps import lb_maps
 
     spec = next(s for s in lb_maps(65536, 16381) if s.name == name)
@@ -503,8 +503,8 @@ def test_services_that_do_not_fit_the_maps_are_refused_whole(lab):
 
 
 def socket_programs() -> list[int]:
-    from pylium.core.bpf import libbpf
-    from pylium.core.bpf.datapath import Datapath
+    from pylium.core.datapath import libbpf
+    from pylium.core.datapath.datapath import Datapath
     from pylium.plugins.lb.plugin import cgroup2_root
 
     return [pid for pid, name in Datapath.cgroup_programs(cgroup2_root(), libbpf.CGROUP_INET4_CONNECT)

@@ -11,10 +11,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pylium.core.agent import Agent, AgentOptions
+from pylium.core.agent.agent import Agent, AgentOptions
 from pylium.core.hookspecs import hookimpl
 from pylium.core.plugin_api import Health
-from pylium.core.plugin_host import PluginInfo, PluginLoadError
+from pylium.core.agent.plugin_host import PluginInfo, PluginLoadError
 
 
 class Recorder:
@@ -214,7 +214,7 @@ def test_lifespan_must_return_an_async_context_manager(tmp_path):
 
 
 def test_second_agent_on_same_dirs_is_refused(tmp_path):
-    from pylium.core.agent import AgentError
+    from pylium.core.agent.agent import AgentError
 
     first = _load(tmp_path)
     second = _load(tmp_path)

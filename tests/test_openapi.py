@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import yaml
 from openapi_spec_validator import validate
 
-from pylium.core import api
+from pylium.core.api import server as api
 
 
 def _spec() -> dict:

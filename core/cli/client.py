@@ -8,20 +8,11 @@ import socket
 from pathlib import Path
 from typing import Any, Iterator
 
+# Defined once, in the CNI plugin: it must stand alone (no pylium import), the CLI need not.
+from pylium.core.cni.plugin import AgentUnreachable, ApiFailure  # noqa: F401  (re-exported)
+
 DEFAULT_RUN_DIR = Path("/var/run/pylium")
 API_SOCKET = "pylium.sock"
-
-
-class AgentUnreachable(Exception):
-    """No agent answers on the socket."""
-
-
-class ApiFailure(Exception):
-    def __init__(self, status: int, message: str, data=None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.data = data
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -174,7 +174,7 @@ def _number(value: float) -> str:
 def install_cni(ctx, conf_dir: Path, bin_dir: Path, run_dir: Path | None, portmap: bool | None, name: str) -> None:
     """Write 05-pylium.conflist and install the pylium-cni binary for the container runtime."""
     socket_path = Path(run_dir or Path(ctx.obj.socket_path).parent).absolute() / "pylium.sock"
-    from pylium.core import cni
+    from pylium.core.cni import plugin as cni
 
     source = Path(cni.__file__)
     if portmap is None:

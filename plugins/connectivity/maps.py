@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ctypes as ct
 
-from pylium.core.bpf import libbpf
-from pylium.core.bpf.maps import MapSpec
-from pylium.core.bpf.structs import IpcacheKey
+from pylium.core.datapath import libbpf
+from pylium.core.datapath.maps import MapSpec
+from pylium.core.datapath.structs import IpcacheKey
 
 # This node's pod address blocks: an address in them without an endpoint is unroutable.
 LOCAL_BLOCKS = MapSpec("local_blocks", libbpf.MAP_LPM_TRIE, IpcacheKey, ct.c_uint32, 1024, flags=libbpf.F_NO_PREALLOC)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pylium.core import netns as ns_util
+from pylium.core.datapath import netns as ns_util
 from pylium.core.plugin_api import EndpointError
 
 IFA_F_NODAD = 0x02

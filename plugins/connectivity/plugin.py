@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from pylium.core.bpf.structs import IpcacheInfo, IpcacheKey
+from pylium.core.datapath.structs import IpcacheInfo, IpcacheKey
 from pylium.core.hookspecs import hookimpl
 from pylium.plugins.connectivity import masquerade, netlink
 from pylium.plugins.connectivity.config import ConnectivityConfig

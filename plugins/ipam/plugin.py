@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 import msgspec
 from prometheus_client import Counter, Gauge
 
-from pylium.core.bus_client import RpcError
-from pylium.core.events import IpamPoolExhausted
+from pylium.core.bus.client import RpcError
+from pylium.core.bus.events import IpamPoolExhausted
 from pylium.core.hookspecs import hookimpl
 from pylium.core.plugin_api import ApiError
 from pylium.plugins.ipam.allocator import FAMILIES, Allocation, Allocator, Exhausted, IpamError, Owner

@@ -6,8 +6,8 @@ import ctypes as ct
 import socket
 import struct
 
-from pylium.core.bpf import libbpf
-from pylium.core.bpf.maps import MapSpec
+from pylium.core.datapath import libbpf
+from pylium.core.datapath.maps import MapSpec
 
 SCOPE_INTERNAL, SCOPE_EXTERNAL = 0, 1
 F_EXTERNAL, F_NODEPORT, F_AFFINITY, F_LOCAL_EXT = 0x1, 0x2, 0x4, 0x8

@@ -13,11 +13,11 @@ from typing import Any
 
 import anyio
 
-from pylium.core import netns
-from pylium.core.bpf import libbpf
-from pylium.core.events import ServiceBackend, ServiceChanged, ServiceDeleted
+from pylium.core.datapath import netns
+from pylium.core.datapath import libbpf
+from pylium.core.bus.events import ServiceBackend, ServiceChanged, ServiceDeleted
 from pylium.core.hookspecs import hookimpl
-from pylium.core.manifests import Manifests, gc_paused
+from pylium.core.state.manifests import Manifests, gc_paused
 from pylium.core.plugin_api import Health
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.api import LbApi

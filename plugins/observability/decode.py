@@ -13,8 +13,8 @@ import time
 import uuid
 from typing import Callable
 
-from pylium.core.bpf import monitor as m
-from pylium.core.bpf.structs import EVENT_HEADER
+from pylium.core.datapath import monitor as m
+from pylium.core.datapath.structs import EVENT_HEADER
 from pylium.plugins.observability.flow import (ICMP, IP, TCP, UDP, CiliumEventType, Endpoint, Ethernet, File, Flow,
                                                Interface, Layer4, Policy, TCPFlags)
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import msgspec
 
-from pylium.core.bpf.monitor import DROP_REASONS, OBSERVATION_POINTS
+from pylium.core.datapath.monitor import DROP_REASONS, OBSERVATION_POINTS
 from pylium.plugins.observability.flow import Endpoint, Flow
 
 EVENT_TYPES = {"drop": 1, "trace": 4, "policy-verdict": 5, "l7": 129}

@@ -7,7 +7,7 @@ import collections
 
 from prometheus_client.core import CounterMetricFamily
 
-from pylium.core.bpf.monitor import OBSERVATION_POINTS, POLICY_MATCH_TYPES, drop_reason
+from pylium.core.datapath.monitor import OBSERVATION_POINTS, POLICY_MATCH_TYPES, drop_reason
 from pylium.plugins.observability.flow import Endpoint, Flow
 
 _TYPE_NAMES = {1: "Drop", 4: "Trace", 5: "PolicyVerdict", 129: "L7"}

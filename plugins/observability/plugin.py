@@ -23,11 +23,11 @@ from typing import Any
 import anyio
 import msgspec
 
-from pylium.core.bpf.monitor import (EVENT_F_ALLOWED, EVENT_F_AUDIT, EVENT_F_REDIRECT, MESSAGE_TYPES, MSG_DROP,
+from pylium.core.datapath.monitor import (EVENT_F_ALLOWED, EVENT_F_AUDIT, EVENT_F_REDIRECT, MESSAGE_TYPES, MSG_DROP,
                                      MSG_POLICY_VERDICT, MSG_TRACE, OBSERVATION_POINTS, POLICY_MATCH_TYPES,
                                      TRACE_REASONS, drop_reason)
-from pylium.core.bpf.ringbuf import RingReader
-from pylium.core.bpf.structs import EVENT_HEADER, FlowKey, IpcacheKey
+from pylium.core.datapath.ringbuf import RingReader
+from pylium.core.datapath.structs import EVENT_HEADER, FlowKey, IpcacheKey
 from pylium.core.hookspecs import hookimpl
 from pylium.core.plugin_api import ApiError, Health
 from pylium.plugins.observability import render

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ctypes as ct
 
-from pylium.core.bpf import libbpf
-from pylium.core.bpf.maps import MapSpec
-from pylium.core.bpf.structs import FlowKey
+from pylium.core.datapath import libbpf
+from pylium.core.datapath.maps import MapSpec
+from pylium.core.datapath.structs import FlowKey
 
 PREFIX_ANY_PROTO, PREFIX_ANY_PORT, PREFIX_FULL = 64, 72, 96
 F_DENY, F_AUDIT = 0x1, 0x2

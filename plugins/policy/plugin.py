@@ -18,11 +18,11 @@ from typing import Any
 
 import anyio
 
-from pylium.core.bpf.structs import IpcacheInfo, IpcacheKey
+from pylium.core.datapath.structs import IpcacheInfo, IpcacheKey
 from pylium.core.config import parse_duration
-from pylium.core.events import PolicyChanged
+from pylium.core.bus.events import PolicyChanged
 from pylium.core.hookspecs import hookimpl
-from pylium.core.manifests import Manifests
+from pylium.core.state.manifests import Manifests
 from pylium.core.plugin_api import Health
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.api import POLICY_KINDS, PolicyApi

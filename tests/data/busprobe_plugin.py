@@ -5,8 +5,8 @@ from contextlib import asynccontextmanager
 import anyio
 import msgspec
 
-from pylium.core.bus_client import RpcError
-from pylium.core.events import Event
+from pylium.core.bus.client import RpcError
+from pylium.core.bus.events import Event
 from pylium.core.hookspecs import hookimpl
 from pylium.core.plugin_api import ApiError
 

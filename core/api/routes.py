@@ -1,4 +1,4 @@
-"""Control-API routes for endpoints, the CNI plugin and the core's BPF maps."""
+"""Control-API routes for endpoints, the core's BPF maps and metrics."""
 
 from __future__ import annotations
 
@@ -8,31 +8,11 @@ import anyio
 import msgspec
 from aiohttp import web
 
+from pylium.core.cni import routes as cni_routes
 from pylium.core.plugin_api import EndpointError
 
 if TYPE_CHECKING:
-    from pylium.core.agent import Agent
-
-
-class CniAdd(msgspec.Struct, forbid_unknown_fields=True):
-    container_id: str
-    ifname: str
-    netns: str
-    labels: dict[str, str] = {}
-    k8s_namespace: str = ""
-    k8s_pod_name: str = ""
-    pool: str | None = None
-    mtu: int = 0
-
-
-class CniRef(msgspec.Struct, forbid_unknown_fields=True):
-    container_id: str
-    ifname: str | None = None
-    netns: str = ""
-
-
-class CniGc(msgspec.Struct, forbid_unknown_fields=True):
-    valid: list[tuple[str, str]]  # (container id, ifname) pairs the runtime still uses
+    from pylium.core.agent.agent import Agent
 
 
 class LabelChange(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,71 +31,11 @@ async def _body(request: web.Request, model):
         raise EndpointError("bad_request", f"request body: {e}") from None
 
 
-# Headers the C CNI plugin sends (one per CNI variable) to /v1/cni/exec.
-CNI_HEADERS = {"CNI_COMMAND": "X-CNI-Command", "CNI_CONTAINERID": "X-CNI-ContainerID", "CNI_NETNS": "X-CNI-Netns",
-               "CNI_IFNAME": "X-CNI-Ifname", "CNI_ARGS": "X-CNI-Args", "CNI_PATH": "X-CNI-Path"}
-
-
 def add_routes(app: web.Application, agent: Agent) -> None:
     def manager():
         if agent.endpoints is None or agent.state != "running":
             raise EndpointError("not_ready", f"the agent is {agent.state}", 503)
         return agent.endpoints
-
-    async def cni_call(method: str, path: str, body) -> object:
-        """The CNI operations, shared by the HTTP routes and /v1/cni/exec."""
-        if path == "/v1/cni/add":
-            req = msgspec.convert(body, CniAdd)
-            return (await manager().create(**msgspec.structs.asdict(req))).as_dict()
-        if path == "/v1/cni/del":
-            req = msgspec.convert(body, CniRef)
-            return {"deleted": [ep.id for ep in await manager().delete(req.container_id, req.ifname)]}
-        if path == "/v1/cni/check":
-            req = msgspec.convert(body, CniRef)
-            return (await manager().check(req.container_id, req.ifname or "", req.netns)).as_dict()
-        if path == "/v1/cni/gc":
-            req = msgspec.convert(body, CniGc)
-            return {"deleted": [ep.id for ep in await manager().gc({tuple(v) for v in req.valid})]}
-        manager()  # /v1/cni/status
-        bad = [f"{n}: {c.health.health.value}" for n, c in agent.contexts.items() if c.health.health.value != "OK"]
-        if bad:
-            raise EndpointError("not_ready", "plugins not OK: " + ", ".join(bad), 503)
-        return {"status": "ok"}
-
-    async def cni_route(request):
-        body = None
-        if request.method == "POST":
-            try:
-                body = msgspec.json.decode(await request.read())
-            except msgspec.DecodeError as e:
-                raise EndpointError("bad_request", f"request body: {e}") from None
-        try:
-            return _json(await cni_call(request.method, request.path, body))
-        except msgspec.ValidationError as e:
-            raise EndpointError("bad_request", f"request body: {e}") from None
-
-    async def cni_exec(request):
-        """The whole CNI command for the C plugin: CNI variables in headers, the network
-        configuration as the body; answers what the plugin prints and its exit code."""
-        from pylium.core import cni
-
-        env = {name: request.headers.get(header, "") for name, header in CNI_HEADERS.items()}
-        stdin = (await request.read()).decode(errors="replace")
-
-        async def call(method, path, body):
-            try:
-                return await cni_call(method, path, body)
-            except EndpointError as e:
-                raise cni.ApiFailure(e.status, e.message, {"code": e.code}) from None
-            except msgspec.ValidationError as e:
-                raise cni.ApiFailure(400, f"request body: {e}", {"code": "bad_request"}) from None
-
-        try:
-            out, code = await cni.run_async(env, stdin, call), 0
-        except cni.CniError as e:
-            out, code = cni.error_output(e, stdin), 1
-        text = msgspec.json.encode(out).decode() + "\n" if out is not None else ""
-        return web.Response(text=text, content_type="application/json", headers={"X-CNI-Exit": str(code)})
 
     async def list_endpoints(_):
         return _json([ep.as_dict() for ep in sorted(manager().endpoints.values(), key=lambda e: e.id)])
@@ -145,7 +65,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         dp = agent.datapath
         if dp is None:
             raise EndpointError("not_ready", "no datapath is loaded", 503)
-        from pylium.core.bpf.structs import mac_str
+        from pylium.core.datapath.structs import mac_str
 
         rows = []
         for key, v in dp.maps["endpoints"].items():
@@ -165,8 +85,8 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         dp = agent.datapath
         if dp is None:
             raise EndpointError("not_ready", "no datapath is loaded", 503)
-        from pylium.core.bpf.monitor import METRIC_DIRECTIONS, drop_reason
-        from pylium.core.metrics import read_bpf_metrics
+        from pylium.core.datapath.monitor import METRIC_DIRECTIONS, drop_reason
+        from pylium.core.agent.metrics import read_bpf_metrics
 
         rows = [{"reason": reason, "description": drop_reason(reason)[1] if reason else "Forwarded",
                  "direction": METRIC_DIRECTIONS.get(direction, "UNKNOWN"), "packets": packets, "bytes": nbytes}
@@ -187,15 +107,15 @@ def add_routes(app: web.Application, agent: Agent) -> None:
                 if not sample.name.endswith("_created") and (wanted is None or wanted.search(sample.name))]
         return _json(rows)
 
+    def not_ok() -> list[str]:
+        return [f"{n}: {c.health.health.value}" for n, c in agent.contexts.items() if c.health.health.value != "OK"]
+
+    cni_routes.add_routes(app, manager, not_ok)
     r = app.router
     r.add_get("/v1/metrics", metrics)
     r.add_get("/v1/bpf/metrics", bpf_metrics)
     r.add_get("/v1/endpoints", list_endpoints)
     r.add_get("/v1/endpoints/{id}", get_endpoint)
     r.add_post("/v1/endpoints/{id}/labels", labels)
-    for path in ("/v1/cni/add", "/v1/cni/del", "/v1/cni/check", "/v1/cni/gc"):
-        r.add_post(path, cni_route)
-    r.add_get("/v1/cni/status", cni_route)
-    r.add_post("/v1/cni/exec", cni_exec)
     r.add_get("/v1/bpf/endpoints", bpf_endpoints)
     r.add_get("/v1/bpf/ipcache", bpf_ipcache)

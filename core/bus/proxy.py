@@ -22,8 +22,8 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from pylium.core import events as ev
-from pylium.core.log import get as get_logger
+from pylium.core.bus import events as ev
+from pylium.core.agent.log import get as get_logger
 
 # In-process endpoints (inproc names are private to each agent's zmq.Context).
 PROXY_IN = "inproc://bus-in"

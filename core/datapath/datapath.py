@@ -21,10 +21,10 @@ from typing import Any
 
 import anyio
 
-from pylium.core.bpf import libbpf
-from pylium.core.bpf.compiler import CompileError, Job, compile_job, source_files
-from pylium.core.bpf.maps import MapSpec, PinnedMap
-from pylium.core.bpf.structs import ATTACH_POINTS, EVENTS_BYTES, SLOTS, core_maps
+from pylium.core.datapath import libbpf
+from pylium.core.datapath.compiler import CompileError, Job, compile_job, source_files
+from pylium.core.datapath.maps import MapSpec, PinnedMap
+from pylium.core.datapath.structs import ATTACH_POINTS, EVENTS_BYTES, SLOTS, core_maps
 
 DISPATCHERS = {"from-container": "from_container", "to-container": "to_container"}
 

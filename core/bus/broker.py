@@ -23,8 +23,8 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from pylium.core import events as ev
-from pylium.core.bus import bind_private
+from pylium.core.bus import events as ev
+from pylium.core.bus.proxy import bind_private
 
 Handler = Callable[[Any], Awaitable[Any]]
 Spawn = Callable[[str, Callable[[], Awaitable[Any]]], None]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ctypes as ct
 
-from pylium.core.bpf import libbpf
+from pylium.core.datapath import libbpf
 
 _SampleFn = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_size_t)
 _lib = libbpf._lib

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from pylium.core import events as ev
-from pylium.core.bus_client import NoService, RpcError
+from pylium.core.bus import events as ev
+from pylium.core.bus.client import NoService, RpcError
 from pylium.core.plugin_api import EndpointError
 
 if TYPE_CHECKING:
-    from pylium.core.agent import Agent
+    from pylium.core.agent.agent import Agent
 
 MAX_ENDPOINT_ID = 4095
 ID_INIT = 5  # reserved:init: the identity of an endpoint whose labels are not known yet
@@ -345,7 +345,7 @@ class EndpointManager:
         dp = self.agent.datapath
         if dp is None or not ep.host_ifindex:
             return
-        from pylium.core.bpf import structs as s
+        from pylium.core.datapath import structs as s
 
         info = s.EndpointInfo(ifindex=ep.host_ifindex, ep_id=ep.id, mac=s.mac_bytes(ep.mac),
                               host_mac=s.mac_bytes(ep.host_mac), identity=ep.identity)
@@ -364,7 +364,7 @@ class EndpointManager:
         dp = self.agent.datapath
         if dp is None:
             return
-        from pylium.core.bpf import structs as s
+        from pylium.core.datapath import structs as s
 
         if ep.host_ifindex:
             dp.maps["lxc_by_ifindex"].delete(ct.c_uint32(ep.host_ifindex))  # first: traffic stops here

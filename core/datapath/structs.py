@@ -7,8 +7,8 @@ import ctypes as ct
 import ipaddress
 import struct
 
-from pylium.core.bpf import libbpf
-from pylium.core.bpf.maps import MapSpec
+from pylium.core.datapath import libbpf
+from pylium.core.datapath.maps import MapSpec
 
 SLOTS = 8
 ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER = 0, 1

@@ -59,7 +59,7 @@ class _DatapathCollector:
                                   labels=["map_name", "operation", "outcome"])
         pressure = GaugeMetricFamily("cilium_bpf_map_pressure", "Fill percentage of BPF maps (0..1)",
                                      labels=["map_name"])
-        from pylium.core.bpf.maps import TYPE_NAMES
+        from pylium.core.datapath.maps import TYPE_NAMES
 
         for m in dp.all_maps():
             for (operation, outcome), n in sorted(m.ops.items()):
@@ -74,7 +74,7 @@ class _DatapathCollector:
 
 def _bpf_counters(metrics_map):
     """cilium_drop_count/bytes{reason,direction} and cilium_forward_count/bytes{direction}."""
-    from pylium.core.bpf.monitor import METRIC_DIRECTIONS, drop_reason
+    from pylium.core.datapath.monitor import METRIC_DIRECTIONS, drop_reason
 
     labels = ["reason", "direction"]
     drops = CounterMetricFamily("cilium_drop_count", "Total dropped packets", labels=labels)

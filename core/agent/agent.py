@@ -23,17 +23,20 @@ import zmq
 import zmq.asyncio
 from aiohttp import web
 
-from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, api, config as cfg, events as ev, log as logging_
-from pylium.core.bus import BusCore, BusPaths
-from pylium.core.bus_broker import Broker
-from pylium.core.bus_client import BusClient, Endpoints
-from pylium.core.endpoints import EndpointManager
-from pylium.core.manifests import Manifests
-from pylium.core.metrics import AgentMetrics
+from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, config as cfg
+from pylium.core.api import server as api
+from pylium.core.bus import events as ev
+from pylium.core.agent import log as logging_
+from pylium.core.bus.proxy import BusCore, BusPaths
+from pylium.core.bus.broker import Broker
+from pylium.core.bus.client import BusAddresses, BusClient
+from pylium.core.endpoints.manager import EndpointManager
+from pylium.core.state.manifests import Manifests
+from pylium.core.agent.metrics import AgentMetrics
 from pylium.core.plugin_api import ApiRoute, Declarations, Health, HealthState, PluginContext
-from pylium.core.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
-from pylium.core.sdnotify import Notifier
-from pylium.core.store import LocalStore
+from pylium.core.agent.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
+from pylium.core.agent.sdnotify import Notifier
+from pylium.core.state.store import LocalStore
 
 API_SOCKET = "pylium.sock"
 
@@ -292,8 +295,8 @@ class Agent:
         """Maps, dispatchers and every plugin's stages, compiled once per start (child processes)."""
         if not self.stages:
             return
-        from pylium.core.bpf.compiler import CompileError
-        from pylium.core.bpf.datapath import Datapath, MonitorSettings
+        from pylium.core.datapath.compiler import CompileError
+        from pylium.core.datapath.datapath import Datapath, MonitorSettings
 
         started = time.monotonic()
         dp = Datapath(self.options.bpf_root, self.options.node_name, self.log.bind(component="datapath"),
@@ -362,7 +365,7 @@ class Agent:
         await root.start(tasks.host, name=f"{source}:bus")
         settings = self.config.bus
         client = BusClient(ctx=zctx, source=source, node=self.options.node_name, registry=self.registry,
-                           endpoints=Endpoints.in_process(), spawn=lambda name, fn: tasks.group.start_soon(
+                           addresses=BusAddresses.in_process(), spawn=lambda name, fn: tasks.group.start_soon(
                                self._guard(source, name, fn), name=f"{source}:{name}"),
                            metrics=self.metrics, rejects=self.bus.rejects, publisher_queue=settings.publisherQueue,
                            subscriber_queue=settings.subscriberQueue, request_timeout=settings.requestTimeout,

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
-from pylium.core import api_endpoints
+from pylium.core.api import routes as api_endpoints
 from pylium.core.plugin_api import ApiError, ApiRequest, ApiRoute, EndpointError
 
 if TYPE_CHECKING:
-    from pylium.core.agent import Agent
+    from pylium.core.agent.agent import Agent
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 SOCKET_MODE = 0o660

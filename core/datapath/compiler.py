@@ -5,7 +5,7 @@ crash in the compiler cannot take the agent down. The child reports each program
 each map's layout (so the agent can check the C against its Python mirrors), or the
 compiler's or verifier's complaint.
 
-    parent: compile(job)   ->   child: python -m pylium.core.bpf.compiler < job.json
+    parent: compile(job)   ->   child: python -m pylium.core.datapath.compiler < job.json
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ async def compile_job(job: Job, timeout: float = 180) -> dict:
 
     payload = json.dumps({"text": job.text(), "cflags": job.cflags(), "functions": job.functions})
     with anyio.fail_after(timeout):
-        result = await anyio.run_process([sys.executable, "-m", "pylium.core.bpf.compiler"],
+        result = await anyio.run_process([sys.executable, "-m", "pylium.core.datapath.compiler"],
                                          input=payload.encode(), check=False)
     try:
         out = json.loads(result.stdout)
@@ -136,7 +136,7 @@ def _tables(bpf) -> dict:
 def _child() -> int:
     from bcc import BPF
 
-    from pylium.core.bpf import libbpf
+    from pylium.core.datapath import libbpf
 
     job = json.load(sys.stdin)
     try:

@@ -9,9 +9,10 @@ from pathlib import Path
 import anyio
 import click
 
-from pylium.core import EXIT_CONFIG, EXIT_FAILURE, __version__, config as cfg, log as logging_
-from pylium.core.agent import Agent, AgentError, AgentOptions
-from pylium.core.plugin_host import PluginLoadError
+from pylium.core import EXIT_CONFIG, EXIT_FAILURE, __version__, config as cfg
+from pylium.core.agent import log as logging_
+from pylium.core.agent.agent import Agent, AgentError, AgentOptions
+from pylium.core.agent.plugin_host import PluginLoadError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

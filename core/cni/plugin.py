@@ -31,10 +31,12 @@ AGENT_CODES = {  # the agent's error codes -> CNI codes
 
 
 class AgentUnreachable(Exception):
-    pass
+    """No agent answers on the API socket."""
 
 
 class ApiFailure(Exception):
+    """The agent answered with an error: HTTP `status`, its `message`, the decoded body."""
+
     def __init__(self, status: int, message: str, data=None):
         super().__init__(message)
         self.status, self.message, self.data = status, message, data

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from pylium.core.bpf import libbpf
+from pylium.core.datapath import libbpf
 
 TYPE_NAMES = {libbpf.MAP_HASH: "hash", libbpf.MAP_ARRAY: "array", libbpf.MAP_PROG_ARRAY: "prog",
               libbpf.MAP_PERCPU_HASH: "percpu_hash", libbpf.MAP_PERCPU_ARRAY: "percpu_array",

@@ -1,7 +1,7 @@
 """What plugins use to talk over the bus: publish, subscribe, serve and send requests.
 
 In the agent each plugin gets one :class:`BusClient` as ``ctx.bus``. A plugin running in
-another process uses the same class through :func:`connect`, over the ipc endpoints in the
+another process uses the same class through :func:`connect`, over the ipc addresses in the
 agent's run directory.
 """
 
@@ -21,8 +21,10 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from pylium.core import bus as busmod, bus_broker as rpc, events as ev
-from pylium.core.bus_broker import NoService, RpcError, RpcTimeout  # noqa: F401  (re-exported)
+from pylium.core.bus import proxy as busmod
+from pylium.core.bus import broker as rpc
+from pylium.core.bus import events as ev
+from pylium.core.bus.broker import NoService, RpcError, RpcTimeout  # noqa: F401  (re-exported)
 
 Handler = Callable[[Any], Awaitable[Any]]
 YIELD_EVERY = 64  # messages handled between forced turns of the event loop
@@ -33,18 +35,20 @@ Spawn = Callable[[str, Callable[..., Awaitable[Any]]], None]
 
 
 @dataclass(frozen=True)
-class Endpoints:
+class BusAddresses:
+    """The ZeroMQ addresses of an agent's bus (inproc in the agent, ipc outside it)."""
+
     publish: str
     subscribe: str
     rpc: str
     rpc_service: str
 
     @classmethod
-    def in_process(cls) -> Endpoints:
+    def in_process(cls) -> BusAddresses:
         return cls(busmod.PROXY_IN, busmod.PROXY_OUT, "", "")  # requests go straight to the broker
 
     @classmethod
-    def for_run_dir(cls, run_dir: str | Path) -> Endpoints:
+    def for_run_dir(cls, run_dir: str | Path) -> BusAddresses:
         p = busmod.BusPaths(Path(run_dir))
         return cls(p.publish, p.subscribe, p.rpc, p.rpc_service)
 
@@ -364,12 +368,12 @@ class BusClient:
     """``ctx.bus``: one plugin's connection to the bus. Sockets are created on first use."""
 
     def __init__(self, *, ctx: zmq.asyncio.Context, source: str, node: str, registry: ev.Registry,
-                 endpoints: Endpoints, spawn: Spawn, metrics: Any = None, rejects: Any = None,
+                 addresses: BusAddresses, spawn: Spawn, metrics: Any = None, rejects: Any = None,
                  publisher_queue: int = 100_000, subscriber_queue: int = 100_000,
                  request_timeout: float = 5.0, broker: rpc.Broker | None = None):
         self.source, self.node, self.registry = source, node, registry
         self._broker = broker  # in the agent: requests and services go straight to the broker
-        self._ctx, self._endpoints, self._spawn = ctx, endpoints, spawn
+        self._ctx, self._addresses, self._spawn = ctx, addresses, spawn
         self._metrics = metrics or _NoMetrics()
         self._rejects = rejects
         self._publisher_queue, self._subscriber_queue = publisher_queue, subscriber_queue
@@ -382,7 +386,7 @@ class BusClient:
     @property
     def publisher(self) -> Publisher:
         if self._publisher is None:
-            self._publisher = Publisher(self._ctx, self._endpoints.publish, source=self.source, node=self.node,
+            self._publisher = Publisher(self._ctx, self._addresses.publish, source=self.source, node=self.node,
                                         registry=self.registry, metrics=self._metrics,
                                         queue=self._publisher_queue, spawn=self._spawn)
         return self._publisher
@@ -405,7 +409,7 @@ class BusClient:
     @asynccontextmanager
     async def subscribe(self, *prefixes: str) -> AsyncIterator[Subscription]:
         """``async with ctx.bus.subscribe("plugin.") as events: async for e in events: ...``"""
-        sub = Subscription(self._ctx, self._endpoints.subscribe, prefixes, registry=self.registry,
+        sub = Subscription(self._ctx, self._addresses.subscribe, prefixes, registry=self.registry,
                            name=self.source, metrics=self._metrics, queue=self._subscriber_queue,
                            rejects=self._rejects)
         self._subscriptions.append(sub)
@@ -422,14 +426,14 @@ class BusClient:
             self._broker.serve(self.source, method, handler)
             return
         if self._service is None:
-            self._service = _Service(self._ctx, self._endpoints.rpc_service, self._spawn, self.source)
+            self._service = _Service(self._ctx, self._addresses.rpc_service, self._spawn, self.source)
         await self._service.add(method, handler)
 
     async def request(self, method: str, payload: Any = None, timeout: float | None = None) -> Any:
         """Call whichever plugin serves `method`. Raises NoService, RpcTimeout or RpcError."""
         timeout = timeout or self.request_timeout
         if self._broker is None and self._requester is None:
-            self._requester = _Requester(self._ctx, self._endpoints.rpc, self._spawn, self.source)
+            self._requester = _Requester(self._ctx, self._addresses.rpc, self._spawn, self.source)
         start = time.monotonic()
         outcome = "ok"
         try:
@@ -467,7 +471,7 @@ async def connect(run_dir: str | Path, *, source: str, node: str | None = None,
     try:
         async with anyio.create_task_group() as tg:
             client = BusClient(ctx=ctx, source=source, node=node or os.uname().nodename,
-                               registry=registry or ev.VOCABULARY, endpoints=Endpoints.for_run_dir(run_dir),
+                               registry=registry or ev.VOCABULARY, addresses=BusAddresses.for_run_dir(run_dir),
                                spawn=lambda name, fn: tg.start_soon(fn, name=name))
             try:
                 await client.ready()

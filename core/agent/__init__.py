@@ -1,0 +1,1 @@
+"""The agent process: plugin host, lifecycle, metrics, logging, systemd notification, `pylium-agent`."""

@@ -1,0 +1,1 @@
+"""The control API: HTTP/JSON on a root-only unix socket (openapi.yaml), the core's routes."""

@@ -1,0 +1,1 @@
+"""The datapath toolkit: BPF compilation, pinned maps, dispatchers and slots, the ipcache."""

@@ -1,0 +1,1 @@
+"""Endpoints: the workloads (pods, network namespaces) this node serves, and their lifecycle."""
