@@ -5,8 +5,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from pylium.core.bus.events import Event
-from pylium.core.hookspecs import hookimpl
+from pylium.core.api_for_plugins import Event, hookimpl
 
 
 class BenchFlow(Event, frozen=True):

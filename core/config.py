@@ -1,7 +1,10 @@
 """Agent configuration: Helm-values-shaped YAML, `--set` overrides, seed-era aliases, validation.
 
-The root model is assembled at start from the core's sections plus the sections each plugin
-declares through the `pylium_config_model` hook, so a plugin owns its keys and their docs.
+The root model is assembled at start from the core's sections plus the model each plugin
+declares through the `pylium_config_model` hook, so a plugin owns its keys, their older
+spellings (`Section.aliases`), their validation and their docs. Two owners may share a
+section (`bpf`): the section is combined, each leaf key keeps one owner. After validation each
+owner gets its own part back (`project`): a plugin's `ctx.settings`, the core's `ctx.config`.
 Any problem (unknown key, wrong type, bad value) is reported as one line per problem naming
 the key path; the agent then exits 78 without starting anything.
 """
@@ -13,16 +16,25 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+
+#: Translates an older spelling: (value, the old key path, warn) -> {new key path: value};
+#: raises ConfigError for a value it cannot translate.
+Translation = Callable[[Any, str, Callable[[str], None]], dict[str, Any]]
 
 
 class Section(BaseModel):
     """Base for every configuration section: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    #: On an owner's top-level model: older spellings of its keys, translated before
+    #: validation. {"old.path": "new.path"}, or {"old.path": translation}.
+    aliases: ClassVar[dict[str, str | Translation]] = {}
 
 
 class ClusterSettings(Section):
@@ -119,21 +131,6 @@ class BpfSettings(Section):
                                    "reported (comma-separated syn, fin, rst, psh, ack, urg, ece, cwr, or all). "
                                    "Alias: bpf.monitorFlags.")
     events: BpfEventsSettings = Field(default_factory=BpfEventsSettings)
-    policyMapMax: int = Field(16384, ge=256, le=65536, description="Policy entries one endpoint may have "
-                                                                  "(256-65536); more is a policy map overflow.")
-    lbMapMax: int = Field(65536, ge=256, le=1 << 24, description="Entries of the load balancer's service, "
-                                                               "backend and affinity maps; a change that needs "
-                                                               "more is refused whole.")
-    ctTcpTimeout: str = Field("2h13m20s", description="How long an idle TCP connection policy allowed stays "
-                                                     "allowed without a new policy decision.")
-    ctAnyTimeout: str = Field("1m", description="The same for UDP, ICMP and other protocols.")
-
-    @field_validator("ctTcpTimeout", "ctAnyTimeout")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        if parse_duration(v) <= 0:
-            raise ValueError("must be a positive duration, for example 60s")
-        return v
 
     @field_validator("monitorAggregation")
     @classmethod
@@ -176,7 +173,11 @@ class BpfSettings(Section):
 
 
 class CoreConfig(Section):
-    """Keys the core owns. Plugins add their own top-level keys next to these."""
+    """Keys the core owns. Plugins add their own top-level keys next to these (and keys in
+    shared sections such as `bpf`)."""
+
+    aliases = {"bpf.monitorInterval": "bpf.monitorAggregationInterval",  # Helm's spellings
+               "bpf.monitorFlags": "bpf.monitorAggregationFlags"}
 
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     ipv4: FamilySettings = Field(default_factory=FamilySettings)
@@ -302,47 +303,17 @@ def _put_path(raw: RawConfig, path: str, value: Any, old: str) -> None:
     raw.aliased_from[path] = old
 
 
-def _translate_tunnel(value: Any, old: str) -> dict[str, Any]:
-    v = str(value).lower()
-    if v in ("disabled", "native"):
-        return {"routingMode": "native"}
-    if v in ("vxlan", "geneve"):
-        return {"routingMode": "tunnel", "tunnelProtocol": v}
-    raise ConfigError([f"{old}: must be one of 'vxlan', 'geneve', 'native' or 'disabled' (got {value!r})"])
-
-
-_KPR_OLD = {"strict": True, "partial": True, "probe": True, "disabled": False}
-
-
-def apply_aliases(raw: RawConfig) -> None:
-    """Rewrite the seed article's older spellings to the current keys (ARCHITECTURE §7)."""
-    for old in ("datapath.mode", "tunnel"):
-        found, value = _pop_path(raw.data, old)
-        if found:
-            for new, v in _translate_tunnel(value, old).items():
-                _put_path(raw, new, v, old)
-    for old, new in (("bpf.monitorInterval", "bpf.monitorAggregationInterval"),
-                     ("bpf.monitorFlags", "bpf.monitorAggregationFlags")):  # Helm's spellings
-        found, value = _pop_path(raw.data, old)
-        if found:
-            _put_path(raw, new, value, old)
-    found, value = _pop_path(raw.data, "policyEnforcement")
-    if found:
-        _put_path(raw, "policyEnforcementMode", value, "policyEnforcement")
-    found, value = _pop_path(raw.data, "hostServices")
-    if found:
-        if not isinstance(value, dict):
-            raise ConfigError([f"hostServices: must be a section with 'enabled' (got {value!r})"])
-        if "enabled" in value:
-            _put_path(raw, "socketLB.enabled", value["enabled"], "hostServices.enabled")
-        if "protocols" in value:
-            raw.warnings.append("hostServices.protocols: ignored, socket load balancing covers TCP and UDP")
-        for k in set(value) - {"enabled", "protocols"}:
-            raise ConfigError([f"hostServices.{k}: unknown key (allowed: enabled, protocols)"])
-    kpr = raw.data.get("kubeProxyReplacement")
-    if isinstance(kpr, str) and kpr.lower() in _KPR_OLD:
-        raw.data.pop("kubeProxyReplacement")
-        _put_path(raw, "kubeProxyReplacement", _KPR_OLD[kpr.lower()], f"kubeProxyReplacement={kpr}")
+def apply_aliases(raw: RawConfig, models: list[type[BaseModel]]) -> None:
+    """Rewrite older spellings to the current keys, as each owner's model declares them
+    (ARCHITECTURE §7); drop Helm chart deployment keys with a warning."""
+    for model in models:
+        for old, new in getattr(model, "aliases", {}).items():
+            found, value = _pop_path(raw.data, old)
+            if not found:
+                continue
+            translated = {new: value} if isinstance(new, str) else new(value, old, raw.warnings.append)
+            for path, v in translated.items():
+                _put_path(raw, path, v, old)
     for key in sorted(CHART_ONLY_KEYS & raw.data.keys()):
         raw.data.pop(key)
         raw.warnings.append(f"{key}: Helm chart deployment key, ignored by the agent")
@@ -358,14 +329,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def gather(config_files: list[str | Path] = (), sets: list[str] = (), base: dict[str, Any] | None = None) -> RawConfig:
-    """Merge `base`, config files (later wins) and `--set` overrides, then translate aliases."""
+def gather(config_files: list[str | Path] = (), sets: list[str] = (), base: dict[str, Any] | None = None,
+           models: list[type[BaseModel]] = ()) -> RawConfig:
+    """Merge `base`, config files (later wins) and `--set` overrides, then translate the older
+    spellings of the core and of `models` (the agent translates its plugins' once it knows them)."""
     raw = RawConfig(data=copy.deepcopy(base or {}))
     for f in config_files:
         raw.data = deep_merge(raw.data, load_file(f))
     for expr in sets:
         raw.set_keys.add(apply_set(raw.data, expr))
-    apply_aliases(raw)
+    apply_aliases(raw, [CoreConfig, *models])
     return raw
 
 
@@ -375,24 +348,62 @@ def gather(config_files: list[str | Path] = (), sets: list[str] = (), base: dict
 
 
 def build_model(contributions: dict[str, type[BaseModel]]) -> type[Section]:
-    """Root model = core sections + each contributor's fields. `contributions` maps an owner
-    (a plugin name) to a model whose fields are its top-level keys."""
-    fields: dict[str, tuple[Any, Any]] = {}
-    owners: dict[str, str] = {}
-    for name, info in CoreConfig.model_fields.items():
-        fields[name] = (info.annotation, info)
-        owners[name] = "core"
-    problems = []
-    for owner, model in contributions.items():
-        for name, info in model.model_fields.items():
-            if name in owners:
-                problems.append(f"plugin {owner}: config key {name!r} is already owned by {owners[name]}")
-                continue
-            fields[name] = (info.annotation, info)
-            owners[name] = owner
+    """Root model = the core's model combined with each contributor's. `contributions` maps an
+    owner (a plugin name) to a model whose fields are its top-level keys."""
+    problems: list[str] = []
+    model = _combine("Config", [("core", CoreConfig), *contributions.items()], "", problems)
     if problems:
         raise ConfigError(problems)
-    return create_model("Config", __base__=Section, **fields)
+    return model
+
+
+def _combine(name: str, parts: list[tuple[str, type[BaseModel]]], path: str, problems: list[str]) -> type[Section]:
+    """One model inheriting every part (so each keeps its validators). A key several parts
+    declare must be a section in each of them, combined the same way; else it is claimed twice."""
+    claims: dict[str, list[tuple[str, Any]]] = {}
+    for owner, model in parts:
+        for key, info in model.model_fields.items():
+            claims.setdefault(key, []).append((owner, info))
+    combined: dict[str, Any] = {}
+    for key, owned in claims.items():
+        if len(owned) == 1:
+            continue
+        sections = [(owner, _section(info)) for owner, info in owned]
+        if any(sub is None for _, sub in sections):
+            problems.append(f"plugin {owned[1][0]}: config key {path + key!r} is already owned by {owned[0][0]}")
+            continue
+        sub = _combine(key, sections, f"{path}{key}.", problems)
+        combined[key] = (sub, Field(default_factory=sub))
+    validators: dict[str, str] = {}
+    for owner, model in parts:  # inherited validators are found by name: two of one name would hide one
+        for fn in model.__pydantic_decorators__.field_validators | model.__pydantic_decorators__.model_validators:
+            if validators.setdefault(fn, owner) != owner:
+                problems.append(f"plugin {owner}: config section {path or '(top level)'} has a validator named "
+                                f"{fn!r} like {validators[fn]}'s; rename one")
+    # reversed: fields come in the parts' order (pydantic collects them along the reversed MRO)
+    bases = tuple(reversed(dict.fromkeys(model for _, model in parts)))
+    return create_model(name, __base__=bases if len(bases) > 1 else bases[0], **combined)
+
+
+def _section(info: Any) -> type[BaseModel] | None:
+    """The model of a field that is a plain section (not a list or dict of them)."""
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def project(model: type[BaseModel], value: BaseModel) -> BaseModel:
+    """`value`, validated by a combined model, as an instance of `model` (one owner's part):
+    only that owner's keys, with its own methods. Nothing is validated again."""
+    data = {}
+    for key, info in model.model_fields.items():
+        v = getattr(value, key)
+        sub = _section(info)
+        if sub is not None and type(v) is not sub:
+            v = project(sub, v)
+        data[key] = v
+    return model.model_construct(**data)
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

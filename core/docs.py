@@ -19,7 +19,8 @@ BEGIN = "<!-- BEGIN GENERATED: {name} (make docs) -->"
 END = "<!-- END GENERATED: {name} -->"
 
 
-def builtin_config_model() -> type[cfg.Section]:
+def builtin_config_models() -> dict[str, type[cfg.Section]]:
+    """The config model of each built-in plugin, by plugin name."""
     contributions = {}
     for ep, info in discover():
         if info.builtin:
@@ -27,13 +28,14 @@ def builtin_config_model() -> type[cfg.Section]:
             model = info.obj.pylium_config_model() if hasattr(info.obj, "pylium_config_model") else None
             if model is not None:
                 contributions[info.name] = model
-    return cfg.build_model(contributions)
+    return contributions
 
 
 def config_keys() -> str:
-    lines = ["| Key | Default | Description |", "|---|---|---|"]
-    for path, default, description in cfg.describe(builtin_config_model()):
-        lines.append(f"| `{path}` | `{default}` | {description} |")
+    lines = ["| Key | Default | Owner | Description |", "|---|---|---|---|"]
+    for owner, model in [("core", cfg.CoreConfig), *builtin_config_models().items()]:
+        for path, default, description in cfg.describe(model):
+            lines.append(f"| `{path}` | `{default}` | {owner} | {description} |")
     return "\n".join(lines)
 
 

@@ -10,26 +10,28 @@ and named after its entry point::
 
 An implementation may accept any subset of a hook's arguments. A function named
 ``pylium_*`` that matches no specification is an error when the plugin loads, so a typo never
-goes silently unused. Plugins never import each other; they talk over the event bus.
+goes silently unused. Plugins import only :mod:`pylium.core.api_for_plugins` of the core and
+never each other; they talk over the event bus.
 
 Order of calls for one agent::
 
     pylium_config_model    all discovered plugins (even disabled ones: their keys stay valid)
     pylium_declare         enabled plugins, synchronous, no I/O
     pylium_lifespan        enabled plugins in start order; exited in reverse order on stop
+    pylium_endpoint_*      as endpoints come, change, are checked and go (after all started)
     pylium_status_details  whenever someone asks for the agent's status
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncContextManager
+from typing import TYPE_CHECKING, Any, AsyncContextManager, AsyncIterator
 
 import pluggy
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from pylium.core.endpoints.manager import Endpoint
+    from pylium.core.endpoints.model import Endpoint, EndpointContribution
     from pylium.core.plugin_api import Declarations, PluginContext
 
 PROJECT = "pylium"
@@ -53,19 +55,25 @@ def pylium_config_model() -> type[BaseModel] | None:
     Called for every discovered plugin, including disabled ones, before the configuration is
     validated, so that a key of a disabled plugin is still accepted. Field names are the YAML
     keys (Helm-values style, camelCase), field descriptions become the configuration reference,
-    and nested sections should derive from :class:`pylium.core.config.Section` so that unknown
-    keys are rejected. Two plugins claiming the same key is a load error.
+    and every section derives from :class:`pylium.core.config.Section` (unknown keys are
+    errors). The model's validators apply. A key another owner also declares must be a section
+    in both (like ``bpf``): the sections are combined and each leaf key keeps one owner;
+    claiming the same leaf, or a key that is a value elsewhere, is a load error (exit 78).
 
-    Example::
+    Older spellings of the plugin's keys go in the model's ``aliases`` class attribute:
+    ``{"old.path": "new.path"}`` or ``{"old.path": translate}`` with
+    ``translate(value, old, warn) -> {"new.path": value}``.
+
+    The plugin reads its validated part as ``declare.settings`` and ``ctx.settings`` (an
+    instance of this model, holding only its own keys); ``declare.config`` and ``ctx.config``
+    are the core's. Example::
 
         class HelloConfig(Section):
             hello: HelloSettings = Field(default_factory=HelloSettings)
 
         @hookimpl
         def pylium_config_model():
-            return HelloConfig
-
-    The validated values are read later as ``ctx.config.hello``.
+            return HelloConfig          # then: ctx.settings.hello.greeting
     """
 
 
@@ -76,21 +84,28 @@ def pylium_declare(declare: Declarations) -> None:
     Synchronous and free of I/O: do not open files, sockets or BPF objects here. The
     :class:`~pylium.core.plugin_api.Declarations` object offers:
 
-    - ``declare.config``: the validated configuration (read-only);
+    - ``declare.settings`` (this plugin's configuration), ``declare.config`` (the core's);
     - ``declare.after(*names)``: start after these plugins (when they are loaded);
-    - ``declare.api_route(method, path, handler)``: serve ``handler(request)`` on the agent's
-      control API at ``path`` (which must start with ``/v1/``); the handler returns a JSON-able
-      value or raises :class:`~pylium.core.plugin_api.ApiError`;
-    - ``declare.event_type(topic, model, state_family=None, key=None)``: add a third-party
-      event type to the bus vocabulary (built-in types live in ``pylium.core.bus.events``);
-    - ``declare.bpf_maps(*specs)``: BPF maps this plugin owns (:class:`pylium.core.datapath.maps.MapSpec`),
-      created or checked at start and pinned under ``<bpf-root>/<node>/<plugin>/``;
-    - ``declare.bpf_stage(attach, slot, source, function)``: a program (C under ``bpf/``)
-      for a slot of an attach point (``from-container``, ``to-container``; slots in
-      ``bpf/include/pylium_consts.h``), compiled once per agent start and tail-called by the
-      core's dispatcher.
+    - ``declare.api_route(method, path, handler)`` / ``declare.api_routes(*(method, path,
+      handler))``: serve ``handler(request)`` on the control API at ``path`` (``/v1/...``);
+      the handler returns a JSON-able value (or an async iterator to stream) or raises
+      :class:`~pylium.core.plugin_api.ApiError`;
+    - ``declare.event_type(topic, model, state_family=None, key=None)``: a third-party event
+      type for the bus (built-in types live in ``pylium.core.bus.events``);
+    - ``declare.bpf_maps(*specs)``: maps this plugin owns (``MapSpec``), created or checked at
+      start, pinned under ``<bpf-root>/<node>/<plugin>/``, open in ``ctx.bpf_maps``;
+    - ``declare.bpf_defines(**macros)``: C macros for this plugin's programs;
+    - ``declare.bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")`` or
+      ``declare.bpf_stage("from-container", 6, source, function)`` for a free slot: a program
+      tail-called by the core's dispatcher, its source relative to the plugin's package;
+      two plugins in one slot is a load error;
+    - ``declare.endpoint_fields(*names)``: the endpoint fields this plugin sets (by returning
+      an ``EndpointContribution`` from its endpoint hooks); one owner per field;
+    - ``declare.ipcache_owner(name, source, waits_for_sync=False)``: write ipcache records as
+      ``<plugin>/<name>`` (``ctx.ipcache``) with the precedence of ``source``.
 
-    Raising here stops the agent from starting with exit code 1 and the plugin's name.
+    Raising here stops the agent before it starts, with exit code 78 (like a configuration
+    error: a restart would fail the same way) and a message naming the plugin.
     """
 
 
@@ -100,8 +115,9 @@ def pylium_declare(declare: Declarations) -> None:
 
 
 @hookspec
-def pylium_lifespan(ctx: PluginContext) -> AsyncContextManager[Any] | None:
-    """Return an async context manager that runs the plugin; or None if it has nothing to run.
+def pylium_lifespan(ctx: PluginContext) -> AsyncIterator[None] | AsyncContextManager[Any] | None:
+    """Run the plugin: write it as an async generator (start-up, ``yield``, shutdown), or
+    return an async context manager; None if there is nothing to run.
 
     The core enters each plugin's lifespan in start order, one at a time: code before the
     ``yield`` is start-up (open maps, attach programs, subscribe), code after it is shutdown,
@@ -111,9 +127,11 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncContextManager[Any] | None:
 
     ``ctx.bus`` is the plugin's connection to the event bus: ``publish(event)``,
     ``subscribe(*prefixes)``, ``await serve(method, handler)``, ``await request(method, payload)``
-    (see docs/events.md). Long-running work goes in named tasks: ``ctx.start_task("sync", fn, *args)``. Tasks are
-    cancelled before the lifespan exits. A task that raises marks the plugin DEGRADED and
-    stops the agent (exit 1), so a broken loop is never silently dead.
+    (see docs/events.md). Long-running work goes in named tasks: ``ctx.start_task("sync", fn,
+    *args)``. Tasks are cancelled before the lifespan exits. A task that raises marks the
+    plugin DEGRADED and stops the agent (exit 1), so a broken loop is never silently dead.
+    ``ctx.datapath`` (the core's maps read-only, attach, bypass, pressure), ``ctx.bpf_maps``
+    and ``ctx.ipcache`` are set when the node has a datapath.
 
     Health starts as STARTING, becomes OK when the ``yield`` is reached, and can be changed
     any time with ``ctx.set_health(Health.DEGRADED, "why")``.
@@ -121,27 +139,36 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncContextManager[Any] | None:
     Example::
 
         @hookimpl
-        def pylium_lifespan(ctx):
-            return self._run(ctx)       # an @asynccontextmanager method
+        async def pylium_lifespan(self, ctx):
+            ctx.start_task("heartbeat", self._beat)
+            yield
+            ctx.log.info("stopped")
     """
 
 
 # ============================================================================================
 # Endpoints: called in start order (unplug: reverse order), awaited one after the other
 # ============================================================================================
+#
+# The endpoint a hook receives (:class:`pylium.core.endpoints.model.Endpoint`) is immutable:
+# id, container id, interface name, network namespace, labels, addresses, and what the plugins
+# before this one contributed. A plugin changes it only by returning an
+# :class:`~pylium.core.endpoints.model.EndpointContribution` that sets fields it declared with
+# ``declare.endpoint_fields``; the core applies it before the next plugin's hook. Setting a
+# field it did not declare refuses the endpoint (error code "internal").
 
 
 @hookspec
-async def pylium_endpoint_plug(ctx: PluginContext, endpoint: Endpoint) -> None:
+async def pylium_endpoint_plug(ctx: PluginContext, endpoint: Endpoint) -> EndpointContribution | None:
     """Set up this plugin's part of a new endpoint (a CNI ADD), after IPAM gave its addresses.
 
-    ``endpoint`` (:class:`pylium.core.endpoints.manager.Endpoint`) carries the id, container id,
-    interface name, network namespace path, labels and ``addresses``; a plugin that wires the
-    endpoint (connectivity) fills in ``host_ifname``, ``host_ifindex``, ``mac``, ``host_mac``
-    and ``mtu``. The endpoint becomes reachable only after every plugin returned, so no packet
-    passes before, say, its policy exists. Raise :class:`~pylium.core.plugin_api.EndpointError`
-    (code, message) to refuse: the core then calls ``pylium_endpoint_unplug`` on the plugins
-    that already plugged it, frees its addresses, and answers the error (a CNI error).
+    Return what the plugin contributes (connectivity: ``host_ifname``, ``host_ifindex``,
+    ``mac``, ``host_mac``, ``mtu``; policy: ``identity``), or None. The endpoint becomes
+    reachable (core maps, ipcache) only after every plugin returned, so no packet passes
+    before, say, its policy exists. Raise :class:`~pylium.core.plugin_api.EndpointError`
+    (code, message) to refuse: the core then calls ``pylium_endpoint_unplug`` on every plugin
+    (each must cope with an endpoint it never saw), frees its addresses, and answers the
+    error (a CNI error).
     """
 
 
@@ -149,28 +176,32 @@ async def pylium_endpoint_plug(ctx: PluginContext, endpoint: Endpoint) -> None:
 async def pylium_endpoint_unplug(ctx: PluginContext, endpoint: Endpoint) -> None:
     """Remove this plugin's part of an endpoint (CNI DEL, garbage collection, a failed ADD,
     or a namespace that vanished while the agent was down). Must be idempotent and must cope
-    with a half-built endpoint or one whose devices are already gone. Exceptions are logged;
-    the other plugins still clean up."""
+    with a half-built endpoint or one whose devices are already gone. The return value is
+    ignored; exceptions are logged and the other plugins still clean up."""
 
 
 @hookspec
-async def pylium_endpoint_restore(ctx: PluginContext, endpoint: Endpoint) -> bool | None:
+async def pylium_endpoint_restore(ctx: PluginContext, endpoint: Endpoint) -> EndpointContribution | bool | None:
     """At agent start, take back an endpoint of the previous run: re-sync this plugin's state
-    with what survived (programs stay attached and maps pinned across restarts). Return False
-    if the endpoint cannot live on (its devices are gone): the core then removes it. Called
-    only for endpoints whose network namespace still exists."""
+    with what survived (programs stay attached and maps pinned across restarts). Return a
+    contribution (as from plug: the fields may have new values), None, or False if the
+    endpoint cannot live on (its devices are gone): the core then removes it. Called only for
+    endpoints that were ready and whose network namespace still exists."""
 
 
 @hookspec
-async def pylium_endpoint_update(ctx: PluginContext, endpoint: Endpoint, changed: list[str]) -> None:
+async def pylium_endpoint_update(ctx: PluginContext, endpoint: Endpoint,
+                                 changed: list[str]) -> EndpointContribution | None:
     """An endpoint changed (``changed`` names the fields, e.g. ``["labels"]``): recompute what
-    depends on them (identity, policy)."""
+    depends on them and return a contribution (policy: the new identity) or None. The core
+    then reprograms its maps and publishes ``endpoint.updated``."""
 
 
 @hookspec
 async def pylium_endpoint_check(ctx: PluginContext, endpoint: Endpoint) -> str | None:
     """CNI CHECK: return a sentence describing what is wrong with this plugin's part of the
-    endpoint (e.g. "eth0 has no address 10.0.0.5"), or None when it is as it should be."""
+    endpoint (e.g. "eth0 has no address 10.0.0.5"), or None when it is as it should be. The
+    first sentence fails the check (error code "check_failed")."""
 
 
 # ============================================================================================
@@ -182,6 +213,7 @@ async def pylium_endpoint_check(ctx: PluginContext, endpoint: Endpoint) -> str |
 def pylium_status_details(ctx: PluginContext) -> dict[str, str] | None:
     """Return extra lines for ``pylium status``, as ``{"Label": "text"}``; or None.
 
-    Called on every status request, on the event loop: answer from memory, quickly, without
-    I/O. Example: ``{"IPAM": "IPv4: 3/254 allocated from 10.0.0.0/24"}``.
+    Called on every status request while the agent runs and the plugin is not stopped, on the
+    event loop: answer from memory, quickly, without I/O. Example:
+    ``{"IPAM": "IPv4: 3/254 allocated from 10.0.0.0/24"}``.
     """

@@ -13,7 +13,13 @@ if TYPE_CHECKING:
     import structlog
     from prometheus_client import CollectorRegistry
 
+    from pylium.core.bus.client import BusClient
     from pylium.core.config import Section
+    from pylium.core.datapath.ipcache import PluginIpcache
+    from pylium.core.datapath.maps import PinnedMap
+    from pylium.core.datapath.views import PluginDatapath
+    from pylium.core.state.manifests import Manifests
+    from pylium.core.state.store import LocalStore
 
 
 class Health(str, enum.Enum):
@@ -72,15 +78,23 @@ class ApiRoute:
 class Declarations:
     """Passed to `pylium_declare`: what one plugin asks of the core. Records only, no I/O."""
 
-    def __init__(self, plugin: str, config: Section):
+    def __init__(self, plugin: str, config: Section, settings: Section | None = None,
+                 package_dir: Path | None = None):
         self.plugin = plugin
+        #: The core's configuration (cluster, ipv4/ipv6, bpf monitor settings, ...).
         self.config = config
+        #: This plugin's own configuration (its `pylium_config_model`), or None.
+        self.settings = settings
+        #: The directory of the plugin's package: relative BPF sources are found there.
+        self.package_dir = package_dir or Path.cwd()
         self.start_after: list[str] = []
         self.routes: list[ApiRoute] = []
         self.event_types: list[Any] = []
         self.maps: list[Any] = []
         self.stages: list[Any] = []
         self.defines: dict[str, str] = {}
+        self.owned_fields: list[str] = []
+        self.ipcache_owners: list[tuple[str, Any, bool]] = []
 
     def after(self, *names: str) -> None:
         """Start this plugin after the named plugins, when those are loaded."""
@@ -95,6 +109,11 @@ class Declarations:
             raise ValueError(f"api_route: path {path!r} must start with /v1/")
         self.routes.append(ApiRoute(method, path, handler, self.plugin))
 
+    def api_routes(self, *routes: tuple[str, str, ApiHandler]) -> None:
+        """Several routes at once: `declare.api_routes(("GET", "/v1/x", self.get_x), ...)`."""
+        for method, path, handler in routes:
+            self.api_route(method, path, handler)
+
     def bpf_maps(self, *specs: Any) -> None:
         """BPF maps this plugin owns (pylium.core.datapath.maps.MapSpec): created or checked at
         start, pinned under <bpf-root>/<node>/<plugin>/, open in ctx.bpf_maps[name]."""
@@ -105,17 +124,48 @@ class Declarations:
         map sizes from its configuration: `declare.bpf_defines(LB_MAP_MAX=65536)`."""
         self.defines.update({k: str(v) for k, v in defines.items()})
 
-    def bpf_stage(self, attach: str, slot: int, source: str, function: str) -> None:
-        """Put `function` of `source` (a path under bpf/) in `slot` of `attach`."""
+    def bpf_stage(self, slot: Any, *args: Any) -> None:
+        """Put a program in a slot of an attach point, tail-called by the core's dispatcher:
+        `bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")`, or for a free slot
+        `bpf_stage("from-container", 6, "bpf/count.c", "count_from")`. The source is relative
+        to the plugin's package (or absolute)."""
+        from pylium.core.datapath.consts import Slot
+        from pylium.core.datapath.datapath import Stage
         from pylium.core.datapath.structs import ATTACH_POINTS, SLOTS
 
+        if isinstance(slot, Slot):
+            attach, index = slot.value
+        else:
+            attach, index, *args = (slot, *args)
+        if len(args) != 2:
+            raise TypeError("bpf_stage(slot, source, function) or bpf_stage(attach, index, source, function)")
+        source, function = args
         if attach not in ATTACH_POINTS:
             raise ValueError(f"bpf_stage: unknown attach point {attach!r} (known: {', '.join(ATTACH_POINTS)})")
-        if not 0 <= slot < SLOTS:
-            raise ValueError(f"bpf_stage: slot {slot} is not in 0..{SLOTS - 1}")
-        from pylium.core.datapath.datapath import Stage
+        if not isinstance(index, int) or not 0 <= index < SLOTS:
+            raise ValueError(f"bpf_stage: slot {index!r} is not in 0..{SLOTS - 1}")
+        path = self.package_dir / source
+        if not path.is_file():
+            raise ValueError(f"bpf_stage: source {source!r} not found (looked for {path})")
+        self.stages.append(Stage(self.plugin, attach, index, str(path), function))
 
-        self.stages.append(Stage(self.plugin, attach, slot, source, function))
+    def endpoint_fields(self, *names: str) -> None:
+        """Endpoint fields this plugin sets, by returning an EndpointContribution from its
+        endpoint hooks; each field has one owner (checked at load)."""
+        from pylium.core.endpoints.model import CONTRIBUTED_FIELDS
+
+        for name in names:
+            if name not in CONTRIBUTED_FIELDS:
+                raise ValueError(f"endpoint_fields: {name!r} is not a field plugins set "
+                                 f"(they are: {', '.join(CONTRIBUTED_FIELDS)})")
+        self.owned_fields.extend(names)
+
+    def ipcache_owner(self, name: str, source: Any, *, waits_for_sync: bool = False) -> None:
+        """Write ipcache records as `<plugin>/<name>` with the precedence of `source`
+        (pylium.core.datapath.ipcache.Source). After a restart, the entries the pinned map
+        kept stay until the agent has started, or, with waits_for_sync, until the plugin calls
+        `ctx.ipcache.synced(name)` (for owners that learn their entries later, from a store)."""
+        self.ipcache_owners.append((name, source, waits_for_sync))
 
     def event_type(self, topic: str, model: type, *, state_family: str | None = None, key: str | None = None,
                    deletes: bool = False) -> None:
@@ -152,11 +202,14 @@ class PluginContext:
         metrics: CollectorRegistry,
         start_task: Callable[..., None],
         on_health: Callable[[str, HealthState], None],
-        bus: Any = None,
-        store: Any = None,
+        settings: Section | None = None,
     ):
         self.name = name
+        #: The core's configuration (cluster, ipv4/ipv6, bpf monitor settings, ...). Other
+        #: plugins' keys are not here: their facts come over the bus.
         self.config = config
+        #: This plugin's own configuration, the validated `pylium_config_model` (or None).
+        self.settings = settings
         self.node_name = node_name
         self.run_dir = run_dir
         #: The agent's state directory; the plugin's own durable files go in `plugin_state_dir`.
@@ -165,19 +218,20 @@ class PluginContext:
         self.bpf_dir = bpf_root / node_name / name
         self.log = log
         self.metrics = metrics
-        #: This plugin's bus connection (pylium.core.bus.client.BusClient): publish, subscribe,
-        #: serve, request.
-        self.bus = bus
-        #: The cluster store (pylium.core.state.store.ClusterStore): what nodes share.
-        self.store = store
-        #: The agent's one reader of the manifests directory (pylium.core.state.manifests.Manifests),
-        #: already scanned when lifespans start: read `entries(kind)` / `objects(kind)`, and
-        #: `on_change(callback)` to hear of changes.
-        self.manifests: Any = None
-        #: The core's datapath (pylium.core.datapath.datapath.Datapath), None when no plugin
-        #: declared a BPF stage; and this plugin's own pinned maps, by name.
-        self.datapath: Any = None
-        self.bpf_maps: dict[str, Any] = {}
+        #: This plugin's bus connection: publish, subscribe, serve, request (docs/events.md).
+        self.bus: BusClient = None  # type: ignore[assignment]  (set before the lifespan starts)
+        #: The cluster store: what nodes share.
+        self.store: LocalStore = None  # type: ignore[assignment]
+        #: The agent's one reader of the manifests directory, already scanned when lifespans
+        #: start: `entries(kind)` / `objects(kind)`, and `on_change(callback)` to hear of changes.
+        self.manifests: Manifests = None  # type: ignore[assignment]
+        #: The core's datapath as this plugin sees it (None when no plugin declared a BPF
+        #: stage): core maps read-only, attach, bypass, compile_programs, pressure.
+        self.datapath: PluginDatapath | None = None
+        #: This plugin's pinned maps, by name.
+        self.bpf_maps: dict[str, PinnedMap] = {}
+        #: Writes to the shared ipcache as the owners this plugin declared (None without a datapath).
+        self.ipcache: PluginIpcache | None = None
         self._start_task = start_task
         self._on_health = on_health
         self.health = HealthState()

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from helpers import BIN, AgentDirs, AgentProcess
-from lab import Lab, require_datapath, skip_or_fail
 
 
 @pytest.fixture
@@ -50,13 +49,7 @@ def start_agent(agent_dirs: AgentDirs, tmp_path: Path):
 
 
 @pytest.fixture
-def lab(tmp_path):
-    """A node namespace, an outside namespace and helpers to run an agent and pods in them."""
-    reason = require_datapath()
-    if reason:
-        skip_or_fail(reason)
-    the_lab = Lab(tmp_path)
-    try:
-        yield the_lab
-    finally:
-        the_lab.close()
+def lab(pylium_lab):
+    """A node namespace, an outside namespace and helpers to run an agent and pods in them
+    (pylium.testing's `pylium_lab`, which plugin authors use too)."""
+    return pylium_lab

@@ -5,85 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import textwrap
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from pylium.core.cli.client import AgentUnreachable, Client
-
-BIN = Path(sys.executable).parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from pylium.testing.lab import BIN, IN_CI, AgentDirs, AgentProcess  # noqa: F401  (tests import them from here)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@dataclass
-class AgentDirs:
-    root: Path
-    node: str
-
-    @property
-    def run_dir(self) -> Path:
-        return self.root / "run"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
-
-    @property
-    def bpf_root(self) -> Path:
-        return self.root / "bpf"
-
-    def args(self) -> list[str]:
-        return ["--node-name", self.node, "--run-dir", str(self.run_dir), "--state-dir", str(self.state_dir),
-                "--bpf-root", str(self.bpf_root)]
-
-    @property
-    def client(self) -> Client:
-        return Client.for_run_dir(self.run_dir, timeout=5)
-
-
-@dataclass
-class AgentProcess:
-    proc: subprocess.Popen
-    dirs: AgentDirs
-    log_path: Path
-    stopped: bool = field(default=False)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_ready(self, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited {self.proc.returncode} before ready:\n{self.log}")
-            try:
-                status = self.dirs.client.get("/v1/status")
-                if status["state"] == "running":
-                    return status
-            except (AgentUnreachable, OSError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"agent not ready after {timeout}s:\n{self.log}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.stopped = True
 
 
 def run_cli(dirs: AgentDirs | None, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

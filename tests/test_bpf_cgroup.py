@@ -15,7 +15,7 @@ import anyio
 import pytest
 import structlog
 
-from lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
+from pylium.testing.lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
 
 from pylium.core.datapath import libbpf
 from pylium.core.datapath.datapath import Datapath

@@ -15,19 +15,21 @@ import anyio
 import pytest
 import structlog
 
-from lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
-from packets import SkBuff, arp_request, checksum, ether, icmp_echo, ipv4, ipv6, mac, tcp, udp
+from pylium.testing.lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
+from pylium.testing.packets import SkBuff, arp_request, checksum, ether, icmp_echo, ipv4, ipv6, mac, tcp, udp
 
 from pylium.core.datapath import libbpf
 from pylium.core.datapath.compiler import BPF_DIR
-from pylium.core.datapath import monitor
+from pylium.core.datapath import consts as monitor
 from pylium.core.datapath.datapath import Datapath, Stage
 from pylium.core.datapath.ringbuf import RingReader
 from pylium.core.datapath.structs import (CORE_MAPS, EVENT_HEADER, EndpointInfo, EndpointKey, IpcacheInfo, IpcacheKey,
                                      LxcInfo, mac_bytes, metrics_index)
+from pylium.plugins import connectivity
 from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
 from pylium.plugins.observability.plugin import flow_key
 
+CONNECTIVITY = Path(connectivity.__file__).parent
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 POD_A, POD_B, GATEWAY = "10.9.0.2", "10.9.0.3", "10.9.0.1"
 POD_A6, POD_B6 = "fd09::2", "fd09::3"
@@ -44,8 +46,9 @@ def dp():
     root = BPF_TEST_ROOT / f"prog-{uuid.uuid4().hex[:6]}"
     datapath = Datapath(root, "node", structlog.get_logger())
     datapath.open_maps({"connectivity": [LOCAL_BLOCKS]})
-    stages = [Stage("connectivity", "from-container", 7, "connectivity/delivery.c", "from_delivery"),
-              Stage("connectivity", "to-container", 7, "connectivity/delivery.c", "to_delivery")]
+    delivery = str(CONNECTIVITY / "bpf" / "delivery.c")
+    stages = [Stage("connectivity", "from-container", 7, delivery, "from_delivery"),
+              Stage("connectivity", "to-container", 7, delivery, "to_delivery")]
     anyio.run(datapath.compile, stages)
     datapath.install_stages()
     m = datapath.maps

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import IN_CI, run_cli
-from lab import NODE_IP, OUTSIDE_IP, sh
+from pylium.testing.lab import NODE_IP, OUTSIDE_IP, sh
 
 TOOLS = Path(__file__).parent.parent / ".tools"
 

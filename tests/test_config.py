@@ -10,6 +10,8 @@ from pydantic import Field
 
 from pylium.core import config as cfg
 from pylium.core.config import ConfigError, Section
+from pylium.plugins.connectivity.config import ConnectivityConfig
+from pylium.plugins.policy.config import PolicyConfig
 from helpers import BIN
 
 
@@ -18,6 +20,10 @@ class _Lb(Section):
 
 
 class _Owned(Section):
+    """Owns the keys the seed's spellings translate to, and the plugins' translations."""
+
+    aliases = {**ConnectivityConfig.aliases, **PolicyConfig.aliases}
+
     loadBalancer: _Lb = Field(default_factory=_Lb)
     routingMode: str = "tunnel"
     tunnelProtocol: str = "vxlan"
@@ -25,8 +31,9 @@ class _Owned(Section):
 
 
 def _validate(data=None, sets=(), contributions=None, files=()):
-    raw = cfg.gather(files, list(sets), base=data)
-    return cfg.validate(cfg.build_model(contributions or {}), raw)
+    contributions = contributions or {}
+    raw = cfg.gather(files, list(sets), base=data, models=list(contributions.values()))
+    return cfg.validate(cfg.build_model(contributions), raw)
 
 
 def test_defaults_are_cilium_like():
@@ -112,14 +119,14 @@ def test_seed_aliases_translate_to_current_keys():
 
 
 def test_alias_of_unowned_key_says_how_it_was_written():
-    with pytest.raises(ConfigError) as e:
-        _validate({"datapath": {"mode": "native"}})
+    with pytest.raises(ConfigError) as e:  # connectivity translates it, nobody owns routingMode yet
+        _validate({"datapath": {"mode": "native"}}, contributions={"connectivity": ConnectivityConfig})
     assert e.value.problems[0].startswith("routingMode (written as datapath.mode): unknown key")
 
 
 def test_alias_conflicting_with_new_key():
     with pytest.raises(ConfigError, match="conflicts with policyEnforcementMode"):
-        cfg.gather([], ["policyEnforcement=always", "policyEnforcementMode=never"])
+        cfg.gather([], ["policyEnforcement=always", "policyEnforcementMode=never"], models=[PolicyConfig])
 
 
 def test_chart_only_keys_warn_instead_of_failing():
@@ -142,6 +149,42 @@ def test_plugin_section_validated_with_full_path():
     assert e.value.problems[0].startswith("loadBalancer.algorithm: String should match pattern")
 
 
+class _CoreBpfToo(Section):
+    class Bpf(Section):
+        policyMapMax: int = Field(16384, ge=256)
+
+    bpf: Bpf = Field(default_factory=Bpf)
+
+
+def test_a_shared_section_gets_keys_from_each_owner_and_each_sees_its_own():
+    c = _validate(sets=["bpf.policyMapMax=300", "bpf.monitorInterval=7s"], contributions={"policy": _CoreBpfToo})
+    assert (c.bpf.policyMapMax, c.bpf.monitorAggregationInterval) == (300, "7s")
+    mine = cfg.project(_CoreBpfToo, c)
+    assert mine.bpf.policyMapMax == 300 and not hasattr(mine.bpf, "monitorAggregation")
+    core = cfg.project(cfg.CoreConfig, c)
+    assert core.bpf.aggregation_level() == 3 and not hasattr(core.bpf, "policyMapMax")
+    with pytest.raises(ConfigError) as e:
+        _validate({"bpf": {"bogus": 1}}, contributions={"policy": _CoreBpfToo})
+    assert "policyMapMax" in e.value.problems[0] and "monitorAggregation" in e.value.problems[0]
+
+
+def test_one_leaf_key_of_a_shared_section_has_one_owner():
+    class Clash(Section):
+        class Bpf(Section):
+            monitorAggregation: str = "x"
+
+        bpf: Bpf = Field(default_factory=Bpf)
+
+    with pytest.raises(ConfigError, match="'bpf.monitorAggregation' is already owned by core"):
+        cfg.build_model({"clash": Clash})
+
+
+def test_a_plugins_own_validators_apply_at_its_top_level():
+    with pytest.raises(ConfigError) as e:
+        _validate({"policyEnforcementMode": "bogus"}, contributions={"policy": PolicyConfig})
+    assert e.value.problems == ["policyEnforcementMode: must be one of default, always, never (got 'bogus')"]
+
+
 # --- through the real binary ------------------------------------------------------------------
 
 
@@ -160,6 +203,23 @@ def test_agent_exits_78_with_one_line_per_problem(agent_dirs, tmp_path):
     assert any("bogus: unknown key" in l for l in lines)
     assert any("cluster.id (from --set)" in l for l in lines)
     assert not agent_dirs.run_dir.exists(), "nothing may start on a config error"
+
+
+def test_seed_spellings_of_plugin_keys_through_the_agent(agent_dirs, tmp_path):
+    f = tmp_path / "seed.yaml"
+    f.write_text("policyEnforcement: always\nhostServices:\n  enabled: false\nkubeProxyReplacement: strict\n"
+                 "bpf:\n  monitorInterval: 9s\n  lbMapMax: 1024\n")
+    r = _agent(*agent_dirs.args(), "--config", str(f), "--print-config")
+    assert r.returncode == 0, r.stderr
+    printed = yaml.safe_load(r.stdout)
+    assert printed["policyEnforcementMode"] == "always" and printed["socketLB"]["enabled"] is False
+    assert printed["kubeProxyReplacement"] is True
+    assert printed["bpf"]["monitorAggregationInterval"] == "9s" and printed["bpf"]["lbMapMax"] == 1024
+    r = _agent(*agent_dirs.args(), "--set", "policyEnforcementMode=bogus", "--set", "serviceNoBackendResponse=x",
+               "--print-config")
+    assert r.returncode == 78
+    assert "policyEnforcementMode (from --set): must be one of default, always, never" in r.stderr
+    assert "serviceNoBackendResponse (from --set): must be reject or drop" in r.stderr
 
 
 def test_print_config_is_effective_yaml(agent_dirs, tmp_path):

@@ -1,4 +1,5 @@
-"""Meta-tests: every hook is documented (docstring and docs/plugins.md) and tested."""
+"""Meta-tests: every hook is documented (docstring and docs/plugins.md) and called by a real
+agent in a test; the docs say what the code does."""
 
 from __future__ import annotations
 
@@ -31,9 +32,37 @@ def test_hook_is_in_the_plugin_guide(hook):
     assert f"`{hook}" in (ROOT / "docs" / "plugins.md").read_text(), f"docs/plugins.md does not mention {hook}"
 
 
-@pytest.mark.parametrize("hook", HOOKS)
-def test_hook_is_exercised_by_a_test(hook):
-    me = Path(__file__).name
-    # tests and the plugins they load (tests/data) count
-    users = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != me and hook in p.read_text()]
-    assert users, f"no test uses {hook}"
+def test_the_probe_plugin_implements_every_hook():
+    """tests/data/epwatch_plugin.py records every call it gets, and
+    test_datapath.py::test_endpoint_hooks_run_in_order_and_a_refusal_leaves_nothing checks that
+    a real agent called each of its hooks: so each hook of the contract is called by a test."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
+    try:
+        from epwatch_plugin import EpWatch
+    finally:
+        sys.path.pop(0)
+    implemented = {name for name in dir(EpWatch) if name.startswith("pylium_")}
+    assert implemented == set(HOOKS), f"epwatch does not implement {sorted(set(HOOKS) - implemented)}"
+
+
+def test_a_failing_declare_exits_as_documented(start_agent, tmp_path):
+    import re
+
+    from helpers import write_plugin_dist
+
+    site = write_plugin_dist(tmp_path / "site", "baddecl", "0.1", "baddecl", """
+        from pylium.core.api_for_plugins import hookimpl
+
+        @hookimpl
+        def pylium_declare(declare):
+            raise RuntimeError("no can do")
+    """, {"baddecl": "baddecl"})
+    agent = start_agent(env={"PYTHONPATH": str(site)})
+    code = agent.proc.wait(30)
+    assert "plugin baddecl: pylium_declare failed: RuntimeError: no can do" in agent.log
+    documented = re.search(r"exit code (\d+)", inspect.getdoc(hookspecs.pylium_declare))
+    assert documented and int(documented.group(1)) == code == 78
+    assert "`pylium_declare`" in (ROOT / "docs" / "plugins.md").read_text()
+    assert re.search(r"pylium_declare.*?exit code 78", (ROOT / "docs" / "plugins.md").read_text(), re.S)

@@ -67,3 +67,41 @@ def test_the_checker_catches_every_form(tmp_path):
     assert len([p for p in problems if "plugin ipam" in p]) >= 4
     assert not any("plugin lb" in p for p in problems)
     assert all(":5:" not in p for p in problems)  # own-package relative import is fine
+
+
+def core_imports_outside_the_facade(*dirs: Path) -> list[str]:
+    """Imports of pylium.core by plugin code other than pylium.core.api_for_plugins."""
+    problems = []
+    for top in dirs:
+        for path in top.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                for name in names:
+                    if name.startswith("pylium.core") and name != "pylium.core.api_for_plugins":
+                        problems.append(f"{path.relative_to(top.parent)}:{node.lineno}: imports {name}")
+    return problems
+
+
+def test_plugins_use_only_the_core_facade():
+    assert core_imports_outside_the_facade(ROOT / "plugins", ROOT / "examples") == []
+
+
+def test_the_facade_check_catches_a_direct_import(tmp_path):
+    (tmp_path / "probe.py").write_text("from pylium.core.datapath.structs import IpcacheKey\n"
+                                       "import pylium.core.config\nfrom pylium.core.api_for_plugins import Slot\n")
+    assert len(core_imports_outside_the_facade(tmp_path)) == 2
+
+
+def test_every_facade_name_resolves_and_loads_lazily():
+    import subprocess
+    import sys
+
+    from pylium.core import api_for_plugins
+
+    for name in api_for_plugins.__all__:
+        assert getattr(api_for_plugins, name) is not None, name
+    code = ("import sys; from pylium.core.api_for_plugins import print_table, emit; "
+            "print(sorted(m for m in ('pydantic', 'zmq', 'aiohttp') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", "a CLI command's imports must not pull in the agent's libraries"

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from helpers import replayed, run_cli
-from lab import NODE_IP, OUTSIDE_IP
+from pylium.testing.lab import NODE_IP, OUTSIDE_IP
 
 VIP = "10.96.0.10"
 

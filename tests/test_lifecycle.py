@@ -231,3 +231,82 @@ def test_second_agent_on_same_dirs_is_refused(tmp_path):
             stop.set()
 
     anyio.run(both)
+
+
+def test_a_lifespan_written_as_an_async_generator_runs_and_stops(tmp_path):
+    journal: list = []
+
+    class Gen:
+        name = "gen"
+
+        @hookimpl
+        async def pylium_lifespan(self, ctx):
+            journal.append("start")
+            yield
+            journal.append("stop")
+
+    agent = _load(tmp_path, Gen())
+    assert anyio.run(_run_until, agent, lambda: agent.state == "running") == 0
+    assert journal == ["start", "stop"]
+
+
+class _Owns:
+    """A plugin declaring endpoint fields and ipcache owners."""
+
+    def __init__(self, name, fields=(), owners=()):
+        self.name, self.fields, self.owners = name, fields, owners
+
+    @hookimpl
+    def pylium_declare(self, declare):
+        declare.endpoint_fields(*self.fields)
+        for owner in self.owners:
+            declare.ipcache_owner(owner, 1)
+
+
+def test_an_endpoint_field_has_one_owner(tmp_path):
+    with pytest.raises(PluginLoadError, match="plugin b: endpoint field 'identity' is already owned by a"):
+        _load(tmp_path, _Owns("a", ["identity"]), _Owns("b", ["mtu", "identity"]))
+    with pytest.raises(PluginLoadError, match=r"'color' is not a field plugins set \(they are: host_ifname"):
+        _load(tmp_path, _Owns("a", ["color"]))
+    with pytest.raises(PluginLoadError, match="plugin a: ipcache owner 'x' is declared twice"):
+        _load(tmp_path, _Owns("a", owners=["x", "x"]))
+    agent = _load(tmp_path, _Owns("a", ["identity"], ["x"]), _Owns("b", ["mtu"], ["x"]))
+    assert agent.declared.owned_fields == {"a": ["identity"], "b": ["mtu"]}
+    assert [o for o, _, _ in agent.declared.ipcache_owners] == ["a/x", "b/x"]  # names are per plugin
+
+
+def test_each_plugin_sees_its_own_settings_and_the_cores_config(tmp_path):
+    from pydantic import Field
+
+    from pylium.core.config import Section
+
+    class Mine(Section):
+        class Bpf(Section):
+            mine: int = Field(1)
+
+        bpf: Bpf = Field(default_factory=Bpf)
+        flavour: str = "plain"
+
+    seen = {}
+
+    class Configured:
+        name = "configured"
+
+        @hookimpl
+        def pylium_config_model(self):
+            return Mine
+
+        @hookimpl
+        def pylium_declare(self, declare):
+            seen["declare"] = (declare.settings.flavour, declare.settings.bpf.mine, declare.config.cluster.name)
+
+        @hookimpl
+        async def pylium_lifespan(self, ctx):
+            seen["ctx"] = (type(ctx.settings).__name__, hasattr(ctx.config, "flavour"),
+                           hasattr(ctx.config.bpf, "mine"), hasattr(ctx.settings.bpf, "monitorAggregation"))
+            yield
+
+    agent = _load(tmp_path, Configured(), sets=("prometheus.port=0", "flavour=spicy", "bpf.mine=7",
+                                                "cluster.name=blue"))
+    anyio.run(_run_until, agent, lambda: agent.state == "running")
+    assert seen == {"declare": ("spicy", 7, "blue"), "ctx": ("Mine", False, False, False)}

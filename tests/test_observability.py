@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import BIN, run_cli
-from lab import OUTSIDE_IP
+from pylium.testing.lab import OUTSIDE_IP
 from test_datapath import ask, ping, serve
 
 from pylium.plugins.observability.cli import _ordered_filters

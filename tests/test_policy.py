@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import run_cli
-from lab import NODE_IP, OUTSIDE_IP
+from pylium.testing.lab import NODE_IP, OUTSIDE_IP
 from test_datapath import ping, serve
 
 PODS = textwrap.dedent("""
@@ -228,8 +228,7 @@ def test_a_bad_policy_is_rejected_whole_and_the_previous_stays(empire, tmp_path)
         # two documents, the first one good: nothing of the file is applied
         f = tmp_path / "bad.yaml"
         f.write_text(RULE1.replace("rule1", "rule0").replace('"80"', '"8080"') + "---\n" + bad)
-        for command in ("validate", "import"):
-            out = cli(lab, "policy", command, str(f), ok=False)
+        for out in (cli(lab, "policy", "validate", str(f), ok=False), cli(lab, "policy", "import", str(f), ok=False)):
             assert out.returncode != 0 and path in out.stderr, (case, out.stderr)
     data = json.loads(cli(lab, "policy", "get", "-o", "json").stdout)
     assert data["revision"] == revision and [p["name"] for p in data["policies"]] == ["rule1"]
@@ -637,3 +636,40 @@ def test_icmp_rules_and_cidr_peers_on_ingress(empire, tmp_path):
     assert not ping(lab, lab.out_ns, death.ip, 1), "the outside address is in the except"
     import_policy(lab, tmp_path, PING_FROM_EMPIRE.replace(", except: [10.250.0.2/32]", ""))
     assert ping(lab, lab.out_ns, death.ip), "now it is in the CIDR"
+
+
+def test_the_ipcache_keeps_the_higher_owner_and_brings_the_lower_back(lab, tmp_path):
+    """A pod's address named as a CIDR peer: the endpoint's record (local) wins over the
+    policy's (generated) while the pod lives; when it goes, the CIDR identity takes its place.
+    After a restart every owner's records are back and nothing unowned is left."""
+    from pylium.core.datapath.maps import PinnedMap
+    from pylium.core.datapath.structs import CORE_MAPS, IpcacheInfo, IpcacheKey
+
+    lab.start_agent()
+    a, b = lab.pod("a"), lab.pod("b")
+    to_b = EGRESS.replace("xwing-out", "to-b").replace("matchLabels: {org: alliance}", "{}").replace(
+        "{cidr: 10.250.0.0/24, except: [EXCEPT]}", f"{{cidr: {b.ip}/32}}")
+    import_policy(lab, tmp_path, to_b)
+
+    def entry(ip: str) -> dict:
+        rows = json.loads(cli(lab, "bpf", "ipcache", "list", "-o", "json").stdout)
+        return next((r for r in rows if r["prefix"] == f"{ip}/32"), {})
+
+    held = entry(b.ip)
+    assert (held["owner"], held["source"], held["shadowed"]) == ("core/endpoints", "local", ["policy/cidr"])
+    assert held["identity"] == b.endpoint["identity"] < 1 << 24
+    assert "core/endpoints (policy/cidr)" in cli(lab, "bpf", "ipcache", "list").stdout
+    lab.api.call("POST", "/v1/cni/del", {"container_id": b.endpoint["container_id"], "ifname": "eth0"})
+    after = entry(b.ip)
+    assert (after["owner"], after["shadowed"]) == ("policy/cidr", []) and after["identity"] >= 1 << 24, after
+    lab.agents[0].stop(signal.SIGKILL)
+    spec = next(s for s in CORE_MAPS if s.name == "ipcache")  # a stale entry nobody owns, left while down
+    table = PinnedMap.open(spec, lab.bpf_root / lab.dirs.node / "core")
+    table.put(IpcacheKey.of("10.99.0.0/16"), IpcacheInfo(identity=300))
+    table.close()
+    lab.start_agent()
+    rows = json.loads(cli(lab, "bpf", "ipcache", "list", "-o", "json").stdout)
+    owners = {r["prefix"]: r["owner"] for r in rows}
+    assert owners[f"{b.ip}/32"] == "policy/cidr" and owners[f"{a.ip}/32"] == "core/endpoints"
+    assert "10.99.0.0/16" not in owners, "an entry no owner claimed again is removed"
+    assert "restored" not in owners.values()

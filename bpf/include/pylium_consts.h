@@ -1,4 +1,7 @@
-/* Numbers shared by every pylium BPF program and by the agent (pylium.core.bpf.consts). */
+/* Numbers shared by every pylium BPF program and by the agent. The one source of truth:
+ * pylium/core/datapath/consts.py is generated from this file (`make consts`; a test fails when
+ * it is stale). Comments after a define are read by the generator where a table needs them
+ * (names of drop reasons, observation points, ...): keep their form. */
 #pragma once
 
 /* ---- Attach points and their tail-call slots (docs/datapath.md) ------------------------- */
@@ -6,6 +9,7 @@
 #define ATTACH_FROM_CONTAINER 0 /* tc ingress of an endpoint's host-side veth: packets from the pod */
 #define ATTACH_TO_CONTAINER 1   /* tc egress of that veth, or local delivery: packets to the pod */
 
+/* Slots 1, 3, 5 and 6 are free for third-party stages. */
 #define SLOT_FROM_LB 0          /* service translation (load balancing plugin) */
 #define SLOT_FROM_POLICY 2      /* egress policy */
 #define SLOT_FROM_ENCRYPTION 4  /* encryption mark */
@@ -24,33 +28,106 @@
 #define PYLIUM_CB_MAGIC 0xd1500000
 #define CB_F_LOCAL 0x1 /* delivered from another local endpoint: finish with redirect_peer */
 
-/* ---- Drop reasons: Cilium's numbers and names (pkg/monitor/api/drop.go) ------------------ */
-#define DROP_INVALID_SOURCE_IP 132 /* "Invalid source ip" */
-#define DROP_POLICY 133            /* "Policy denied" */
-#define DROP_INVALID 134           /* "Invalid packet" */
-#define DROP_MISSED_TAIL_CALL 140  /* "Missed tail call" */
-#define DROP_WRITE_ERROR 141       /* "Error writing to packet" */
-#define DROP_UNROUTABLE 151        /* "Stale or unroutable IP" */
-#define DROP_POLICY_DENY 181       /* "Policy denied by denylist" */
-#define DROP_TTL_EXCEEDED 196      /* "TTL exceeded" */
+/* ---- Drop reasons: Cilium's numbers; comment: flow.proto DropReason name: monitor text ---- */
+#define DROP_INVALID_SOURCE_MAC 130 /* INVALID_SOURCE_MAC: Invalid source mac */
+#define DROP_INVALID_DESTINATION_MAC 131 /* INVALID_DESTINATION_MAC: Invalid destination mac */
+#define DROP_INVALID_SOURCE_IP 132 /* INVALID_SOURCE_IP: Invalid source ip */
+#define DROP_POLICY 133 /* POLICY_DENIED: Policy denied */
+#define DROP_INVALID 134 /* INVALID_PACKET_DROPPED: Invalid packet */
+#define DROP_CT_TRUNCATED_OR_INVALID_HEADER 135 /* CT_TRUNCATED_OR_INVALID_HEADER: CT: Truncated or invalid header */
+#define DROP_CT_MISSING_TCP_ACK_FLAG 136 /* CT_MISSING_TCP_ACK_FLAG: Fragmentation needed */
+#define DROP_CT_UNKNOWN_L4_PROTOCOL 137 /* CT_UNKNOWN_L4_PROTOCOL: CT: Unknown L4 protocol */
+#define DROP_UNSUPPORTED_L3_PROTOCOL 139 /* UNSUPPORTED_L3_PROTOCOL: Unsupported L3 protocol */
+#define DROP_MISSED_TAIL_CALL 140 /* MISSED_TAIL_CALL: Missed tail call */
+#define DROP_WRITE_ERROR 141 /* ERROR_WRITING_TO_PACKET: Error writing to packet */
+#define DROP_UNKNOWN_L4_PROTOCOL 142 /* UNKNOWN_L4_PROTOCOL: Unknown L4 protocol */
+#define DROP_UNKNOWN_ICMPV4_CODE 143 /* UNKNOWN_ICMPV4_CODE: Unknown ICMPv4 code */
+#define DROP_UNKNOWN_ICMPV4_TYPE 144 /* UNKNOWN_ICMPV4_TYPE: Unknown ICMPv4 type */
+#define DROP_UNKNOWN_ICMPV6_CODE 145 /* UNKNOWN_ICMPV6_CODE: Unknown ICMPv6 code */
+#define DROP_UNKNOWN_ICMPV6_TYPE 146 /* UNKNOWN_ICMPV6_TYPE: Unknown ICMPv6 type */
+#define DROP_ERROR_RETRIEVING_TUNNEL_KEY 147 /* ERROR_RETRIEVING_TUNNEL_KEY: Error retrieving tunnel key */
+#define DROP_UNKNOWN_L3_TARGET_ADDRESS 150 /* UNKNOWN_L3_TARGET_ADDRESS: Unknown L3 target address */
+#define DROP_UNROUTABLE 151 /* STALE_OR_UNROUTABLE_IP: Stale or unroutable IP */
+#define DROP_ERROR_WHILE_CORRECTING_L3_CHECKSUM 153 /* ERROR_WHILE_CORRECTING_L3_CHECKSUM: Error while correcting L3 checksum */
+#define DROP_ERROR_WHILE_CORRECTING_L4_CHECKSUM 154 /* ERROR_WHILE_CORRECTING_L4_CHECKSUM: Error while correcting L4 checksum */
+#define DROP_CT_MAP_INSERTION_FAILED 155 /* CT_MAP_INSERTION_FAILED: CT: Map insertion failed */
+#define DROP_INVALID_IPV6_EXTENSION_HEADER 156 /* INVALID_IPV6_EXTENSION_HEADER: Invalid IPv6 extension header */
+#define DROP_IP_FRAGMENTATION_NOT_SUPPORTED 157 /* IP_FRAGMENTATION_NOT_SUPPORTED: IP fragmentation not supported */
+#define DROP_NO_SERVICE 158 /* SERVICE_BACKEND_NOT_FOUND: Service backend not found */
+#define DROP_NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT 160 /* NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT: No tunnel/encapsulation endpoint (datapath BUG!) */
+#define DROP_REACHED_EDT_RATE_LIMITING_DROP_HORIZON 162 /* REACHED_EDT_RATE_LIMITING_DROP_HORIZON: Reached EDT rate-limiting drop horizon */
+#define DROP_UNKNOWN_CONNECTION_TRACKING_STATE 163 /* UNKNOWN_CONNECTION_TRACKING_STATE: Unknown connection tracking state */
+#define DROP_LOCAL_HOST_IS_UNREACHABLE 164 /* LOCAL_HOST_IS_UNREACHABLE: Local host is unreachable */
+#define DROP_UNSUPPORTED_L2_PROTOCOL 166 /* UNSUPPORTED_L2_PROTOCOL: Unsupported L2 protocol */
+#define DROP_NO_MAPPING_FOR_NAT_MASQUERADE 167 /* NO_MAPPING_FOR_NAT_MASQUERADE: No mapping for NAT masquerade */
+#define DROP_UNSUPPORTED_PROTOCOL_FOR_NAT_MASQUERADE 168 /* UNSUPPORTED_PROTOCOL_FOR_NAT_MASQUERADE: Unsupported protocol for NAT masquerade */
+#define DROP_FIB_LOOKUP_FAILED 169 /* FIB_LOOKUP_FAILED: FIB lookup failed */
+#define DROP_ENCAPSULATION_TRAFFIC_IS_PROHIBITED 170 /* ENCAPSULATION_TRAFFIC_IS_PROHIBITED: Encapsulation traffic is prohibited */
+#define DROP_INVALID_IDENTITY 171 /* INVALID_IDENTITY: Invalid identity */
+#define DROP_UNKNOWN_SENDER 172 /* UNKNOWN_SENDER: Unknown sender */
+#define DROP_NAT_NOT_NEEDED 173 /* NAT_NOT_NEEDED: NAT not needed */
+#define DROP_IS_A_CLUSTERIP 174 /* IS_A_CLUSTERIP: Is a ClusterIP */
+#define DROP_FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND 175 /* FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND: First logical datagram fragment not found */
+#define DROP_FORBIDDEN_ICMPV6_MESSAGE 176 /* FORBIDDEN_ICMPV6_MESSAGE: Forbidden ICMPv6 message */
+#define DROP_DENIED_BY_LB_SRC_RANGE_CHECK 177 /* DENIED_BY_LB_SRC_RANGE_CHECK: Denied by LB src range check */
+#define DROP_SOCKET_LOOKUP_FAILED 178 /* SOCKET_LOOKUP_FAILED: Socket lookup failed */
+#define DROP_SOCKET_ASSIGN_FAILED 179 /* SOCKET_ASSIGN_FAILED: Socket assign failed */
+#define DROP_PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL 180 /* PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL: Proxy redirection not supported for protocol */
+#define DROP_POLICY_DENY 181 /* POLICY_DENY: Policy denied by denylist */
+#define DROP_VLAN_FILTERED 182 /* VLAN_FILTERED: VLAN traffic disallowed by VLAN filter */
+#define DROP_INVALID_VNI 183 /* INVALID_VNI: Incorrect VNI from VTEP */
+#define DROP_INVALID_TC_BUFFER 184 /* INVALID_TC_BUFFER: Failed to update or lookup TC buffer */
+#define DROP_NO_SID 185 /* NO_SID: No SID was found for the IP address */
+#define DROP_NAT46 187 /* NAT46: Failed to perform NAT46 */
+#define DROP_NAT64 188 /* NAT64: Failed to perform NAT64 */
+#define DROP_AUTH_REQUIRED 189 /* AUTH_REQUIRED: Authentication required */
+#define DROP_CT_NO_MAP_FOUND 190 /* CT_NO_MAP_FOUND: No conntrack map found */
+#define DROP_SNAT_NO_MAP_FOUND 191 /* SNAT_NO_MAP_FOUND: No nat map found */
+#define DROP_INVALID_CLUSTER_ID 192 /* INVALID_CLUSTER_ID: Invalid ClusterID */
+#define DROP_UNSUPPORTED_PROTOCOL_FOR_DSR_ENCAP 193 /* UNSUPPORTED_PROTOCOL_FOR_DSR_ENCAP: Unsupported packet protocol for DSR encapsulation */
+#define DROP_NO_EGRESS_GATEWAY 194 /* NO_EGRESS_GATEWAY: No egress gateway found */
+#define DROP_UNENCRYPTED_TRAFFIC 195 /* UNENCRYPTED_TRAFFIC: Traffic is unencrypted */
+#define DROP_TTL_EXCEEDED 196 /* TTL_EXCEEDED: TTL exceeded */
+#define DROP_NO_NODE_ID 197 /* NO_NODE_ID: No node ID found */
+#define DROP_RATE_LIMITED 198 /* DROP_RATE_LIMITED: Rate limited */
 
-/* ---- Monitor message types and trace observation points (pkg/monitor/api/types.go) ------- */
-#define MSG_DROP 1
-#define MSG_TRACE 4
-#define MSG_POLICY_VERDICT 5
+/* ---- Monitor message types (pkg/monitor/api/types.go); comment: the name `-t` filters use -- */
+#define MSG_DROP 1           /* drop */
+#define MSG_TRACE 4          /* trace */
+#define MSG_POLICY_VERDICT 5 /* policy-verdict */
+#define MSG_L7 129           /* l7 */
 
-#define TRACE_TO_LXC 0     /* "to-endpoint" */
-#define TRACE_TO_HOST 2
-#define TRACE_TO_STACK 3
-#define TRACE_FROM_LXC 5   /* "from-endpoint" */
-#define TRACE_FROM_HOST 7
-#define TRACE_FROM_STACK 8
+/* ---- Trace observation points; comment: monitor name: flow.proto name -------------------- */
+#define TRACE_TO_LXC 0        /* to-endpoint: TO_ENDPOINT */
+#define TRACE_TO_PROXY 1      /* to-proxy: TO_PROXY */
+#define TRACE_TO_HOST 2       /* to-host: TO_HOST */
+#define TRACE_TO_STACK 3      /* to-stack: TO_STACK */
+#define TRACE_TO_OVERLAY 4    /* to-overlay: TO_OVERLAY */
+#define TRACE_FROM_LXC 5      /* from-endpoint: FROM_ENDPOINT */
+#define TRACE_FROM_PROXY 6    /* from-proxy: FROM_PROXY */
+#define TRACE_FROM_HOST 7     /* from-host: FROM_HOST */
+#define TRACE_FROM_STACK 8    /* from-stack: FROM_STACK */
+#define TRACE_FROM_OVERLAY 9  /* from-overlay: FROM_OVERLAY */
+#define TRACE_FROM_NETWORK 10 /* from-network: FROM_NETWORK */
+#define TRACE_TO_NETWORK 11   /* to-network: TO_NETWORK */
+#define TRACE_FROM_CRYPTO 12  /* from-crypto: FROM_CRYPTO */
+#define TRACE_TO_CRYPTO 13    /* to-crypto: TO_CRYPTO */
 
-/* Why a trace was reported (flow.proto TraceReason). */
-#define TRACE_REASON_UNKNOWN 0
-#define TRACE_REASON_NEW 1
-#define TRACE_REASON_ESTABLISHED 2
-#define TRACE_REASON_REPLY 3
+/* Why a trace was reported; comment: flow.proto TraceReason name. */
+#define TRACE_REASON_UNKNOWN 0     /* TRACE_REASON_UNKNOWN */
+#define TRACE_REASON_NEW 1         /* NEW */
+#define TRACE_REASON_ESTABLISHED 2 /* ESTABLISHED */
+#define TRACE_REASON_REPLY 3       /* REPLY */
+
+/* Policy verdict match types (pylium_event.subtype of MSG_POLICY_VERDICT); comment: Hubble's
+ * policy_match_type name. */
+#define POLICY_MATCH_NONE 0       /* none */
+#define POLICY_MATCH_L3_ONLY 1    /* L3-Only */
+#define POLICY_MATCH_L3_L4 2      /* L3-L4 */
+#define POLICY_MATCH_L4_ONLY 3    /* L4-Only */
+#define POLICY_MATCH_ALL 4        /* all */
+#define POLICY_MATCH_L3_PROTO 5   /* L3-Proto */
+#define POLICY_MATCH_PROTO_ONLY 6 /* Proto-Only */
 
 /* pylium_event.flags */
 #define EVENT_F_REPLY_KNOWN 0x1 /* is_reply below is meaningful */
@@ -88,18 +165,28 @@
 #define PYLIUM_FILE_ID 0 /* source file of a record when call sites are not numbered by the agent */
 #endif
 
-/* ---- Metrics directions (pkg/maps/metricsmap) -------------------------------------------- */
-#define METRIC_INGRESS 1 /* towards an endpoint */
-#define METRIC_EGRESS 2  /* from an endpoint */
+/* ---- Metrics directions (pkg/maps/metricsmap); comment: the label ----------------------- */
+#define METRIC_INGRESS 1 /* INGRESS */
+#define METRIC_EGRESS 2  /* EGRESS */
 
 /* The metrics map is a per-CPU array indexed by reason and direction. */
 #define METRICS_INDEX(reason, dir) (((__u32)(reason) << 2) | ((dir) & 3))
 #define METRICS_ENTRIES 1024
 
-/* ---- Reserved identities (Cilium's numbers) ---------------------------------------------- */
-#define ID_HOST 1
-#define ID_WORLD 2
-#define ID_INIT 5
+/* ---- Reserved identities (Cilium's numbers); comment: the label ------------------------- */
+#define ID_HOST 1           /* reserved:host */
+#define ID_WORLD 2          /* reserved:world */
+#define ID_UNMANAGED 3      /* reserved:unmanaged */
+#define ID_HEALTH 4         /* reserved:health */
+#define ID_INIT 5           /* reserved:init */
+#define ID_REMOTE_NODE 6    /* reserved:remote-node */
+#define ID_KUBE_APISERVER 7 /* reserved:kube-apiserver */
+#define ID_INGRESS 8        /* reserved:ingress */
+
+/* Identity ranges: label sets through the cluster store, CIDR (and FQDN) peers on the node. */
+#define IDENTITY_ALLOCATED_MIN 256
+#define IDENTITY_ALLOCATED_MAX 65535
+#define IDENTITY_LOCAL_MIN 0x1000000
 
 #define PYLIUM_CAPTURE_LEN 128 /* packet bytes copied into drop and trace records */
 
@@ -108,5 +195,5 @@
 #define EVENTS_WAKEUP_BATCH 64 /* records a CPU writes before it wakes the reader */
 
 #ifndef PYLIUM_EVENTS_BYTES
-#define PYLIUM_EVENTS_BYTES (1 << 22) /* events ring buffer: 4 MiB */
+#define PYLIUM_EVENTS_BYTES 0x400000 /* events ring buffer: 4 MiB (bpf.events.ringBufferSize) */
 #endif

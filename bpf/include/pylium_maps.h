@@ -1,5 +1,5 @@
 /* The core's shared maps, pinned under <bpf-root>/<node>/core/. PYLIUM_CORE_PIN is set by the
- * agent at compile time. Their Python mirrors are in pylium/core/bpf/structs.py (CORE_MAPS). */
+ * agent at compile time. Their Python mirrors are in pylium/core/datapath/structs.py (CORE_MAPS). */
 #pragma once
 
 /* Local endpoints by address: where a packet for a pod on this node is delivered. */

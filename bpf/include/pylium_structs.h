@@ -1,4 +1,4 @@
-/* Keys and values of the core's shared maps; mirrored in pylium/core/bpf/structs.py. */
+/* Keys and values of the core's shared maps; mirrored in pylium/core/datapath/structs.py. */
 #pragma once
 
 /* An IPv4 (first 4 bytes of addr) or IPv6 address. */

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import anyio
 import zmq
@@ -24,19 +25,26 @@ import zmq.asyncio
 from aiohttp import web
 
 from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, config as cfg
-from pylium.core.api import server as api
-from pylium.core.bus import events as ev
 from pylium.core.agent import log as logging_
-from pylium.core.bus.proxy import BusCore, BusPaths
-from pylium.core.bus.broker import Broker
-from pylium.core.bus.client import BusAddresses, BusClient
-from pylium.core.endpoints.manager import EndpointManager
-from pylium.core.state.manifests import Manifests
+from pylium.core.agent.declared import Declared
 from pylium.core.agent.metrics import AgentMetrics
-from pylium.core.plugin_api import ApiRoute, Declarations, Health, HealthState, PluginContext
 from pylium.core.agent.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
 from pylium.core.agent.sdnotify import Notifier
+from pylium.core.api import server as api
+from pylium.core.bus import events as ev
+from pylium.core.bus.broker import Broker
+from pylium.core.bus.client import BusAddresses, BusClient
+from pylium.core.bus.proxy import BusCore, BusPaths
+from pylium.core.datapath.ipcache import Ipcache, PluginIpcache, Source
+from pylium.core.endpoints.manager import EndpointManager
+from pylium.core.endpoints.maps import IPCACHE_OWNER, EndpointMaps
+from pylium.core.endpoints.model import Endpoint
+from pylium.core.plugin_api import Declarations, Health, HealthState, PluginContext
+from pylium.core.state.manifests import Manifests
 from pylium.core.state.store import LocalStore
+
+if TYPE_CHECKING:
+    from pylium.core.datapath.datapath import Datapath
 
 API_SOCKET = "pylium.sock"
 
@@ -84,18 +92,18 @@ class _PluginTasks:
 
 class Agent:
     def __init__(self, config: cfg.Section, options: AgentOptions, host: PluginHost, order: list[str],
-                 routes: list[ApiRoute], metrics: AgentMetrics, warnings: list[str] = (),
-                 registry: ev.Registry | None = None, stages: list = (), bpf_maps: dict | None = None,
-                 bpf_defines: dict | None = None):
-        self.config = config
-        self.registry = registry or ev.VOCABULARY
-        self.stages = list(stages)
-        self.bpf_map_specs = bpf_maps or {}
-        self.bpf_defines = bpf_defines or {}
+                 declared: Declared, metrics: AgentMetrics, warnings: list[str] = (),
+                 settings: dict[str, cfg.Section] | None = None):
+        self.config = config  # the whole configuration (every owner's keys)
+        self.core_config = cfg.project(cfg.CoreConfig, config)
+        self.settings = settings or {}  # plugin -> its own part
+        self.declared = declared
+        self.registry = declared.registry
+        self.stages = declared.stages
         self.options = options
         self.host = host
         self.order = order
-        self.api_routes = routes
+        self.api_routes = declared.routes
         self.metrics = metrics
         self.log = logging_.get(node=options.node_name)
         self.state = "stopped"
@@ -112,7 +120,8 @@ class Agent:
         self.bus: BusCore | None = None
         self.broker: Broker | None = None
         self.store: LocalStore | None = None
-        self.datapath = None
+        self.datapath: Datapath | None = None
+        self.ipcache: Ipcache | None = None
         self.endpoints: EndpointManager | None = None
         manifests_dir = config.standalone.manifestsDir
         self.manifests = Manifests(Path(manifests_dir) if manifests_dir else None, self.log.bind(component="manifests"))
@@ -155,6 +164,7 @@ class Agent:
             model = fn() if callable(fn) else None
             if model is not None:
                 contributions[info.name] = model
+        cfg.apply_aliases(raw, list(contributions.values()))
         config = cfg.validate(cfg.build_model(contributions), raw)
         metrics = AgentMetrics(__version__)
         host = PluginHost(on_hook_duration=metrics.observe_hook)
@@ -162,41 +172,18 @@ class Agent:
         for info in enabled:
             host.register(info)
         host.check()
-        routes: dict[tuple[str, str], ApiRoute] = {}
-        registry = ev.VOCABULARY.copy()
-        stages: dict[tuple[str, int], object] = {}
-        bpf_maps: dict[str, list] = {}
-        bpf_defines: dict[str, dict[str, str]] = {}
+        core_config = cfg.project(cfg.CoreConfig, config)
+        settings = {name: cfg.project(model, config) for name, model in contributions.items()}
+        decls: dict[str, Declarations] = {}
         for info in enabled:
-            decl = Declarations(info.name, config)
+            decl = decls[info.name] = Declarations(info.name, core_config, settings.get(info.name), info.package_dir)
             try:
                 host.call("pylium_declare", info.name, declare=decl)
             except Exception as e:
                 raise PluginLoadError(f"plugin {info.name}: pylium_declare failed: {type(e).__name__}: {e}") from e
             info.start_after = decl.start_after
-            for r in decl.routes:
-                if (r.method, r.path) in routes:
-                    other = routes[(r.method, r.path)].plugin
-                    raise PluginLoadError(f"plugin {info.name}: API route {r.method} {r.path} already served by {other}")
-                routes[(r.method, r.path)] = r
-            for et in decl.event_types:
-                try:
-                    registry.add(et)
-                except ValueError as e:
-                    raise PluginLoadError(f"plugin {info.name}: {e}") from None
-            for st in decl.stages:
-                other = stages.get((st.attach, st.slot))
-                if other is not None:
-                    raise PluginLoadError(f"plugin {info.name}: slot {st.slot} of {st.attach} is already taken by "
-                                          f"{other.plugin}")
-                stages[(st.attach, st.slot)] = st
-            if decl.maps:
-                bpf_maps[info.name] = decl.maps
-            if decl.defines:
-                bpf_defines[info.name] = decl.defines
         order = host.order([i.name for i in enabled])
-        return cls(config, options, host, order, list(routes.values()), metrics, raw.warnings, registry,
-                   list(stages.values()), bpf_maps, bpf_defines)
+        return cls(config, options, host, order, Declared.collect(decls), metrics, raw.warnings, settings)
 
     # ----------------------------------------------------------------------------------------
     # Running
@@ -251,12 +238,15 @@ class Agent:
                     self.core_bus.owns("plugin.health", "endpoint")
                     try:
                         await self._start_datapath(stack)
-                        self.endpoints = EndpointManager(self)
+                        self.endpoints = self._endpoint_manager()
+                        self.endpoints.preclaim()
                         self.manifests.scan()
                         if self.failure is None:
                             await self._start_all(stack, root, zctx)
                         if self.failure is None and not self._stop.is_set():
                             await self.endpoints.restore()
+                            if self.ipcache is not None:
+                                self.ipcache.started()
                             await self._drain_cni_queue()
                             root.start_soon(self._guard("core", "manifests", self.manifests.watch,
                                                         self.endpoints.refresh_pod_labels), name="manifests")
@@ -297,12 +287,13 @@ class Agent:
             return
         from pylium.core.datapath.compiler import CompileError
         from pylium.core.datapath.datapath import Datapath, MonitorSettings
+        from pylium.core.datapath.views import PluginDatapath
 
         started = time.monotonic()
         dp = Datapath(self.options.bpf_root, self.options.node_name, self.log.bind(component="datapath"),
-                      MonitorSettings.from_config(self.config.bpf), self.bpf_defines)
+                      MonitorSettings.from_config(self.config.bpf), self.declared.defines)
         try:
-            dp.open_maps(self.bpf_map_specs)
+            dp.open_maps(self.declared.maps)
             await dp.compile(self.stages)
             dp.install_stages()
         except (CompileError, OSError) as e:
@@ -312,12 +303,24 @@ class Agent:
             return
         stack.callback(self._close_datapath)
         self.datapath = dp
+        self.ipcache = Ipcache(dp.maps["ipcache"])
+        self.ipcache.register(IPCACHE_OWNER, Source.LOCAL)
+        for owner, source, waits in self.declared.ipcache_owners:
+            self.ipcache.register(owner, source, waits)
+        restored = self.ipcache.restore()
         for name, ctx in self.contexts.items():
-            ctx.datapath = dp
+            ctx.datapath = PluginDatapath(dp, name, self.host.plugins[name].package_dir)
             ctx.bpf_maps = dp.plugin_maps.get(name, {})
+            ctx.ipcache = PluginIpcache(self.ipcache, name)
         self.metrics.bootstrap.labels("bpf", "success").set(time.monotonic() - started)
         self.log.info("datapath loaded", seconds=round(dp.compile_seconds, 2), stages=len(self.stages),
-                      dispatch=dp.dispatch_ids())
+                      dispatch=dp.dispatch_ids(), ipcache_restored=restored)
+
+    def _endpoint_manager(self) -> EndpointManager:
+        dp = self.datapath
+        maps = EndpointMaps(dp.maps["endpoints"], dp.maps["lxc_by_ifindex"], self.ipcache) if dp else None
+        return EndpointManager(self.options.state_dir / "endpoints", _EndpointHooks(self), lambda: self.core_bus,
+                               maps, self.manifests.pod_labels, self.log.bind(component="endpoints"))
 
     def _close_datapath(self) -> None:
         dp, self.datapath = self.datapath, None  # requests still in flight stop touching the maps
@@ -334,13 +337,6 @@ class Agent:
             except (ValueError, KeyError, OSError) as e:
                 self.log.error("bad queued CNI DEL; dropped", file=str(item), error=str(e))
             item.unlink(missing_ok=True)
-
-    def pod_labels(self, namespace: str, name: str) -> dict[str, str]:
-        return self.manifests.pod_labels(namespace, name)
-
-    def publish(self, event: ev.Event) -> None:
-        if self.core_bus is not None:
-            self.core_bus.publish(event)
 
     async def _start_broker(self, stack: contextlib.AsyncExitStack, root: anyio.abc.TaskGroup,
                             zctx: zmq.asyncio.Context) -> None:
@@ -389,9 +385,7 @@ class Agent:
             stack.push_async_callback(tasks.stop)  # runs last for this plugin (LIFO)
             ctx.set_health(Health.STARTING, "starting")
             try:
-                cm = self.host.call("pylium_lifespan", name, ctx=ctx)
-                if cm is not None and not (hasattr(cm, "__aenter__") and hasattr(cm, "__aexit__")):
-                    raise TypeError(f"pylium_lifespan must return an async context manager, not {type(cm).__name__}")
+                cm = _lifespan(self.host.call("pylium_lifespan", name, ctx=ctx))
                 if cm is not None:
                     await cm.__aenter__()
             except Exception as e:
@@ -518,9 +512,9 @@ class Agent:
     def _context(self, name: str) -> PluginContext:
         o = self.options
         ctx = PluginContext(
-            name=name, config=self.config, node_name=o.node_name, state_dir=o.state_dir, run_dir=o.run_dir,
-            bpf_root=o.bpf_root, log=self.log.bind(plugin=name), metrics=self.metrics.registry,
-            start_task=self._start_task, on_health=self._on_health,
+            name=name, config=self.core_config, settings=self.settings.get(name), node_name=o.node_name,
+            state_dir=o.state_dir, run_dir=o.run_dir, bpf_root=o.bpf_root, log=self.log.bind(plugin=name),
+            metrics=self.metrics.registry, start_task=self._start_task, on_health=self._on_health,
         )
         ctx.manifests = self.manifests
         return ctx
@@ -593,6 +587,33 @@ class Agent:
                         "entry_point": info.entry_point, "start_order": position + 1,
                         "start_after": info.start_after, "hooks": self.host.hooks_of(name)})
         return out
+
+
+def _lifespan(result: Any) -> Any:
+    """What pylium_lifespan returned, as an async context manager: an async generator (the
+    hook written as `async def ...: ... yield ...`) is wrapped; None means nothing to run."""
+    if inspect.isasyncgen(result):
+        generator = result
+        return contextlib.asynccontextmanager(lambda: generator)()
+    if result is not None and not (hasattr(result, "__aenter__") and hasattr(result, "__aexit__")):
+        raise TypeError(f"pylium_lifespan must return an async context manager or be an async generator, "
+                        f"not {type(result).__name__}")
+    return result
+
+
+class _EndpointHooks:
+    """The plugins as the endpoint manager needs them: ordered, with the fields each owns."""
+
+    def __init__(self, agent: Agent):
+        self._agent = agent
+        self.order = agent.order
+        self.owned_fields = agent.declared.owned_fields
+
+    async def call(self, hook: str, plugin: str, endpoint: Endpoint, **extra: Any) -> Any:
+        result = self._agent.host.call(hook, plugin, ctx=self._agent.contexts[plugin], endpoint=endpoint, **extra)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
 
 
 def _disabled_names(data: dict[str, Any]) -> list[str]:

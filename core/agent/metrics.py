@@ -74,7 +74,8 @@ class _DatapathCollector:
 
 def _bpf_counters(metrics_map):
     """cilium_drop_count/bytes{reason,direction} and cilium_forward_count/bytes{direction}."""
-    from pylium.core.datapath.monitor import METRIC_DIRECTIONS, drop_reason
+    from pylium.core.datapath.consts import METRIC_DIRECTIONS
+    from pylium.core.datapath.monitor import drop_reason
 
     labels = ["reason", "direction"]
     drops = CounterMetricFamily("cilium_drop_count", "Total dropped packets", labels=labels)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pluggy
@@ -28,6 +30,12 @@ class PluginInfo:
     version: str
     obj: Any = None  # the module or instance registered with pluggy
     start_after: list[str] = field(default_factory=list)
+
+    @property
+    def package_dir(self) -> Path:
+        """The directory of the module that defines the plugin (relative BPF sources are there)."""
+        module = self.obj if inspect.ismodule(self.obj) else sys.modules[type(self.obj).__module__]
+        return Path(module.__file__).resolve().parent
 
     @property
     def builtin(self) -> bool:

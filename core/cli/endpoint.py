@@ -114,11 +114,12 @@ def bpf_ipcache() -> None:
 @output_option
 @click.pass_obj
 def bpf_ipcache_list(client, output: str) -> None:
-    """List the ipcache: IP PREFIX/ADDRESS, IDENTITY."""
+    """List the ipcache: IP PREFIX/ADDRESS, IDENTITY, and the OWNER whose record is in the map
+    (other owners' records of the prefix, which it shadows, in parentheses)."""
     emit(client.get("/v1/bpf/ipcache"), output, lambda rows: print_table(
-        ["IP PREFIX/ADDRESS", "IDENTITY"],
-        ([r["prefix"], f"identity={r['identity']} encryptkey={r['encrypt_key']} tunnelendpoint={r['tunnel_endpoint']}"]
-         for r in rows)))
+        ["IP PREFIX/ADDRESS", "IDENTITY", "OWNER"],
+        ([r["prefix"], f"identity={r['identity']} encryptkey={r['encrypt_key']} tunnelendpoint={r['tunnel_endpoint']}",
+          r["owner"] + (f" ({', '.join(r['shadowed'])})" if r["shadowed"] else "")] for r in rows)))
 
 
 @bpf.group("metrics")

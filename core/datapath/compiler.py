@@ -31,7 +31,7 @@ class Job:
     """What one child compiles: one source file, its functions, where to pin them."""
 
     owner: str  # plugin (or "core") the programs belong to, for messages
-    source: str  # path relative to bpf/ (or absolute: a third-party plugin's own C)
+    source: str  # absolute (a plugin's C, in its package), or relative to bpf/ (the core's)
     functions: dict[str, str | dict]  # function -> pin path, or {"pin", "type", "attach_type"}
     defines: dict[str, str] = field(default_factory=dict)
 

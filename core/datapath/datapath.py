@@ -64,7 +64,7 @@ class Stage:
     plugin: str
     attach: str  # "from-container" or "to-container"
     slot: int
-    source: str  # path under bpf/
+    source: str  # the C file: absolute (a plugin's, resolved in its package), or relative to bpf/
     function: str
 
 
@@ -214,6 +214,8 @@ class Datapath:
     def bypass(self, attach: str, slot: int, bypassed: bool) -> None:
         """Let packets skip an installed stage while its plugin has nothing for it to do (or
         run it again): the slot's bit in slot_mask; the program stays in its slot."""
+        if ((attach, slot) in self.bypassed) == bypassed:
+            return
         (self.bypassed.add if bypassed else self.bypassed.discard)((attach, slot))
         installed = sum(1 << s.slot for s in self.stages if s.attach == attach)
         self.maps["slot_mask"].put(ct.c_uint32(ATTACH_POINTS[attach]), ct.c_uint32(self._active(attach, installed)))

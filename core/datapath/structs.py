@@ -8,12 +8,13 @@ import ipaddress
 import struct
 
 from pylium.core.datapath import libbpf
+from pylium.core.datapath.consts import (ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER, METRICS_ENTRIES, PYLIUM_CAPTURE_LEN,
+                                         PYLIUM_EVENTS_BYTES, PYLIUM_SLOTS)
 from pylium.core.datapath.maps import MapSpec
 
-SLOTS = 8
-ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER = 0, 1
+SLOTS = PYLIUM_SLOTS
 ATTACH_POINTS = {"from-container": ATTACH_FROM_CONTAINER, "to-container": ATTACH_TO_CONTAINER}
-EVENTS_BYTES = 1 << 22
+EVENTS_BYTES = PYLIUM_EVENTS_BYTES
 
 
 class EndpointKey(ct.Structure):
@@ -68,7 +69,8 @@ class IpcacheInfo(ct.Structure):
 
 
 def metrics_index(reason: int, direction: int) -> int:
-    """METRICS_INDEX in pylium_consts.h: the metrics array slot of (reason, direction)."""
+    """METRICS_INDEX in pylium_consts.h (a function-like macro, so written here again): the
+    metrics array slot of (reason, direction)."""
     return (reason << 2) | (direction & 3)
 
 
@@ -76,7 +78,7 @@ class MetricsValue(ct.Structure):
     _fields_ = [("count", ct.c_uint64), ("bytes", ct.c_uint64)]
 
 
-CAPTURE_LEN = 128  # PYLIUM_CAPTURE_LEN
+CAPTURE_LEN = PYLIUM_CAPTURE_LEN
 
 
 class Event(ct.Structure):
@@ -123,7 +125,7 @@ def core_maps(events_bytes: int = EVENTS_BYTES) -> list[MapSpec]:
         MapSpec("endpoints", libbpf.MAP_HASH, EndpointKey, EndpointInfo, 65536),
         MapSpec("lxc_by_ifindex", libbpf.MAP_HASH, ct.c_uint32, LxcInfo, 65536),
         MapSpec("ipcache", libbpf.MAP_LPM_TRIE, IpcacheKey, IpcacheInfo, 512000, flags=libbpf.F_NO_PREALLOC),
-        MapSpec("metrics", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, MetricsValue, 1024, version=2),
+        MapSpec("metrics", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, MetricsValue, METRICS_ENTRIES, version=2),
         MapSpec("calls_from_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
         MapSpec("calls_to_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
         MapSpec("slot_mask", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint32, 2),

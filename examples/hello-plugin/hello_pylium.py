@@ -1,13 +1,9 @@
 """hello-pylium: a minimal third-party pylium plugin (walked through in docs/plugins.md)."""
 
-from contextlib import asynccontextmanager
-
 import anyio
 from pydantic import Field
 
-from pylium.core.config import Section
-from pylium.core.hookspecs import hookimpl
-from pylium.core.plugin_api import ApiError
+from pylium.core.api_for_plugins import ApiError, Section, hookimpl
 
 
 class HelloSettings(Section):
@@ -32,7 +28,7 @@ class HelloPlugin:
 
     @hookimpl
     def pylium_declare(self, declare):
-        self.greeting = declare.config.hello.greeting
+        self.greeting = declare.settings.hello.greeting  # this plugin's own keys
         declare.api_route("GET", "/v1/hello/{name}", self.greet)
 
     async def greet(self, request):
@@ -42,13 +38,9 @@ class HelloPlugin:
         return {"message": f"{self.greeting}, {name}", "beats": self.beats}
 
     @hookimpl
-    def pylium_lifespan(self, ctx):
-        return self._run(ctx)
-
-    @asynccontextmanager
-    async def _run(self, ctx):
+    async def pylium_lifespan(self, ctx):  # start-up before the yield, shutdown after it
         ctx.log.info("hello starting", greeting=self.greeting)
-        ctx.start_task("heartbeat", self._heartbeat, ctx.config.hello.interval)
+        ctx.start_task("heartbeat", self._heartbeat, ctx.settings.hello.interval)
         yield
         ctx.log.info("hello stopped", beats=self.beats)
 

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
-from pylium.core.config import Section
+from pylium.core.api_for_plugins import ConfigError, Section
+
+
+def _routing(value: Any, old: str, warn) -> dict[str, Any]:
+    """The seed's `datapath.mode` / `tunnel`: routingMode and tunnelProtocol (keys of the
+    multi-node routing this plugin grows into; unknown until then, named as written)."""
+    v = str(value).lower()
+    if v in ("disabled", "native"):
+        return {"routingMode": "native"}
+    if v in ("vxlan", "geneve"):
+        return {"routingMode": "tunnel", "tunnelProtocol": v}
+    raise ConfigError([f"{old}: must be one of 'vxlan', 'geneve', 'native' or 'disabled' (got {value!r})"])
 
 
 class ConnectivitySettings(Section):
@@ -13,6 +26,8 @@ class ConnectivitySettings(Section):
 
 
 class ConnectivityConfig(Section):
+    aliases = {"datapath.mode": _routing, "tunnel": _routing}
+
     enableIPv4Masquerade: bool = Field(True, description="Masquerade IPv4 traffic from pods to destinations outside "
                                                          "the pod CIDRs behind the node's address.")
     enableIPv6Masquerade: bool = Field(True, description="The same for IPv6.")

@@ -1,12 +1,10 @@
-"""ctypes mirrors of bpf/connectivity/connectivity_maps.h."""
+"""ctypes mirrors of bpf/connectivity_maps.h."""
 
 from __future__ import annotations
 
 import ctypes as ct
 
-from pylium.core.datapath import libbpf
-from pylium.core.datapath.maps import MapSpec
-from pylium.core.datapath.structs import IpcacheKey
+from pylium.core.api_for_plugins import IpcacheKey, MapSpec, libbpf
 
 # This node's pod address blocks: an address in them without an endpoint is unroutable.
 LOCAL_BLOCKS = MapSpec("local_blocks", libbpf.MAP_LPM_TRIE, IpcacheKey, ct.c_uint32, 1024, flags=libbpf.F_NO_PREALLOC)

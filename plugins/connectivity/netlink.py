@@ -14,8 +14,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pylium.core.datapath import netns as ns_util
-from pylium.core.plugin_api import EndpointError
+from pylium.core.api_for_plugins import EndpointError, netns as ns_util
 
 IFA_F_NODAD = 0x02
 

@@ -1,28 +1,26 @@
 """Connectivity plugin: hook implementations; the work is in netlink.py, masquerade.py and the
-C stages in bpf/connectivity/delivery.c."""
+C stages in bpf/delivery.c."""
 
 from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
-from contextlib import asynccontextmanager
 
 import anyio
 
-from pylium.core.datapath.structs import IpcacheInfo, IpcacheKey
-from pylium.core.hookspecs import hookimpl
+from pylium.core.api_for_plugins import EndpointContribution, IpcacheKey, ReservedIdentity, Slot, Source, hookimpl
 from pylium.plugins.connectivity import masquerade, netlink
 from pylium.plugins.connectivity.config import ConnectivityConfig
 from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
 
-SLOT_FROM_DELIVERY, SLOT_TO_DELIVERY = 7, 7  # bpf/include/pylium_consts.h
-ID_HOST = 1  # reserved:host
+HOST = "host"  # ipcache owner: the node's own addresses and the pods' gateways (reserved:host)
 
 
 class ConnectivityPlugin:
     def __init__(self) -> None:
         self.ctx = None
         self._blocks: tuple = ()
+        self._routers: set[str] = set()
         self._refresh: anyio.Lock | None = None  # created on the agent's event loop
 
     @hookimpl
@@ -33,18 +31,16 @@ class ConnectivityPlugin:
     def pylium_declare(self, declare):
         declare.after("ipam")
         declare.bpf_maps(LOCAL_BLOCKS)
-        declare.bpf_stage("from-container", SLOT_FROM_DELIVERY, "connectivity/delivery.c", "from_delivery")
-        declare.bpf_stage("to-container", SLOT_TO_DELIVERY, "connectivity/delivery.c", "to_delivery")
+        declare.bpf_stage(Slot.FROM_DELIVERY, "bpf/delivery.c", "from_delivery")
+        declare.bpf_stage(Slot.TO_DELIVERY, "bpf/delivery.c", "to_delivery")
+        declare.endpoint_fields("host_ifname", "host_ifindex", "mac", "host_mac", "mtu")
+        declare.ipcache_owner(HOST, Source.LOCAL)
 
     @hookimpl
-    def pylium_lifespan(self, ctx):
-        return self._run(ctx)
-
-    @asynccontextmanager
-    async def _run(self, ctx):
+    async def pylium_lifespan(self, ctx):
         self.ctx = ctx
         self._refresh = anyio.Lock()
-        self.mtu = ctx.config.MTU or await anyio.to_thread.run_sync(netlink.default_mtu)
+        self.mtu = ctx.settings.MTU or await anyio.to_thread.run_sync(netlink.default_mtu)
         netlink.sysctl("net/ipv4/ip_forward", "1")
         # New host-side veths inherit these: no per-endpoint sysctl writes on the ADD path.
         netlink.sysctl("net/ipv4/conf/default/rp_filter", "0")
@@ -70,20 +66,23 @@ class ConnectivityPlugin:
             if blocks == self._blocks:
                 return
             routers = sorted({r for p in pools for r in p["routers"]})
-            await anyio.to_thread.run_sync(netlink.ensure_host_device, self.ctx.config.connectivity.hostDevice, routers)
+            await anyio.to_thread.run_sync(netlink.ensure_host_device, self.ctx.settings.connectivity.hostDevice,
+                                           routers)
             local = self.ctx.bpf_maps["local_blocks"]
             for key in list(local.keys()):
                 if key.cidr not in blocks:
                     local.delete(key)
             for b in blocks:
                 local.put(IpcacheKey.of(b), ct.c_uint32(1))
-            ipcache = self.ctx.datapath.maps["ipcache"]
-            for r in routers:  # the gateways live on the node: reserved:host
-                ipcache.put(IpcacheKey.of(r), IpcacheInfo(identity=ID_HOST))
-            cfg = self.ctx.config
+            for r in set(routers) - self._routers:  # the gateways live on the node: reserved:host
+                self.ctx.ipcache.upsert(r, ReservedIdentity.HOST, HOST)
+            for r in self._routers - set(routers):
+                self.ctx.ipcache.release(r, HOST)
+            self._routers = set(routers)
+            cfg = self.ctx.settings
             for family, enabled in ((4, cfg.enableIPv4Masquerade), (6, cfg.enableIPv6Masquerade)):
                 fam = "ipv4" if family == 4 else "ipv6"
-                if not getattr(cfg, fam).enabled:
+                if not getattr(self.ctx.config, fam).enabled:
                     continue
                 mine = [b for b in blocks if ipaddress.ip_network(b).version == family]
                 cluster = sorted({c for p in pools if p["family"] == fam for c in p["cidrs"]})
@@ -92,9 +91,8 @@ class ConnectivityPlugin:
 
     async def _host_addresses(self) -> None:
         """The node's own addresses are reserved:host: traffic from them to a pod is the host's."""
-        ipcache = self.ctx.datapath.maps["ipcache"]
         for ip in await anyio.to_thread.run_sync(netlink.node_addresses):
-            ipcache.put(IpcacheKey.of(ip), IpcacheInfo(identity=ID_HOST))
+            self.ctx.ipcache.upsert(ip, ReservedIdentity.HOST, HOST)
 
     # ---- endpoints ------------------------------------------------------------------------
 
@@ -102,12 +100,12 @@ class ConnectivityPlugin:
     async def pylium_endpoint_plug(self, ctx, endpoint):
         if any(a["block"] not in self._blocks for a in endpoint.addresses):
             await self.refresh_blocks()  # the address comes from a block claimed since
-        endpoint.host_ifname = netlink.host_ifname(ctx.node_name, endpoint.container_id, endpoint.ifname)
-        done = await netlink.plug(netns=endpoint.netns, ifname=endpoint.ifname, host_name=endpoint.host_ifname,
+        host_ifname = netlink.host_ifname(ctx.node_name, endpoint.container_id, endpoint.ifname)
+        done = await netlink.plug(netns=endpoint.netns, ifname=endpoint.ifname, host_name=host_ifname,
                                   mtu=endpoint.mtu or self.mtu, addresses=endpoint.addresses)
-        endpoint.host_ifindex, endpoint.host_mac, endpoint.mac, endpoint.mtu = (
-            done.host_ifindex, done.host_mac, done.mac, done.mtu)
-        await ctx.datapath.attach(endpoint.host_ifname)
+        await ctx.datapath.attach(host_ifname)
+        return EndpointContribution(host_ifname=host_ifname, host_ifindex=done.host_ifindex, mac=done.mac,
+                                    host_mac=done.host_mac, mtu=done.mtu)
 
     @hookimpl
     async def pylium_endpoint_unplug(self, ctx, endpoint):
@@ -129,9 +127,7 @@ class ConnectivityPlugin:
             addresses=endpoint.addresses))
 
     @hookimpl
-    def pylium_status_details(self):
-        if self.ctx is None:
-            return None
-        masq = "IPTables" if self.ctx.config.enableIPv4Masquerade else "Disabled"
+    def pylium_status_details(self, ctx):
+        masq = "IPTables" if ctx.settings.enableIPv4Masquerade else "Disabled"
         return {"Routing": "Network: Native  Host: BPF (local delivery by redirect)",
                 "Masquerading": f"{masq} [{', '.join(self._blocks) or 'no blocks'}]"}

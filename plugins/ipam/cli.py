@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pylium.core.cli.output import emit, output_option, print_table
+from pylium.core.api_for_plugins import emit, output_option, print_table
 
 
 @click.group()

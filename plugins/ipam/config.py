@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pylium.core.config import Section
+from pylium.core.api_for_plugins import Section
 
 # Keys Cilium's chart nests under ipam.operator; written directly under ipam they mean the same.
 _OPERATOR_KEYS = ("clusterPoolIPv4PodCIDRList", "clusterPoolIPv4MaskSize", "clusterPoolIPv6PodCIDRList",

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 import msgspec
 from prometheus_client import Counter, Gauge
 
-from pylium.core.bus.client import RpcError
-from pylium.core.bus.events import IpamPoolExhausted
-from pylium.core.hookspecs import hookimpl
-from pylium.core.plugin_api import ApiError
+from pylium.core.api_for_plugins import ApiError, RpcError, events, hookimpl
 from pylium.plugins.ipam.allocator import FAMILIES, Allocation, Allocator, Exhausted, IpamError, Owner
 from pylium.plugins.ipam.blocks import BlockClaimer
 from pylium.plugins.ipam.config import IpamConfig
@@ -40,13 +35,7 @@ class IpamPlugin:
         declare.api_route("GET", "/v1/ipam", self._api_list)
 
     @hookimpl
-    def pylium_lifespan(self, ctx):
-        return self._run(ctx)
-
-    @hookimpl
     def pylium_status_details(self):
-        if self.allocator is None:
-            return None
         parts = [f"{p['name'] + ' ' if p['name'] != 'default' else ''}{p['family'].replace('ip', 'IP')}: "
                  f"{p['used']}/{p['capacity']} allocated from {', '.join(p['blocks']) or 'no block yet'}"
                  for p in self.allocator.describe()]
@@ -54,9 +43,9 @@ class IpamPlugin:
 
     # ---------------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _run(self, ctx):
-        settings = ctx.config.ipam
+    @hookimpl
+    async def pylium_lifespan(self, ctx):
+        settings = ctx.settings.ipam
         enabled = [f for f, on in ((4, ctx.config.ipv4.enabled), (6, ctx.config.ipv6.enabled)) if on]
         allocator = Allocator()
         claimer = BlockClaimer(ctx.store, ctx.node_name, allocator)
@@ -173,7 +162,7 @@ class IpamPlugin:
         def report(e: Exhausted) -> None:
             self._exhaustions.labels(e.pool, e.family).inc()
             self._update_gauges()
-            ctx.bus.publish(IpamPoolExhausted(pool=e.pool, family=e.family, cidrs=e.cidrs, blocks=e.blocks,
+            ctx.bus.publish(events.IpamPoolExhausted(pool=e.pool, family=e.family, cidrs=e.cidrs, blocks=e.blocks,
                                               used=e.used, total=e.total))
 
         return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes as ct
 from collections import Counter
 
-from pylium.core.plugin_api import ApiError
+from pylium.core.api_for_plugins import ApiError
 from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_EXT, F_NODEPORT, PROTOCOL_NAMES,
                                     STATES, addr_str, port_of)
 

@@ -7,7 +7,7 @@ import urllib.parse
 
 import click
 
-from pylium.core.cli.output import emit, output_option, print_table
+from pylium.core.api_for_plugins import emit, output_option, print_table
 
 
 def _backend_lines(backends: list[dict]) -> str:

@@ -1,13 +1,14 @@
-"""Configuration keys owned by the load-balancing plugin (Cilium's Helm names; `bpf.lbMapMax`
-lives in the core's `bpf` section)."""
+"""Configuration keys owned by the load-balancing plugin (Cilium's Helm names), `bpf.lbMapMax`
+among them (the `bpf` section is shared)."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pydantic import Field, field_validator
 
-from pylium.core.config import Section
+from pylium.core.api_for_plugins import ConfigError, Section
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.maps import ALGORITHMS
 
@@ -86,7 +87,29 @@ class CgroupSettings(Section):
                                           "the first cgroup2 mount.")
 
 
+class LbBpfSettings(Section):
+    lbMapMax: int = Field(65536, ge=256, le=1 << 24, description="Entries of the load balancer's service, "
+                                                               "backend and affinity maps; a change that needs "
+                                                               "more is refused whole.")
+
+
+def _host_services(value: Any, old: str, warn) -> dict[str, Any]:
+    """The seed's `hostServices` section: `enabled` is socket LB; `protocols` has no meaning here."""
+    if not isinstance(value, dict):
+        raise ConfigError([f"hostServices: must be a section with 'enabled' (got {value!r})"])
+    for k in set(value) - {"enabled", "protocols"}:
+        raise ConfigError([f"hostServices.{k}: unknown key (allowed: enabled, protocols)"])
+    if "protocols" in value:
+        warn("hostServices.protocols: ignored, socket load balancing covers TCP and UDP")
+    return {"socketLB.enabled": value["enabled"]} if "enabled" in value else {}
+
+
+_KPR_OLD = {"strict": True, "partial": True, "probe": True, "disabled": False}  # the seed's values
+
+
 class LbConfig(Section):
+    aliases = {"hostServices": _host_services}
+
     kubeProxyReplacement: bool = Field(True, description="Replace kube-proxy: socket LB, NodePort, externalIPs "
                                                          "and LoadBalancer addresses. false: only ClusterIP "
                                                          "services, per packet.")
@@ -101,6 +124,12 @@ class LbConfig(Section):
     socketLB: SocketLBSettings = Field(default_factory=SocketLBSettings)
     maglev: MaglevSettings = Field(default_factory=MaglevSettings)
     cgroup: CgroupSettings = Field(default_factory=CgroupSettings)
+    bpf: LbBpfSettings = Field(default_factory=LbBpfSettings)
+
+    @field_validator("kubeProxyReplacement", mode="before")
+    @classmethod
+    def _kpr_spellings(cls, v: Any) -> Any:
+        return _KPR_OLD.get(v.lower(), v) if isinstance(v, str) else v
 
     @field_validator("serviceNoBackendResponse")
     @classmethod

@@ -1,4 +1,4 @@
-"""ctypes mirrors of bpf/lb/lb_structs.h and the plugin's map declarations (sizes from config)."""
+"""ctypes mirrors of bpf/lb_structs.h and the plugin's map declarations (sizes from config)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ import ctypes as ct
 import socket
 import struct
 
-from pylium.core.datapath import libbpf
-from pylium.core.datapath.maps import MapSpec
+from pylium.core.api_for_plugins import MapSpec, libbpf
+from pylium.plugins.lb import consts as c
 
-SCOPE_INTERNAL, SCOPE_EXTERNAL = 0, 1
-F_EXTERNAL, F_NODEPORT, F_AFFINITY, F_LOCAL_EXT = 0x1, 0x2, 0x4, 0x8
-ALGORITHMS = {"random": 0, "round_robin": 1, "source_hash": 2, "maglev": 3}
-STATES = {"active": 0, "terminating": 1, "quarantined": 2}
+SCOPE_INTERNAL, SCOPE_EXTERNAL = c.LB_SCOPE_INTERNAL, c.LB_SCOPE_EXTERNAL
+F_EXTERNAL, F_NODEPORT, F_AFFINITY, F_LOCAL_EXT = c.SVC_F_EXTERNAL, c.SVC_F_NODEPORT, c.SVC_F_AFFINITY, c.SVC_F_LOCAL_EXT
+ALGORITHMS = {"random": c.ALG_RANDOM, "round_robin": c.ALG_ROUND_ROBIN, "source_hash": c.ALG_SOURCE_HASH,
+              "maglev": c.ALG_MAGLEV}
+STATES = {"active": c.BACKEND_ACTIVE, "terminating": c.BACKEND_TERMINATING, "quarantined": c.BACKEND_QUARANTINED}
 PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": socket.IPPROTO_SCTP}
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
-CT_MAX = 262144
+CT_MAX = c.LB_CT_MAX
 
 
 class Lb4Key(ct.Structure):

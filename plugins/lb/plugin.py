@@ -1,24 +1,18 @@
 """The load-balancing plugin: hook implementations. Services and EndpointSlices come from the
 manifests directory (model.py), become frontends (frontends.py) and are written to the maps
-(writer.py); the C is in bpf/lb/: per-packet stages (lb.c), the node's devices (nodeport.c)
+(writer.py); the C is in bpf/: per-packet stages (lb.c), the node's devices (nodeport.c)
 and cgroup socket hooks (sock.c)."""
 
 from __future__ import annotations
 
 import ctypes as ct
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from pylium.core.datapath import netns
-from pylium.core.datapath import libbpf
-from pylium.core.bus.events import ServiceBackend, ServiceChanged, ServiceDeleted
-from pylium.core.hookspecs import hookimpl
-from pylium.core.state.manifests import Manifests, gc_paused
-from pylium.core.plugin_api import Health
+from pylium.core.api_for_plugins import Health, Manifests, NoService, Slot, events, gc_paused, hookimpl, libbpf, netns
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.api import LbApi
 from pylium.plugins.lb.config import LbConfig
@@ -27,7 +21,7 @@ from pylium.plugins.lb.maps import LbDevice, ip4, lb_maps
 from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
 from pylium.plugins.lb.writer import MapFull, Writer
 
-SLOT_LB = 0  # bpf/include/pylium_consts.h SLOT_FROM_LB / SLOT_TO_LB
+STAGES = (Slot.FROM_LB, Slot.TO_LB)
 SOCKET_HOOKS = {"sock4_connect": libbpf.CGROUP_INET4_CONNECT, "sock4_sendmsg": libbpf.CGROUP_UDP4_SENDMSG,
                 "sock4_recvmsg": libbpf.CGROUP_UDP4_RECVMSG, "sock4_getpeername": libbpf.CGROUP_INET4_GETPEERNAME}
 
@@ -63,28 +57,20 @@ class LbPlugin(LbApi):
 
     @hookimpl
     def pylium_declare(self, declare):
-        cfg = declare.config
+        cfg = declare.settings
         declare.after("connectivity")
         declare.bpf_maps(*lb_maps(cfg.bpf.lbMapMax, cfg.maglev.tableSize))
         seed = int.from_bytes(maglev.seed_bytes(cfg.maglev.hashSeed)[:4], "little")
         declare.bpf_defines(LB_MAP_MAX=cfg.bpf.lbMapMax, LB_MAGLEV_M=cfg.maglev.tableSize, LB_HASH_SEED=f"{seed}U",
                             LB_REJECT=int(cfg.serviceNoBackendResponse == "reject"))
-        declare.bpf_stage("from-container", SLOT_LB, "lb/lb.c", "lb_from_container")
-        declare.bpf_stage("to-container", SLOT_LB, "lb/lb.c", "lb_to_container")
-        for method, path, handler in (("GET", "/v1/service", self.api_services),
-                                      ("GET", "/v1/bpf/lb", self.api_bpf_lb),
-                                      ("GET", "/v1/bpf/lb/maglev/{service}", self.api_maglev)):
-            declare.api_route(method, path, handler)
-
-    @hookimpl
-    def pylium_lifespan(self, ctx):
-        return self._run(ctx)
+        declare.bpf_stage(Slot.FROM_LB, "bpf/lb.c", "lb_from_container")
+        declare.bpf_stage(Slot.TO_LB, "bpf/lb.c", "lb_to_container")
+        declare.api_routes(("GET", "/v1/service", self.api_services), ("GET", "/v1/bpf/lb", self.api_bpf_lb),
+                           ("GET", "/v1/bpf/lb/maglev/{service}", self.api_maglev))
 
     @hookimpl
     def pylium_status_details(self, ctx):
-        if self.ctx is None:
-            return None
-        cfg = ctx.config
+        cfg = ctx.settings
         kpr = "True" if cfg.kubeProxyReplacement else "False"
         socket_lb = "Enabled" if self._socket_lb_on() else "Disabled"
         return {"KubeProxyReplacement": f"{kpr} [{', '.join(self.devices) or 'no devices'}] "
@@ -94,14 +80,14 @@ class LbPlugin(LbApi):
                             f"frontends" + (f", {len(self.problems)} not loaded" if self.problems else "")}
 
     def _socket_lb_on(self) -> bool:
-        cfg = self.ctx.config
+        cfg = self.ctx.settings
         return cfg.kubeProxyReplacement and cfg.socketLB.enabled
 
-    @asynccontextmanager
-    async def _run(self, ctx):
+    @hookimpl
+    async def pylium_lifespan(self, ctx):
         self.ctx = ctx
         self._lock = anyio.Lock()
-        cfg = ctx.config
+        cfg = ctx.settings
         self.writer = Writer(ctx.bpf_maps, cfg.bpf.lbMapMax, cfg.loadBalancer.algorithm, cfg.maglev.tableSize,
                              maglev.seed_bytes(cfg.maglev.hashSeed))
         self.writer.restore()
@@ -118,22 +104,22 @@ class LbPlugin(LbApi):
             yield
         finally:
             stop_listening()
-            ctx.datapath.pressure.pop("lb4_services", None)
+            ctx.datapath.set_pressure("lb4_services", None)
             self.ctx = None  # programs and maps stay: services keep working while the agent is away
 
     # ---- programs ---------------------------------------------------------------------------
 
     async def _load_programs(self) -> None:
-        ctx, cfg = self.ctx, self.ctx.config
+        ctx, cfg = self.ctx, self.ctx.settings
         dp = ctx.datapath
         sock, nodeport = {}, {}
 
         async def compile_sock():
-            sock.update(await dp.compile_programs("lb", "lb/sock.c", {
+            sock.update(await dp.compile_programs("bpf/sock.c", {
                 fn: {"type": "CGROUP_SOCK_ADDR", "attach_type": at} for fn, at in SOCKET_HOOKS.items()}))
 
         async def compile_nodeport():
-            nodeport.update(await dp.compile_programs("lb", "lb/nodeport.c", {"lb_nodeport": {"type": "SCHED_CLS"}}))
+            nodeport.update(await dp.compile_programs("bpf/nodeport.c", {"lb_nodeport": {"type": "SCHED_CLS"}}))
 
         async with anyio.create_task_group() as tg:
             if self._socket_lb_on():
@@ -142,7 +128,7 @@ class LbPlugin(LbApi):
                 tg.start_soon(compile_nodeport)
         cgroup = Path(cfg.cgroup.hostRoot) if cfg.cgroup.hostRoot else cgroup2_root()
         for fn, attach_type in SOCKET_HOOKS.items():
-            link = dp.pin_dir("lb") / f"link_{fn}"
+            link = dp.pin_dir / f"link_{fn}"
             if self._socket_lb_on():
                 dp.attach_cgroup_link(sock[fn], cgroup, attach_type, link)
             else:
@@ -153,14 +139,18 @@ class LbPlugin(LbApi):
     async def _attach_devices(self, program: Path) -> None:
         from pyroute2 import IPRoute
 
-        cfg = self.ctx.config
+        cfg = self.ctx.settings
+        gateways = await self._pod_gateways()
 
         def find() -> dict[str, tuple[int, str]]:
             with IPRoute() as ipr:
                 names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
                 found: dict[str, tuple[int, str]] = {}
+                pods: set[str] = set()  # devices that carry the pods' gateways
                 for a in ipr.get_addr(family=2):
                     name = names.get(a["index"])
+                    if a.get_attr("IFA_ADDRESS") in gateways:
+                        pods.add(name)
                     if a["scope"] == 0 and name not in found:
                         found[name] = (a["index"], a.get_attr("IFA_ADDRESS"))
             if cfg.devices:
@@ -168,7 +158,7 @@ class LbPlugin(LbApi):
                 if missing:
                     raise OSError(f"devices: {', '.join(missing)} not found or without an IPv4 address")
                 return {d: found[d] for d in cfg.devices}
-            return {n: v for n, v in found.items() if n not in ("lo", cfg.connectivity.hostDevice)}
+            return {n: v for n, v in found.items() if n != "lo" and n not in pods}
 
         devices = await anyio.to_thread.run_sync(find)
         table = self.ctx.bpf_maps["lb_devices"]
@@ -181,13 +171,22 @@ class LbPlugin(LbApi):
         self.devices = {name: index for name, (index, _) in devices.items()}
         self.ctx.log.info("serving NodePort and external addresses", devices=sorted(self.devices))
 
+    async def _pod_gateways(self) -> set[str]:
+        """The pods' gateway addresses (IPAM's routers, over the bus): their device is not one
+        to serve NodePorts on."""
+        try:
+            answer = await self.ctx.bus.request("ipam.list", {})
+        except NoService:
+            return set()
+        return {r for pool in answer["pools"] for r in pool["routers"]}
+
     # ---- services ---------------------------------------------------------------------------
 
     def _load(self, manifests: Manifests) -> set[tuple[str, str]]:
         """Take in changed Service and EndpointSlice documents; a bad one is reported with its
         file and field, and its previous version (if any) stays in force. Returns the keys
         of the services to compute again."""
-        port_range = self.ctx.config.nodePort.bounds()
+        port_range = self.ctx.settings.nodePort.bounds()
         dirty: set[tuple[str, str]] = set()
         for kind, parse, table in (("Service", lambda d: parse_service(d, port_range), self.catalog.services),
                                    ("EndpointSlice", parse_endpoint_slice, self.catalog.slices)):
@@ -232,7 +231,7 @@ class LbPlugin(LbApi):
     def _delta(self, dirty: set[tuple[str, str]]) -> dict[tuple, Frontend | None]:
         """The frontends of the services in `dirty`, computed again: what to write (a
         Frontend) and what to remove (None)."""
-        port_range = self.ctx.config.nodePort.bounds()
+        port_range = self.ctx.settings.nodePort.bounds()
         slices_by_service: dict[tuple[str, str], list] = {}
         for s in self.catalog.slices.values():
             if (s.namespace, s.service) in dirty:
@@ -254,7 +253,7 @@ class LbPlugin(LbApi):
                 except ModelError as e:  # found only with the slices: an unknown targetPort name
                     path = self._manifests.entries("Service").get(key, (None, "?"))[1]
                     self._problem(Problem("Service", key, str(path), e))
-                if not self.ctx.config.kubeProxyReplacement:  # ClusterIP only, per packet
+                if not self.ctx.settings.kubeProxyReplacement:  # ClusterIP only, per packet
                     new = [f for f in new if f.type == "ClusterIP"]
                 self.by_service[key] = new
             delta.update({f.key: None for f in old})
@@ -293,9 +292,8 @@ class LbPlugin(LbApi):
             return
         self._pressure()
         idle = not self.writer.frontends
-        for attach in ("from-container", "to-container"):
-            if ((attach, SLOT_LB) in self.ctx.datapath.bypassed) != idle:
-                self.ctx.datapath.bypass(attach, SLOT_LB, idle)
+        for slot in STAGES:
+            self.ctx.datapath.bypass(slot, idle)
         if written or self.writer.removed:
             self.ctx.log.info("services programmed", frontends=len(written), removed=len(self.writer.removed),
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
@@ -305,21 +303,21 @@ class LbPlugin(LbApi):
         """service.changed / service.deleted for subscribers (replayed to late ones)."""
         for key, f in self.writer.removed.items():
             label = f.label() if f else f"{key[0] or '0.0.0.0'}:{key[1]}/{key[2]}"
-            self.ctx.bus.publish(ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
+            self.ctx.bus.publish(events.ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
         for key in written:
             installed = self.writer.frontends[key]
             f = installed.frontend
-            self.ctx.bus.publish(ServiceChanged(
+            self.ctx.bus.publish(events.ServiceChanged(
                 frontend=f.label(), id=installed.id, type=f.type, service="/".join(f.service),
-                backends=[ServiceBackend(b.address, b.port, b.state) for b in f.backends]))
+                backends=[events.ServiceBackend(b.address, b.port, b.state) for b in f.backends]))
 
     def _pressure(self, full: bool = False) -> None:
         """A change refused for want of room shows as a full map (cilium_bpf_map_pressure 1.0)
         until one fits; otherwise the core reports the maps' fill."""
         if full:
-            self.ctx.datapath.pressure["lb4_services"] = 1.0
+            self.ctx.datapath.set_pressure("lb4_services", 1.0)
         else:
-            self.ctx.datapath.pressure.pop("lb4_services", None)
+            self.ctx.datapath.set_pressure("lb4_services", None)
 
     # ---- endpoints --------------------------------------------------------------------------
 
@@ -332,7 +330,7 @@ class LbPlugin(LbApi):
         await self._adopt(endpoint)
 
     async def _adopt(self, endpoint) -> None:
-        cfg = self.ctx.config
+        cfg = self.ctx.settings
         if self._socket_lb_on() and not cfg.socketLB.hostNamespaceOnly:
             cookie = await anyio.to_thread.run_sync(netns.netns_cookie, endpoint.netns)
             self.cookies[endpoint.id] = cookie

@@ -8,7 +8,7 @@ import json
 
 import click
 
-from pylium.core.cli.output import fail, print_table
+from pylium.core.api_for_plugins import fail, print_table
 from pylium.plugins.observability import render
 
 _FILTERS = [  # (option names, flag, help); every one may be repeated
@@ -77,7 +77,7 @@ def _timestamp(text: str | None, option: str) -> str:
     """RFC 3339 (or a duration ago: 30s, 5m, 1h) as the agent's fixed-width UTC form."""
     if not text:
         return ""
-    from pylium.core.config import parse_duration
+    from pylium.core.api_for_plugins import parse_duration
 
     try:
         when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=parse_duration(text))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from pylium.core.config import Section
+from pylium.core.api_for_plugins import Section
 
 HUBBLE_METRICS = ("drop", "flow", "policy")
 

@@ -13,8 +13,7 @@ import time
 import uuid
 from typing import Callable
 
-from pylium.core.datapath import monitor as m
-from pylium.core.datapath.structs import EVENT_HEADER
+from pylium.core.api_for_plugins import EVENT_HEADER, consts as m, drop_reason
 from pylium.plugins.observability.flow import (ICMP, IP, TCP, UDP, CiliumEventType, Endpoint, Ethernet, File, Flow,
                                                Interface, Layer4, Policy, TCPFlags)
 
@@ -28,16 +27,12 @@ _ICMP6_NAMES = {1: "DestinationUnreachable", 2: "PacketTooBig", 3: "TimeExceeded
                 129: "EchoReply", 130: "MulticastListenerQuery", 133: "RouterSolicitation", 134: "RouterAdvertisement",
                 135: "NeighborSolicitation", 136: "NeighborAdvertisement", 143: "MulticastListenerReportV2"}
 
-RESERVED_IDENTITIES = {1: "reserved:host", 2: "reserved:world", 3: "reserved:unmanaged", 4: "reserved:health",
-                       5: "reserved:init", 6: "reserved:remote-node", 7: "reserved:kube-apiserver",
-                       8: "reserved:ingress"}
-ID_WORLD = 2
 VERDICTS = {m.MSG_DROP: "DROPPED", m.MSG_TRACE: "FORWARDED"}
-DIRECTIONS = {1: "INGRESS", 2: "EGRESS"}
+DIRECTIONS = m.METRIC_DIRECTIONS
 
 
 def reserved_endpoint(identity: int) -> Endpoint:
-    label = RESERVED_IDENTITIES.get(identity)
+    label = m.RESERVED_IDENTITIES.get(identity)
     return Endpoint(identity=identity, labels=(label,) if label else ())
 
 
@@ -79,7 +74,7 @@ class Decoder:
         self.ifnames: dict[int, str] = {}
         self._uuid_prefix = str(uuid.UUID(bytes=os.urandom(16)))[:24]
         self._count = 0
-        self._reserved = {i: reserved_endpoint(i) for i in RESERVED_IDENTITIES}
+        self._reserved = {i: reserved_endpoint(i) for i in m.RESERVED_IDENTITIES}
         self._event_types: dict[tuple[int, int], CiliumEventType] = {}
         self._files: dict[tuple[int, int], File] = {}
         self._interfaces: dict[int, Interface] = {}
@@ -103,7 +98,7 @@ class Decoder:
         src_ip, dst_ip = (ip.source, ip.destination) if ip is not None else ("", "")
         is_reply = bool(flags & m.EVENT_F_REPLY) if flags & m.EVENT_F_REPLY_KNOWN else None
         if mtype == m.MSG_DROP:
-            desc = m.drop_reason(subtype)[0]
+            desc = drop_reason(subtype)[0]
             point, trace_reason = "UNKNOWN_POINT", "TRACE_REASON_UNKNOWN"
             if ip is not None:
                 is_reply = self.reply_of(packet)

@@ -15,10 +15,10 @@ from typing import Callable
 
 import msgspec
 
-from pylium.core.datapath.monitor import DROP_REASONS, OBSERVATION_POINTS
+from pylium.core.api_for_plugins import DROP_REASONS, MESSAGE_TYPES, OBSERVATION_POINTS
 from pylium.plugins.observability.flow import Endpoint, Flow
 
-EVENT_TYPES = {"drop": 1, "trace": 4, "policy-verdict": 5, "l7": 129}
+EVENT_TYPES = {name: number for number, name in MESSAGE_TYPES.items()}
 TRACE_SUBTYPES = {name: n for n, (name, _) in OBSERVATION_POINTS.items()}
 VERDICTS = ("FORWARDED", "DROPPED", "AUDIT", "REDIRECTED", "ERROR", "TRACED", "TRANSLATED")
 DROP_REASON_NAMES = {name for name, _ in DROP_REASONS.values()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from pylium.core.bus.events import Event
+from pylium.core.api_for_plugins import Event
 
 _OPTS = {"frozen": True, "omit_defaults": True, "forbid_unknown_fields": True, "gc": False}
 

@@ -7,10 +7,11 @@ import collections
 
 from prometheus_client.core import CounterMetricFamily
 
-from pylium.core.datapath.monitor import OBSERVATION_POINTS, POLICY_MATCH_TYPES, drop_reason
+from pylium.core.api_for_plugins import OBSERVATION_POINTS, POLICY_MATCH_TYPES, consts, drop_reason
 from pylium.plugins.observability.flow import Endpoint, Flow
 
-_TYPE_NAMES = {1: "Drop", 4: "Trace", 5: "PolicyVerdict", 129: "L7"}
+_TYPE_NAMES = {consts.MSG_DROP: "Drop", consts.MSG_TRACE: "Trace", consts.MSG_POLICY_VERDICT: "PolicyVerdict",
+               consts.MSG_L7: "L7"}  # Hubble's spellings in metric labels
 LOST_SOURCES = ("PERF_EVENT_RING_BUFFER", "OBSERVER_EVENTS_QUEUE", "HUBBLE_RING_BUFFER")
 OTHER = "other"
 

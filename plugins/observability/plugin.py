@@ -17,22 +17,16 @@ import collections
 import ctypes as ct
 import struct
 import time
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import msgspec
 
-from pylium.core.datapath.monitor import (EVENT_F_ALLOWED, EVENT_F_AUDIT, EVENT_F_REDIRECT, MESSAGE_TYPES, MSG_DROP,
-                                     MSG_POLICY_VERDICT, MSG_TRACE, OBSERVATION_POINTS, POLICY_MATCH_TYPES,
-                                     TRACE_REASONS, drop_reason)
-from pylium.core.datapath.ringbuf import RingReader
-from pylium.core.datapath.structs import EVENT_HEADER, FlowKey, IpcacheKey
-from pylium.core.hookspecs import hookimpl
-from pylium.core.plugin_api import ApiError, Health
+from pylium.core.api_for_plugins import (ApiError, EVENT_HEADER, FlowKey, Health, IpcacheKey, ReservedIdentity,
+                                         RingReader, consts, drop_reason, hookimpl)
 from pylium.plugins.observability import render
 from pylium.plugins.observability.config import ObservabilityConfig
-from pylium.plugins.observability.decode import ID_WORLD, Decoder
+from pylium.plugins.observability.decode import Decoder
 from pylium.plugins.observability.filters import FilterError, FlowFilter, compile_lists
 from pylium.plugins.observability.flow import Policy as FlowPolicy, Endpoint, Flow, FlowRecord, LostEvents
 from pylium.plugins.observability.metrics import HubbleMetrics, endpoint_name
@@ -97,10 +91,6 @@ class ObservabilityPlugin:
         declare.api_route("GET", "/v1/observer", self.api_observer)
 
     @hookimpl
-    def pylium_lifespan(self, ctx):
-        return self._run(ctx)
-
-    @hookimpl
     def pylium_status_details(self, ctx):
         if self.observer is None:
             return None
@@ -111,10 +101,10 @@ class ObservabilityPlugin:
 
     # ---- running ----------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _run(self, ctx):
+    @hookimpl
+    async def pylium_lifespan(self, ctx):
         self.ctx = ctx
-        hubble = ctx.config.hubble
+        hubble = ctx.settings.hubble
         self.metrics = HubbleMetrics(hubble.metrics.enabled, hubble.metrics.endpointDrops.enabled,
                                      hubble.metrics.endpointDrops.maxEndpoints)
         ctx.metrics.register(self.metrics)
@@ -273,7 +263,7 @@ class ObservabilityPlugin:
             self._identities_at = now
         identity = self._identities.get(ip)
         if identity is None:
-            identity = ID_WORLD
+            identity = ReservedIdentity.WORLD
             dp = self.ctx.datapath if self.ctx is not None else None
             if dp is not None:
                 info = dp.maps["ipcache"].get(IpcacheKey.of(ip))
@@ -343,11 +333,12 @@ class ObservabilityPlugin:
             q = msgspec.convert(req.body or {}, MonitorRequest)
         except msgspec.ValidationError as e:
             raise ApiError(400, f"monitor request: {e}") from None
-        unknown = set(q.types) - set(MESSAGE_TYPES.values()) - {"l7"}
+        unknown = set(q.types) - set(consts.MESSAGE_TYPES.values())
         if unknown:
             raise ApiError(400, f"monitor request: unknown type {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join([*MESSAGE_TYPES.values(), 'l7'])})")
-        types = {t for t, name in MESSAGE_TYPES.items() if name in q.types} if q.types else set(MESSAGE_TYPES)
+                                f"(known: {', '.join(consts.MESSAGE_TYPES.values())})")
+        names = consts.MESSAGE_TYPES
+        types = {t for t, name in names.items() if name in q.types} if q.types else set(names)
         src, dst = set(q.from_), set(q.to)
 
         def accept(item) -> bool:
@@ -418,21 +409,22 @@ def _monitor_event(record: Any, raw: bytes | None) -> dict:
     (_ts, mtype, subtype, direction, reason, src_ep, dst_ep, flags, line, ifindex, hsh, src_id, dst_id, orig_len,
      _cap, _file, rule0, rule1) = EVENT_HEADER.unpack_from(raw)
     flow = msgspec.to_builtins(record)
-    ev = {"type": MESSAGE_TYPES.get(mtype, str(mtype)), "time": record.time, "source": src_ep, "destination": dst_ep,
+    ev = {"type": consts.MESSAGE_TYPES.get(mtype, str(mtype)), "time": record.time, "source": src_ep,
+          "destination": dst_ep,
           "srcIdentity": src_id or (record.source.identity if record.source else 0),
           "dstIdentity": dst_id or (record.destination.identity if record.destination else 0),
           "ifindex": ifindex, "ifname": record.interface.name if record.interface else "", "hash": hsh,
           "origLen": orig_len, "direction": record.traffic_direction, "summary": render.packet_summary(flow)}
     if record.is_reply is not None:
         ev["isReply"] = record.is_reply
-    if mtype == MSG_DROP:
+    if mtype == consts.MSG_DROP:
         ev.update(reason=subtype, reasonDesc=drop_reason(subtype)[1],
                   file=record.file.name if record.file else "", line=line)
-    elif mtype == MSG_TRACE:
-        ev.update(observationPoint=OBSERVATION_POINTS.get(subtype, (str(subtype),))[0],
-                  state=TRACE_REASONS.get(reason, "unknown").lower().replace("trace_reason_", ""))
-    elif mtype == MSG_POLICY_VERDICT:
-        action = ("redirect" if flags & EVENT_F_REDIRECT else "audit" if flags & EVENT_F_AUDIT
-                  else "allow" if flags & EVENT_F_ALLOWED else "deny")
-        ev.update(action=action, match=POLICY_MATCH_TYPES.get(subtype, "none"), ruleIds=[r for r in (rule0, rule1) if r])
+    elif mtype == consts.MSG_TRACE:
+        ev.update(observationPoint=consts.OBSERVATION_POINTS.get(subtype, (str(subtype),))[0],
+                  state=consts.TRACE_REASONS.get(reason, "unknown").lower().replace("trace_reason_", ""))
+    elif mtype == consts.MSG_POLICY_VERDICT:
+        action = ("redirect" if flags & consts.EVENT_F_REDIRECT else "audit" if flags & consts.EVENT_F_AUDIT
+                  else "allow" if flags & consts.EVENT_F_ALLOWED else "deny")
+        ev.update(action=action, match=consts.POLICY_MATCH_TYPES.get(subtype, "none"), ruleIds=[r for r in (rule0, rule1) if r])
     return ev

@@ -45,7 +45,7 @@ def endpoints(flow: dict) -> tuple[str, str]:
 
 def description(flow: dict) -> str:
     """What happened: the observation point, the drop reason's text, or the policy verdict."""
-    from pylium.core.datapath.monitor import POLICY_MATCH_TYPES, drop_reason
+    from pylium.core.api_for_plugins import POLICY_MATCH_TYPES, drop_reason
 
     if flow.get("verdict") == "DROPPED":
         return drop_reason(flow.get("drop_reason", 0))[1]

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from pylium.core.plugin_api import ApiError
+from pylium.core.api_for_plugins import ApiError
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.identity import Identity
 from pylium.plugins.policy.model import NAMESPACE_LABEL, Policy, PolicyError, parse_documents

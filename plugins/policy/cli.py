@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pylium.core.cli.output import emit, fail, output_option, print_table
+from pylium.core.api_for_plugins import emit, fail, output_option, print_table
 
 
 def _documents(files: tuple[str, ...]) -> list[dict]:

@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-RESERVED = {1: "host", 2: "world", 3: "unmanaged", 4: "health", 5: "init", 6: "remote-node",
-            7: "kube-apiserver", 8: "ingress"}
-ID_HOST, ID_WORLD, ID_UNMANAGED, ID_HEALTH, ID_INIT, ID_REMOTE_NODE, ID_KUBE_APISERVER, ID_INGRESS = range(1, 9)
-MIN_ALLOCATED, MAX_ALLOCATED = 256, 65535
-MIN_LOCAL = 1 << 24
+from pylium.core.api_for_plugins import consts
+
+RESERVED = {int(n): label.removeprefix("reserved:") for n, label in consts.RESERVED_IDENTITIES.items()}
+ID_HOST, ID_WORLD, ID_INIT = consts.ID_HOST, consts.ID_WORLD, consts.ID_INIT
+MIN_ALLOCATED, MAX_ALLOCATED = consts.IDENTITY_ALLOCATED_MIN, consts.IDENTITY_ALLOCATED_MAX
+MIN_LOCAL = consts.IDENTITY_LOCAL_MIN
 PREFIX = "identities/v1"
 
 # Cilium's default identity-relevant label filter: every label, except those that change per

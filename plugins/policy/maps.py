@@ -1,17 +1,18 @@
-"""ctypes mirrors of bpf/policy/policy_maps.h and the encoding of rules into trie keys."""
+"""ctypes mirrors of bpf/policy_maps.h and the encoding of rules into trie keys."""
 
 from __future__ import annotations
 
 import ctypes as ct
 
-from pylium.core.datapath import libbpf
-from pylium.core.datapath.maps import MapSpec
-from pylium.core.datapath.structs import FlowKey
+from pylium.core.api_for_plugins import FlowKey, MapSpec, libbpf
+from pylium.plugins.policy import consts as c
 
-PREFIX_ANY_PROTO, PREFIX_ANY_PORT, PREFIX_FULL = 64, 72, 96
-F_DENY, F_AUDIT = 0x1, 0x2
-ENFORCE, AUDIT, LOCKDOWN, AUDIT_DEFAULT, OPEN = 0x1, 0x2, 0x4, 0x8, 0x10
-CHECK_EGRESS, CHECK_INGRESS = 0x1, 0x2
+PREFIX_ANY_PROTO, PREFIX_ANY_PORT = c.POLICY_PREFIX_ANY_PROTO, c.POLICY_PREFIX_ANY_PORT
+PREFIX_FULL = c.POLICY_PREFIX_FULL
+F_DENY, F_AUDIT = c.POLICY_F_DENY, c.POLICY_F_AUDIT
+ENFORCE, AUDIT, LOCKDOWN, AUDIT_DEFAULT, OPEN = (c.POLICY_ENFORCE, c.POLICY_AUDIT, c.POLICY_LOCKDOWN,
+                                                  c.POLICY_AUDIT_DEFAULT, c.POLICY_OPEN)
+CHECK_EGRESS, CHECK_INGRESS = c.CT_CHECK_EGRESS, c.CT_CHECK_INGRESS
 RULES_MAX_ENTRIES = 1 << 20
 
 

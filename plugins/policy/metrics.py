@@ -33,8 +33,8 @@ class PolicyCollector:
                                      "133 and 181)", labels=["direction"])
         dp = p.ctx.datapath if p.ctx else None
         if dp is not None:
-            from pylium.core.datapath.monitor import METRIC_DIRECTIONS
-            from pylium.core.agent.metrics import read_bpf_metrics
+            from pylium.core.api_for_plugins import METRIC_DIRECTIONS
+            from pylium.core.api_for_plugins import read_bpf_metrics
 
             totals = {name: 0 for name in METRIC_DIRECTIONS.values()}
             for reason, direction, packets, _ in read_bpf_metrics(dp.maps["metrics"]):

@@ -1,5 +1,5 @@
 """The policy plugin: identities for endpoints, the policy repository (manifests directory and
-`pylium policy import`), and per-endpoint policy in BPF (bpf/policy/policy.c).
+`pylium policy import`), and per-endpoint policy in BPF (bpf/policy.c).
 
 Every change (a policy, an endpoint, an identity) bumps the revision and regenerates: each
 local endpoint's entries are computed by the Resolver and written to the maps, then its
@@ -9,31 +9,26 @@ from __future__ import annotations
 
 import ctypes as ct
 import dataclasses
-import ipaddress
 import json
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from pylium.core.datapath.structs import IpcacheInfo, IpcacheKey
-from pylium.core.config import parse_duration
-from pylium.core.bus.events import PolicyChanged
-from pylium.core.hookspecs import hookimpl
-from pylium.core.state.manifests import Manifests
-from pylium.core.plugin_api import Health
+from pylium.core.api_for_plugins import (EndpointContribution, Health, Manifests, Slot, Source, events, hookimpl,
+                                         parse_duration)
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.api import POLICY_KINDS, PolicyApi
 from pylium.plugins.policy.config import PolicyConfig
-from pylium.plugins.policy.identity import MIN_LOCAL, Identity, IdentityAllocator, LabelFilter
+from pylium.plugins.policy.identity import Identity, IdentityAllocator, LabelFilter
 from pylium.plugins.policy.metrics import PolicyCollector
 from pylium.plugins.policy.model import Policy, PolicyError, parse_policy
 from pylium.plugins.policy.resolve import ALLOW_LOCALHOST_RULE, EGRESS, INGRESS, EndpointPolicy, Key, Resolver
 
 IDENTITY_SYNC_SECONDS = 2.0
-SLOT_POLICY = 2  # bpf/include/pylium_consts.h SLOT_FROM_POLICY / SLOT_TO_POLICY
+STAGES = (Slot.FROM_POLICY, Slot.TO_POLICY)
+CIDR = "cidr"  # ipcache owner: identities of peers policies name by address
 
 
 class PolicyPlugin(PolicyApi):
@@ -45,7 +40,7 @@ class PolicyPlugin(PolicyApi):
         self.imported: dict[tuple, dict] = {}  # documents from `policy import` (persisted)
         self.policy_ids: dict[tuple, int] = {}
         self.rule_names: dict[int, str] = {ALLOW_LOCALHOST_RULE: "allow-localhost"}
-        self.endpoints: dict[int, Any] = {}  # local endpoints (the core's records)
+        self.endpoints: dict[int, Any] = {}  # local endpoints (the core's, with the identity given here)
         self.realized: dict[int, EndpointPolicy] = {}
         self.revision = 1
         self._pinned: dict[int, set[Key]] = {}
@@ -67,38 +62,33 @@ class PolicyPlugin(PolicyApi):
     def pylium_declare(self, declare):
         declare.after("connectivity")
         declare.bpf_maps(*maps.MAPS)
-        declare.bpf_stage("from-container", SLOT_POLICY, "policy/policy.c", "policy_egress")
-        declare.bpf_stage("to-container", SLOT_POLICY, "policy/policy.c", "policy_ingress")
-        for method, path, handler in (
-                ("GET", "/v1/policy", self.api_get), ("POST", "/v1/policy", self.api_import),
-                ("DELETE", "/v1/policy", self.api_delete), ("POST", "/v1/policy/validate", self.api_validate),
-                ("GET", "/v1/policy/wait", self.api_wait), ("POST", "/v1/policy/trace", self.api_trace),
-                ("GET", "/v1/identity", self.api_identities), ("GET", "/v1/identity/{id}", self.api_identity),
-                ("GET", "/v1/bpf/policy", self.api_bpf_policy), ("GET", "/v1/bpf/ct", self.api_bpf_ct),
-                ("GET", "/v1/policy/endpoints", self.api_endpoints),
-                ("POST", "/v1/policy/endpoints/{id}/config", self.api_endpoint_config)):
-            declare.api_route(method, path, handler)
-
-    @hookimpl
-    def pylium_lifespan(self, ctx):
-        return self._run(ctx)
+        declare.bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")
+        declare.bpf_stage(Slot.TO_POLICY, "bpf/policy.c", "policy_ingress")
+        declare.endpoint_fields("identity")
+        declare.ipcache_owner(CIDR, Source.GENERATED)
+        declare.api_routes(
+            ("GET", "/v1/policy", self.api_get), ("POST", "/v1/policy", self.api_import),
+            ("DELETE", "/v1/policy", self.api_delete), ("POST", "/v1/policy/validate", self.api_validate),
+            ("GET", "/v1/policy/wait", self.api_wait), ("POST", "/v1/policy/trace", self.api_trace),
+            ("GET", "/v1/identity", self.api_identities), ("GET", "/v1/identity/{id}", self.api_identity),
+            ("GET", "/v1/bpf/policy", self.api_bpf_policy), ("GET", "/v1/bpf/ct", self.api_bpf_ct),
+            ("GET", "/v1/policy/endpoints", self.api_endpoints),
+            ("POST", "/v1/policy/endpoints/{id}/config", self.api_endpoint_config))
 
     @hookimpl
     def pylium_status_details(self, ctx):
-        if self.ctx is None:
-            return None
         return {"Policy": f"{len(self.policies)} policies, revision {self.revision} "
-                          f"(realized {self.realized_revision}), mode {ctx.config.policyEnforcementMode}"}
+                          f"(realized {self.realized_revision}), mode {ctx.settings.policyEnforcementMode}"}
 
-    @asynccontextmanager
-    async def _run(self, ctx):
+    @hookimpl
+    async def pylium_lifespan(self, ctx):
         self.ctx = ctx
         self._lock = anyio.Lock()
         self._realized_event = anyio.Event()
         self._dirty = anyio.Event()
-        self.identities = IdentityAllocator(ctx.store, LabelFilter(ctx.config.policy.identityLabels))
+        self.identities = IdentityAllocator(ctx.store, LabelFilter(ctx.settings.policy.identityLabels))
         await self.identities.sync()
-        bpf = ctx.config.bpf
+        bpf = ctx.settings.bpf
         settings = maps.PolicySettings(ct_tcp_timeout_ns=int(parse_duration(bpf.ctTcpTimeout) * 1e9),
                                        ct_any_timeout_ns=int(parse_duration(bpf.ctAnyTimeout) * 1e9))
         ctx.bpf_maps["policy_settings"].put(ct.c_uint32(0), settings)
@@ -127,16 +117,17 @@ class PolicyPlugin(PolicyApi):
 
     @hookimpl
     async def pylium_endpoint_plug(self, ctx, endpoint):
-        await self._adopt(endpoint)
+        return await self._adopt(endpoint)
 
     @hookimpl
     async def pylium_endpoint_restore(self, ctx, endpoint):
-        await self._adopt(endpoint)
+        return await self._adopt(endpoint)
 
     @hookimpl
     async def pylium_endpoint_update(self, ctx, endpoint, changed):
         if "labels" in changed:
-            await self._adopt(endpoint)
+            return await self._adopt(endpoint)
+        return None
 
     @hookimpl
     async def pylium_endpoint_unplug(self, ctx, endpoint):
@@ -153,15 +144,15 @@ class PolicyPlugin(PolicyApi):
             rules.delete(key.bpf(ep_id))
         self.ctx.bpf_maps["policy_endpoints"].delete(ct.c_uint32(ep_id))
         if self.ctx.datapath is not None:
-            self.ctx.datapath.pressure.pop(f"policy_{ep_id:05d}", None)
+            self.ctx.datapath.set_pressure(f"policy_{ep_id:05d}", None)
 
-    async def _adopt(self, endpoint) -> None:
+    async def _adopt(self, endpoint) -> EndpointContribution:
         """The endpoint's identity from its labels and its policy, now (before it can send);
         a new identity may be a peer in other endpoints' rules: they follow in the background."""
         async with self._lock:
             labels = endpoint.labels or {"reserved:init": ""}
             new = self.identities.known_labels(labels) is None
-            endpoint.identity = (await self.identities.allocate(labels)).id
+            endpoint = endpoint.replace(identity=(await self.identities.allocate(labels)).id)
             self.endpoints[endpoint.id] = endpoint
             self.revision += 1  # connections of this endpoint are checked again
             self._write(endpoint.id, self._resolver().endpoint(self._subject_labels(endpoint),
@@ -170,16 +161,15 @@ class PolicyPlugin(PolicyApi):
             self._bypass_when_open()
         if new:
             self._dirty.set()
+        return EndpointContribution(identity=endpoint.identity)
 
     def _bypass_when_open(self) -> None:
         """While no endpoint has policy, packets skip the policy stages altogether."""
-        dp = self.ctx.datapath
-        if dp is None:
+        if self.ctx.datapath is None:
             return
         idle = all(p.open for p in self.realized.values()) and not self.overflows
-        for attach in ("from-container", "to-container"):
-            if ((attach, SLOT_POLICY) in dp.bypassed) != idle:
-                dp.bypass(attach, SLOT_POLICY, idle)
+        for slot in STAGES:
+            self.ctx.datapath.bypass(slot, idle)
 
     def _subject_labels(self, endpoint) -> dict[str, str]:
         """What rules select on: the endpoint's identity's labels (identity-relevant only)."""
@@ -311,21 +301,17 @@ class PolicyPlugin(PolicyApi):
     # ---- regeneration -----------------------------------------------------------------------
 
     def _resolver(self, extra: dict[int, Identity] | None = None) -> Resolver:
-        cfg = self.ctx.config
+        cfg = self.ctx.settings
         identities = {**self.identities.known, **extra} if extra else self.identities.known
         return Resolver(list(self.policies.values()), identities, self.policy_ids,
                         cfg.policyEnforcementMode, cfg.policyAuditMode, cfg.policy.allowLocalhost == "always")
 
     def _cidr_identity(self, prefix: str) -> None:
+        """A CIDR peer's identity in the ipcache. Generated records rank below the node's own
+        (endpoints, host addresses): an endpoint's address keeps its identity."""
         identity, new = self.identities.cidr(prefix)
-        if new and self.ctx.datapath is not None:
-            ipcache = self.ctx.datapath.maps["ipcache"]
-            key = IpcacheKey.of(prefix)
-            found = ipcache.get(key)  # the longest match, not necessarily this prefix
-            net = ipaddress.ip_network(prefix)
-            if found is not None and found.identity < MIN_LOCAL and net.prefixlen == net.max_prefixlen:
-                return  # a host's or an endpoint's own address keeps its identity
-            ipcache.put(key, IpcacheInfo(identity=identity.id))
+        if new and self.ctx.ipcache is not None:
+            self.ctx.ipcache.upsert(prefix, identity.id, CIDR)
 
     async def regenerate(self) -> None:
         async with self._lock:
@@ -336,17 +322,17 @@ class PolicyPlugin(PolicyApi):
                 self._write(ep_id, wanted, revision)
             self._bypass_when_open()
             self.realized_revision = revision
-            self.ctx.bus.publish(PolicyChanged(node=self.ctx.node_name, revision=revision,
+            self.ctx.bus.publish(events.PolicyChanged(node=self.ctx.node_name, revision=revision,
                                                rules={str(k): v for k, v in self.rule_names.items()}))
             self._realized_event.set()
             self._realized_event = anyio.Event()
 
     def _write(self, ep_id: int, wanted: EndpointPolicy, revision: int) -> None:
         old = self.realized.get(ep_id)
-        cfg = self.ctx.config
+        cfg = self.ctx.settings
         lockdown = False
         if self.ctx.datapath is not None:
-            self.ctx.datapath.pressure[f"policy_{ep_id:05d}"] = len(wanted.entries) / cfg.bpf.policyMapMax
+            self.ctx.datapath.set_pressure(f"policy_{ep_id:05d}", len(wanted.entries) / cfg.bpf.policyMapMax)
         if len(wanted.entries) > cfg.bpf.policyMapMax:
             message = (f"endpoint {ep_id}: policy needs {len(wanted.entries)} entries, more than "
                        f"bpf.policyMapMax {cfg.bpf.policyMapMax}")
@@ -386,7 +372,7 @@ class PolicyPlugin(PolicyApi):
 
     async def _ct_gc(self) -> None:
         """Expired connections go (the LRU only evicts when full)."""
-        bpf = self.ctx.config.bpf
+        bpf = self.ctx.settings.bpf
         tcp, other = parse_duration(bpf.ctTcpTimeout) * 1e9, parse_duration(bpf.ctAnyTimeout) * 1e9
         table = self.ctx.bpf_maps["policy_ct"]
         while True:

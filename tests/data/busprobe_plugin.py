@@ -5,10 +5,7 @@ from contextlib import asynccontextmanager
 import anyio
 import msgspec
 
-from pylium.core.bus.client import RpcError
-from pylium.core.bus.events import Event
-from pylium.core.hookspecs import hookimpl
-from pylium.core.plugin_api import ApiError
+from pylium.core.api_for_plugins import ApiError, Event, RpcError, hookimpl
 
 
 class ProbeTick(Event, frozen=True):

@@ -1,4 +1,5 @@
-"""Minimal packet builders for BPF_PROG_TEST_RUN tables (Ethernet, IPv4/IPv6, ICMP, UDP, TCP, ARP)."""
+"""Packet builders for BPF_PROG_TEST_RUN tables (Ethernet, IPv4/IPv6, ICMP, UDP, TCP, ARP), and the
+test run's `struct __sk_buff` context."""
 
 from __future__ import annotations
 

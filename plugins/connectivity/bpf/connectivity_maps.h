@@ -1,5 +1,5 @@
 /* Maps of the connectivity plugin, pinned under <bpf-root>/<node>/connectivity/. Mirrors in
- * pylium/plugins/connectivity/maps.py. */
+ * ../maps.py. */
 #pragma once
 
 /* This node's pod address blocks: an address in them without an endpoint is unroutable. */

@@ -1,5 +1,5 @@
-/* Maps of the policy plugin, pinned under <bpf-root>/<node>/policy/. Mirrors in
- * pylium/plugins/policy/maps.py. */
+/* Maps of the policy plugin, pinned under <bpf-root>/<node>/policy/. Mirrors in ../maps.py
+ * (../consts.py is generated from the defines: make consts). */
 #pragma once
 
 /* What an endpoint may exchange with a peer (all endpoints in one trie; the agent keeps each

@@ -1,4 +1,4 @@
-/* Keys and values of the load-balancing maps; mirrored in pylium/plugins/lb/maps.py. */
+/* Keys and values of the load-balancing maps; mirrored in ../maps.py. */
 #pragma once
 
 /* A frontend (address, port, protocol) and one of its slots: slot 0 describes the service,

@@ -1,4 +1,4 @@
-/* Numbers of the load-balancing plugin (mirrored in pylium/plugins/lb/maps.py). */
+/* Numbers of the load-balancing plugin; ../consts.py is generated from this file (`make consts`). */
 #pragma once
 
 #ifndef LB_MAP_MAX
@@ -40,8 +40,6 @@
 
 #define CT_FORWARD 0 /* lb4_ct_key.dir: client -> frontend */
 #define CT_REVERSE 1 /* backend -> client (as translated) */
-
-#define DROP_NO_SERVICE 158 /* "Service backend not found" */
 
 /* Source address of a pod reaching itself through a service (hairpin): 169.254.42.1, as
  * Cilium's ipv4-service-loopback-address. */

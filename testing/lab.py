@@ -1,6 +1,7 @@
 """A lab for datapath tests: a node (network namespace) with an agent in it, pods (namespaces
 wired by the agent), an "outside" namespace behind the node. Unique names per test; close()
-removes everything it created. Only addresses inside these namespaces are used."""
+removes everything it created, processes left running in its namespaces included. Only
+addresses inside these namespaces are used."""
 
 from __future__ import annotations
 
@@ -15,11 +16,74 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import BIN, IN_CI, AgentDirs, AgentProcess
+from pylium.core.cli.client import AgentUnreachable, Client
 
+BIN = Path(sys.executable).parent  # pylium-agent, pylium, pylium-cni of this environment
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BPF_TEST_ROOT = Path("/sys/fs/bpf/pylium-test")
 POD_CIDR = "10.210.0.0/16"
 NODE_IP, OUTSIDE_IP = "10.250.0.1", "10.250.0.2"
+
+
+@dataclass
+class AgentDirs:
+    root: Path
+    node: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def bpf_root(self) -> Path:
+        return self.root / "bpf"
+
+    def args(self) -> list[str]:
+        return ["--node-name", self.node, "--run-dir", str(self.run_dir), "--state-dir", str(self.state_dir),
+                "--bpf-root", str(self.bpf_root)]
+
+    @property
+    def client(self) -> Client:
+        return Client.for_run_dir(self.run_dir, timeout=5)
+
+
+@dataclass
+class AgentProcess:
+    proc: subprocess.Popen
+    dirs: AgentDirs
+    log_path: Path
+    stopped: bool = field(default=False)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode} before ready:\n{self.log}")
+            try:
+                status = self.dirs.client.get("/v1/status")
+                if status["state"] == "running":
+                    return status
+            except (AgentUnreachable, OSError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"agent not ready after {timeout}s:\n{self.log}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.stopped = True
+
 
 
 def require_datapath() -> str | None:
@@ -153,6 +217,12 @@ class Lab:
                 agent.proc.send_signal(signal.SIGKILL)
                 agent.proc.wait(10)
         for ns in reversed(self.namespaces):
+            # a process in a namespace outlives `ip netns del` (and keeps the namespace): end it
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.bpf_root, ignore_errors=True)
         deadline = time.monotonic() + 5  # namespace teardown is asynchronous in the kernel
@@ -161,6 +231,7 @@ class Lab:
 
 
 def skip_or_fail(reason: str):
+    """Skip a test that needs what this machine lacks; in CI (CI=true) fail it instead."""
     import pytest
 
     if IN_CI:

@@ -1,0 +1,1 @@
+"""pylium-podcount: packets and bytes per pod, counted by a BPF stage of its own."""

@@ -1,0 +1,45 @@
+"""The pytest plugin (entry point `pytest11`): fixtures for plugin authors' tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from pylium.testing.lab import BPF_TEST_ROOT, Lab, require_datapath, skip_or_fail
+
+
+def _need_datapath() -> None:
+    reason = require_datapath()
+    if reason:
+        skip_or_fail(reason)
+
+
+@pytest.fixture
+def pylium_stage():
+    """pylium_stage(plugin, sets=()) -> StageHarness: the plugin's stages in the kernel,
+    driven by BPF_PROG_TEST_RUN; removed at teardown."""
+    from pylium.testing.stage import StageHarness
+
+    _need_datapath()
+    made: list[StageHarness] = []
+
+    def make(plugin: Any, sets: list[str] = ()) -> StageHarness:
+        made.append(StageHarness(plugin, BPF_TEST_ROOT / f"stage-{uuid.uuid4().hex[:8]}", sets=sets))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+@pytest.fixture
+def pylium_lab(tmp_path):
+    """A node namespace with `start_agent()`, pods (`pod(name)`), an outside namespace."""
+    _need_datapath()
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
