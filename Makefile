@@ -3,7 +3,7 @@ VENV      ?= .venv
 PYTEST    ?= $(VENV)/bin/pytest
 RUN_ARGS  ?=
 
-.PHONY: setup run test install-service clean docs
+.PHONY: setup run test install-service clean docs consts
 
 setup:
 	@./scripts/setup.sh
@@ -28,3 +28,7 @@ clean:
 # Regenerate the generated blocks of docs/ (a test fails when they are stale).
 docs: setup
 	$(VENV)/bin/python -m pylium.core.docs .
+
+# Regenerate the Python constants generated from C headers (a test fails when they are stale).
+consts: setup
+	$(VENV)/bin/python -m pylium.core.datapath.constgen .

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def run_cli(dirs: AgentDirs | None, *args: str, env: dict | None = None, timeout
         base += ["--run-dir", str(dirs.run_dir)]
     return subprocess.run([*base, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def pip_install(source: Path, work: Path) -> Path:
+    """A copy of a plugin's source tree pip-installed into <work>/site, as a user would."""
+    import shutil
+
+    shutil.copytree(source, work / "src")
+    target = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(work / "src")], check=True, capture_output=True)
+    return target
 
 
 def write_plugin_dist(site: Path, dist: str, version: str, module: str, source: str,

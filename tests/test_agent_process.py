@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import datagram_socket, free_port, run_cli, write_plugin_dist
+from helpers import datagram_socket, free_port, pip_install, run_cli, write_plugin_dist
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "hello-plugin"
 
@@ -25,12 +24,7 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "hello-plugin"
 @pytest.fixture(scope="session")
 def hello_site(tmp_path_factory) -> Path:
     """The example third-party plugin, pip-installed into a temporary directory."""
-    work = tmp_path_factory.mktemp("hello")
-    shutil.copytree(EXAMPLE, work / "src")
-    target = work / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(work / "src")], check=True, capture_output=True)
-    return target
+    return pip_install(EXAMPLE, tmp_path_factory.mktemp("hello"))
 
 
 def _env(*sites: Path) -> dict:

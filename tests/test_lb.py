@@ -512,7 +512,7 @@ def socket_programs() -> list[int]:
 
 
 def test_two_nodes_on_one_kernel_each_translate_only_their_own_sockets(lab, tmp_path):
-    from lab import Lab
+    from pylium.testing.lab import Lab
 
     other = Lab(tmp_path / "second")
     try:

@@ -7,27 +7,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import pip_install, run_cli
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "stage-plugin"
 
 
 @pytest.fixture(scope="module")
 def podcount_site(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("podcount")
-    shutil.copytree(EXAMPLE, work / "src")
-    target = work / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(work / "src")], check=True, capture_output=True)
-    assert (target / "pylium_podcount" / "bpf" / "podcount.c").exists(), "the C is installed with the package"
-    return target
+    site = pip_install(EXAMPLE, tmp_path_factory.mktemp("podcount"))
+    assert (site / "pylium_podcount" / "bpf" / "podcount.c").exists(), "the C is installed with the package"
+    return site
 
 
 def test_its_own_packet_tests_pass_with_pylium_testing(podcount_site, tmp_path):
