@@ -118,7 +118,8 @@ class LbConfig(Section):
                                                                 "way a drop with reason 158 is reported.")
     devices: list[str] = Field(default_factory=list, description="Devices NodePort and external services are "
                                                                   "served on; empty: every device with a global "
-                                                                  "IPv4 address except the pods' host device.")
+                                                                  "IPv4 address except the one carrying the "
+                                                                  "pods' gateways.")
     loadBalancer: LoadBalancerSettings = Field(default_factory=LoadBalancerSettings)
     nodePort: NodePortSettings = Field(default_factory=NodePortSettings)
     socketLB: SocketLBSettings = Field(default_factory=SocketLBSettings)
