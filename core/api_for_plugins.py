@@ -18,6 +18,10 @@ _EXPORTS = {
     "hookimpl": "pylium.core.hookspecs",
     "Declarations": "pylium.core.plugin_api",
     "PluginContext": "pylium.core.plugin_api",
+    "PluginDatapath": "pylium.core.datapath.views",
+    "PluginIpcache": "pylium.core.datapath.ipcache",
+    "PluginRegistry": "pylium.core.plugin_api",
+    "CoreConfig": "pylium.core.config",
     "Health": "pylium.core.plugin_api",
     "ApiError": "pylium.core.plugin_api",
     "ApiRequest": "pylium.core.plugin_api",
@@ -37,6 +41,7 @@ _EXPORTS = {
     "RpcTimeout": "pylium.core.bus.client",
     # state
     "Manifests": "pylium.core.state.manifests",
+    "PluginManifests": "pylium.core.state.manifests",
     "gc_paused": "pylium.core.state.manifests",
     # the datapath
     "consts": "pylium.core.datapath:consts",
@@ -44,6 +49,7 @@ _EXPORTS = {
     "monitor": "pylium.core.datapath:monitor",
     "netns": "pylium.core.datapath:netns",
     "Slot": "pylium.core.datapath.consts",
+    "free_slots": "pylium.core.datapath.structs",
     "DROP_REASONS": "pylium.core.datapath.consts",
     "MESSAGE_TYPES": "pylium.core.datapath.consts",
     "METRIC_DIRECTIONS": "pylium.core.datapath.consts",
@@ -54,6 +60,7 @@ _EXPORTS = {
     "read_bpf_metrics": "pylium.core.agent.metrics",
     "ReservedIdentity": "pylium.core.datapath.consts",
     "DropReason": "pylium.core.datapath.consts",
+    "MessageType": "pylium.core.datapath.consts",
     "MapSpec": "pylium.core.datapath.maps",
     "PinnedMap": "pylium.core.datapath.maps",
     "Source": "pylium.core.datapath.ipcache",
@@ -95,19 +102,20 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from pylium.core.bus.events import Event  # noqa: F401
     from pylium.core.cli.client import AgentUnreachable, ApiFailure, Client  # noqa: F401
     from pylium.core.cli.output import emit, fail, output_option, print_table  # noqa: F401
-    from pylium.core.config import ConfigError, Section, parse_duration  # noqa: F401
+    from pylium.core.config import ConfigError, CoreConfig, Section, parse_duration  # noqa: F401
     from pylium.core.datapath import consts, libbpf, monitor, netns  # noqa: F401
     from pylium.core.agent.metrics import read_bpf_metrics  # noqa: F401
     from pylium.core.datapath.consts import (DROP_REASONS, MESSAGE_TYPES, METRIC_DIRECTIONS,  # noqa: F401
                                              OBSERVATION_POINTS, POLICY_MATCH_TYPES, TRACE_REASONS, DropReason,
-                                             ReservedIdentity, Slot)
+                                             MessageType, ReservedIdentity, Slot)
     from pylium.core.datapath.monitor import drop_reason  # noqa: F401
-    from pylium.core.datapath.ipcache import Source  # noqa: F401
+    from pylium.core.datapath.ipcache import PluginIpcache, Source  # noqa: F401
+    from pylium.core.datapath.views import PluginDatapath  # noqa: F401
     from pylium.core.datapath.maps import MapSpec, PinnedMap  # noqa: F401
     from pylium.core.datapath.ringbuf import RingReader  # noqa: F401
-    from pylium.core.datapath.structs import EVENT_HEADER, FlowKey, IpcacheKey  # noqa: F401
+    from pylium.core.datapath.structs import EVENT_HEADER, FlowKey, IpcacheKey, free_slots  # noqa: F401
     from pylium.core.endpoints.model import Endpoint, EndpointContribution  # noqa: F401
     from pylium.core.hookspecs import hookimpl  # noqa: F401
     from pylium.core.plugin_api import (ApiError, ApiRequest, Declarations, EndpointError, Health,  # noqa: F401
-                                        PluginContext)
-    from pylium.core.state.manifests import Manifests, gc_paused  # noqa: F401
+                                        PluginContext, PluginRegistry)
+    from pylium.core.state.manifests import Manifests, PluginManifests, gc_paused  # noqa: F401

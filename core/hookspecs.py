@@ -89,7 +89,8 @@ def pylium_declare(declare: Declarations) -> None:
     - ``declare.api_route(method, path, handler)`` / ``declare.api_routes(*(method, path,
       handler))``: serve ``handler(request)`` on the control API at ``path`` (``/v1/...``);
       the handler returns a JSON-able value (or an async iterator to stream) or raises
-      :class:`~pylium.core.plugin_api.ApiError`;
+      :class:`~pylium.core.plugin_api.ApiError`; while the plugin is starting or stopped,
+      the core answers 503 instead of calling it;
     - ``declare.event_type(topic, model, state_family=None, key=None)``: a third-party event
       type for the bus (built-in types live in ``pylium.core.bus.events``);
     - ``declare.bpf_maps(*specs)``: maps this plugin owns (``MapSpec``), created or checked at
@@ -152,10 +153,12 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncIterator[None] | AsyncContextMan
 #
 # The endpoint a hook receives (:class:`pylium.core.endpoints.model.Endpoint`) is immutable:
 # id, container id, interface name, network namespace, labels, addresses, and what the plugins
-# before this one contributed. A plugin changes it only by returning an
+# before this one contributed; its labels and addresses are the hook's own copies. A plugin
+# changes it only by returning an
 # :class:`~pylium.core.endpoints.model.EndpointContribution` that sets fields it declared with
-# ``declare.endpoint_fields``; the core applies it before the next plugin's hook. Setting a
-# field it did not declare refuses the endpoint (error code "internal").
+# ``declare.endpoint_fields``; the core applies it before the next plugin's hook. A result that
+# is not a contribution (or None, or False from restore), or one that sets a field the plugin
+# did not declare, counts as the hook failing with error code "internal".
 
 
 @hookspec
@@ -184,17 +187,23 @@ async def pylium_endpoint_unplug(ctx: PluginContext, endpoint: Endpoint) -> None
 async def pylium_endpoint_restore(ctx: PluginContext, endpoint: Endpoint) -> EndpointContribution | bool | None:
     """At agent start, take back an endpoint of the previous run: re-sync this plugin's state
     with what survived (programs stay attached and maps pinned across restarts). Return a
-    contribution (as from plug: the fields may have new values), None, or False if the
-    endpoint cannot live on (its devices are gone): the core then removes it. Called only for
-    endpoints that were ready and whose network namespace still exists."""
+    contribution (as from plug: the fields may have new values) or None to keep it; return
+    False if the endpoint cannot live on (its devices are gone). Called only for endpoints
+    that were ready and whose network namespace still exists, in start order. On False, or
+    when the hook fails, the later plugins' restore hooks are skipped and the endpoint is
+    removed: every plugin's ``pylium_endpoint_unplug`` runs (reverse order), its addresses are
+    freed, and the agent starts without it."""
 
 
 @hookspec
 async def pylium_endpoint_update(ctx: PluginContext, endpoint: Endpoint,
                                  changed: list[str]) -> EndpointContribution | None:
     """An endpoint changed (``changed`` names the fields, e.g. ``["labels"]``): recompute what
-    depends on them and return a contribution (policy: the new identity) or None. The core
-    then reprograms its maps and publishes ``endpoint.updated``."""
+    depends on them and return a contribution (policy: the new identity) or None. Once every
+    plugin has answered, the core reprograms its maps, saves the endpoint and publishes
+    ``endpoint.updated``. If a hook fails, the change is refused (an API error for the caller,
+    a log line for a Pod's labels in the manifests): the plugins that already took it are
+    called again with the unchanged endpoint, and the endpoint keeps its labels."""
 
 
 @hookspec

@@ -14,11 +14,14 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from pylium.core.bus.client import BusClient
-    from pylium.core.config import Section
-    from pylium.core.datapath.ipcache import PluginIpcache
-    from pylium.core.datapath.maps import PinnedMap
+    from pylium.core.bus.events import EventType
+    from pylium.core.config import CoreConfig, Section
+    from pylium.core.datapath.consts import Slot
+    from pylium.core.datapath.datapath import Stage
+    from pylium.core.datapath.ipcache import PluginIpcache, Source
+    from pylium.core.datapath.maps import MapSpec, PinnedMap
     from pylium.core.datapath.views import PluginDatapath
-    from pylium.core.state.manifests import Manifests
+    from pylium.core.state.manifests import PluginManifests
     from pylium.core.state.store import LocalStore
 
 
@@ -78,7 +81,7 @@ class ApiRoute:
 class Declarations:
     """Passed to `pylium_declare`: what one plugin asks of the core. Records only, no I/O."""
 
-    def __init__(self, plugin: str, config: Section, settings: Section | None = None,
+    def __init__(self, plugin: str, config: CoreConfig, settings: Section | None = None,
                  package_dir: Path | None = None):
         self.plugin = plugin
         #: The core's configuration (cluster, ipv4/ipv6, bpf monitor settings, ...).
@@ -89,12 +92,12 @@ class Declarations:
         self.package_dir = package_dir or Path.cwd()
         self.start_after: list[str] = []
         self.routes: list[ApiRoute] = []
-        self.event_types: list[Any] = []
-        self.maps: list[Any] = []
-        self.stages: list[Any] = []
+        self.event_types: list[EventType] = []
+        self.maps: list[MapSpec] = []
+        self.stages: list[Stage] = []
         self.defines: dict[str, str] = {}
         self.owned_fields: list[str] = []
-        self.ipcache_owners: list[tuple[str, Any, bool]] = []
+        self.ipcache_owners: list[tuple[str, Source, bool]] = []
 
     def after(self, *names: str) -> None:
         """Start this plugin after the named plugins, when those are loaded."""
@@ -114,7 +117,7 @@ class Declarations:
         for method, path, handler in routes:
             self.api_route(method, path, handler)
 
-    def bpf_maps(self, *specs: Any) -> None:
+    def bpf_maps(self, *specs: MapSpec) -> None:
         """BPF maps this plugin owns (pylium.core.datapath.maps.MapSpec): created or checked at
         start, pinned under <bpf-root>/<node>/<plugin>/, open in ctx.bpf_maps[name]."""
         self.maps.extend(specs)
@@ -124,7 +127,7 @@ class Declarations:
         map sizes from its configuration: `declare.bpf_defines(LB_MAP_MAX=65536)`."""
         self.defines.update({k: str(v) for k, v in defines.items()})
 
-    def bpf_stage(self, slot: Any, *args: Any) -> None:
+    def bpf_stage(self, slot: Slot | str, *args: Any) -> None:
         """Put a program in a slot of an attach point, tail-called by the core's dispatcher:
         `bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")`, or for a free slot
         `bpf_stage("from-container", 6, "bpf/count.c", "count_from")`. The source is relative
@@ -160,7 +163,7 @@ class Declarations:
                                  f"(they are: {', '.join(CONTRIBUTED_FIELDS)})")
         self.owned_fields.extend(names)
 
-    def ipcache_owner(self, name: str, source: Any, *, waits_for_sync: bool = False) -> None:
+    def ipcache_owner(self, name: str, source: Source, *, waits_for_sync: bool = False) -> None:
         """Write ipcache records as `<plugin>/<name>` with the precedence of `source`
         (pylium.core.datapath.ipcache.Source). After a restart, the entries the pinned map
         kept stay until the agent has started, or, with waits_for_sync, until the plugin calls
@@ -179,6 +182,27 @@ class Declarations:
                                                  deletes=deletes, owner=self.plugin))
 
 
+class PluginRegistry:
+    """The agent's metrics registry as one plugin uses it (`ctx.metrics`, also as `registry=`
+    of prometheus_client's metrics): what the plugin registers goes when it stops."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self._mine: list[Any] = []
+
+    def register(self, collector: Any) -> None:
+        self.registry.register(collector)
+        self._mine.append(collector)
+
+    def unregister(self, collector: Any) -> None:
+        self.registry.unregister(collector)
+        self._mine.remove(collector)
+
+    def close(self) -> None:
+        while self._mine:
+            self.registry.unregister(self._mine.pop())
+
+
 @dataclass
 class HealthState:
     health: Health = Health.STOPPED
@@ -193,7 +217,7 @@ class PluginContext:
         self,
         *,
         name: str,
-        config: Section,
+        config: CoreConfig,
         node_name: str,
         state_dir: Path,
         run_dir: Path,
@@ -217,14 +241,16 @@ class PluginContext:
         #: Where this plugin pins its BPF objects: <bpf-root>/<node>/<plugin>.
         self.bpf_dir = bpf_root / node_name / name
         self.log = log
-        self.metrics = metrics
+        #: The agent's Prometheus registry: what the plugin registers is unregistered when it stops.
+        self.metrics = PluginRegistry(metrics)
         #: This plugin's bus connection: publish, subscribe, serve, request (docs/events.md).
         self.bus: BusClient = None  # type: ignore[assignment]  (set before the lifespan starts)
         #: The cluster store: what nodes share.
         self.store: LocalStore = None  # type: ignore[assignment]
         #: The agent's one reader of the manifests directory, already scanned when lifespans
-        #: start: `entries(kind)` / `objects(kind)`, and `on_change(callback)` to hear of changes.
-        self.manifests: Manifests = None  # type: ignore[assignment]
+        #: start: `entries(kind)` / `objects(kind)`, and `on_change(callback)` to hear of
+        #: changes until the plugin stops.
+        self.manifests: PluginManifests = None  # type: ignore[assignment]
         #: The core's datapath as this plugin sees it (None when no plugin declared a BPF
         #: stage): core maps read-only, attach, bypass, compile_programs, pressure.
         self.datapath: PluginDatapath | None = None

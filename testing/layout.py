@@ -1,6 +1,7 @@
 """C structs against their ctypes mirrors, compiled for real (the idea of Cilium's
 bpf_alignchecker.c): gcc builds a program that prints sizeof and every member's offset and
-size; each must equal the mirror's. A mismatch means the agent would read or write a map with
+size; each must equal the mirror's, and the mirror must name every byte (explicit padding),
+so that a member C adds cannot hide in it. A mismatch means the agent would read or write a map with
 the wrong layout, which bcc never reports.
 
     problems = check_layout([Path("bpf/my_structs.h")], {"my_key": MyKey, "my_value": MyValue})
@@ -54,6 +55,10 @@ def check_layout(headers: list[Path], mirrors: dict[str, type[ct.Structure]]) ->
     c = {key: tuple(int(v) for v in rest) for key, *rest in (line.split() for line in out.splitlines())}
     problems = []
     for name, mirror in mirrors.items():
+        named = sum(getattr(mirror, field).size for field, *_ in mirror._fields_)
+        if named != ct.sizeof(mirror):
+            problems.append(f"struct {name}: {mirror.__name__} leaves {ct.sizeof(mirror) - named} bytes of padding "
+                            f"unnamed (name them: a C member there would go unseen)")
         if c[name] != (ct.sizeof(mirror),):
             problems.append(f"struct {name}: sizeof {c[name][0]} in C, {ct.sizeof(mirror)} in {mirror.__name__}")
         for field, *_ in mirror._fields_:

@@ -21,6 +21,7 @@ from pylium.testing.packets import SkBuff, arp_request, checksum, ether, icmp_ec
 from pylium.core.datapath import libbpf
 from pylium.core.datapath.compiler import BPF_DIR
 from pylium.core.datapath import consts as monitor
+from pylium.core.datapath.consts import Cb, CbFlag, ReservedIdentity
 from pylium.core.datapath.datapath import Datapath, Stage
 from pylium.core.datapath.ringbuf import RingReader
 from pylium.core.datapath.structs import (CORE_MAPS, EVENT_HEADER, EndpointInfo, EndpointKey, IpcacheInfo, IpcacheKey,
@@ -28,9 +29,9 @@ from pylium.core.datapath.structs import (CORE_MAPS, EVENT_HEADER, EndpointInfo,
 from pylium.plugins import connectivity
 from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
 from pylium.plugins.observability.plugin import flow_key
+from pylium.testing.stage import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
 
 CONNECTIVITY = Path(connectivity.__file__).parent
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 POD_A, POD_B, GATEWAY = "10.9.0.2", "10.9.0.3", "10.9.0.1"
 POD_A6, POD_B6 = "fd09::2", "fd09::3"
 MAC_A, HOST_A, MAC_B, HOST_B = "02:00:00:00:00:0a", "02:00:00:00:00:a0", "02:00:00:00:00:0b", "02:00:00:00:00:b0"
@@ -45,24 +46,27 @@ def dp():
         skip_or_fail(reason)
     root = BPF_TEST_ROOT / f"prog-{uuid.uuid4().hex[:6]}"
     datapath = Datapath(root, "node", structlog.get_logger())
-    datapath.open_maps({"connectivity": [LOCAL_BLOCKS]})
-    delivery = str(CONNECTIVITY / "bpf" / "delivery.c")
-    stages = [Stage("connectivity", "from-container", 7, delivery, "from_delivery"),
-              Stage("connectivity", "to-container", 7, delivery, "to_delivery")]
-    anyio.run(datapath.compile, stages)
-    datapath.install_stages()
-    m = datapath.maps
-    m["lxc_by_ifindex"].put(ct.c_uint32(IFINDEX_A), LxcInfo(ep_id=1, identity=5, ip4=(ct.c_uint8 * 4)(10, 9, 0, 2),
-                                                           ip6=(ct.c_uint8 * 16)(*bytes.fromhex("fd09" + "0" * 26 + "02")),
-                                                           mac=mac_bytes(MAC_A), host_mac=mac_bytes(HOST_A)))
-    for ip in (POD_B, POD_B6):
-        m["endpoints"].put(EndpointKey.of(ip), EndpointInfo(ifindex=IFINDEX_B, ep_id=2, mac=mac_bytes(MAC_B),
-                                                            host_mac=mac_bytes(HOST_B), identity=300))
-    m["ipcache"].put(IpcacheKey.of(GATEWAY), IpcacheInfo(identity=1))
-    datapath.plugin_maps["connectivity"]["local_blocks"].put(IpcacheKey.of("10.9.0.0/24"), ct.c_uint32(1))
-    yield datapath
-    datapath.close()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        datapath.open_maps({"connectivity": [LOCAL_BLOCKS]})
+        delivery = str(CONNECTIVITY / "bpf" / "delivery.c")
+        stages = [Stage("connectivity", "from-container", 7, delivery, "from_delivery"),
+                  Stage("connectivity", "to-container", 7, delivery, "to_delivery")]
+        anyio.run(datapath.compile, stages)
+        datapath.install_stages()
+        m = datapath.maps
+        m["lxc_by_ifindex"].put(ct.c_uint32(IFINDEX_A), LxcInfo(
+            ep_id=1, identity=5, ip4=(ct.c_uint8 * 4)(10, 9, 0, 2),
+            ip6=(ct.c_uint8 * 16)(*bytes.fromhex("fd09" + "0" * 26 + "02")), mac=mac_bytes(MAC_A),
+            host_mac=mac_bytes(HOST_A)))
+        for ip in (POD_B, POD_B6):
+            m["endpoints"].put(EndpointKey.of(ip), EndpointInfo(ifindex=IFINDEX_B, ep_id=2, mac=mac_bytes(MAC_B),
+                                                                host_mac=mac_bytes(HOST_B), identity=300))
+        m["ipcache"].put(IpcacheKey.of(GATEWAY), IpcacheInfo(identity=1))
+        datapath.plugin_maps["connectivity"]["local_blocks"].put(IpcacheKey.of("10.9.0.0/24"), ct.c_uint32(1))
+        yield datapath
+    finally:
+        datapath.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run(dp, attach: str, packet: bytes, ifindex: int = IFINDEX_A):
@@ -84,9 +88,10 @@ def test_local_delivery_rewrites_macs_decrements_ttl_and_redirects(dp):
     assert out[0:6] == mac(MAC_B) and out[6:12] == mac(HOST_B)
     ip = out[14:34]
     assert ip[8] == 63 and checksum(ip) == 0, "TTL 63 with a valid header checksum"
-    assert ctx.cb[0] & 0xFFF00000 == 0xD1500000 and ctx.cb[0] & 1  # magic, CB_F_LOCAL
-    assert ctx.cb[1] == 1 | (2 << 16)  # source endpoint 1, destination endpoint 2
-    assert ctx.cb[2] == IFINDEX_B and ctx.cb[3] == 5 and ctx.cb[4] == 300
+    flags = ctx.cb[Cb.FLAGS]
+    assert flags & 0xFFF00000 == monitor.PYLIUM_CB_MAGIC and flags & CbFlag.LOCAL
+    assert ctx.cb[Cb.ENDPOINTS] == 1 | (2 << 16)  # source endpoint 1, destination endpoint 2
+    assert ctx.cb[Cb.DELIVER] == IFINDEX_B and ctx.cb[Cb.SRC_ID] == 5 and ctx.cb[Cb.DST_ID] == 300
 
 
 def test_ipv6_local_delivery(dp):
@@ -136,7 +141,7 @@ def test_to_container_hands_the_packet_to_the_pod(dp):
     before = sum(v.count for v in dp.maps["metrics"].get(ct.c_uint32(metrics_index(0, 1))))
     ret, _, ctx, _ = run(dp, "to-container", ether(MAC_A, HOST_A, 0x0800) + ipv4(GATEWAY, POD_A, icmp_echo()))
     assert ret == TC_ACT_OK
-    assert ctx.cb[1] == 1 << 16 and ctx.cb[3] == 1  # towards endpoint 1, from the host
+    assert ctx.cb[Cb.ENDPOINTS] == 1 << 16 and ctx.cb[Cb.SRC_ID] == ReservedIdentity.HOST  # to endpoint 1
     assert sum(v.count for v in dp.maps["metrics"].get(ct.c_uint32(metrics_index(0, 1)))) == before + 1
 
 

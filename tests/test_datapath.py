@@ -15,7 +15,7 @@ import time
 import pytest
 import zmq
 
-from helpers import install_test_plugin, replayed, run_cli, write_plugin_dist
+from helpers import replayed, run_cli, write_plugin_dist
 from pylium.testing.lab import NODE_IP, OUTSIDE_IP
 
 # A server that answers each TCP connection / UDP datagram with the peer address it saw.
@@ -235,54 +235,6 @@ def test_endpoint_and_bpf_listings(two_pods):
     entries = {r["prefix"]: r["identity"] for r in ipcache}
     assert entries[f"{a.ip}/32"] == 5 and entries["10.210.0.1/32"] == 1  # init; the gateway is host
     assert "IP PREFIX/ADDRESS" in run_cli(lab.dirs, "bpf", "ipcache", "list").stdout
-
-
-def _hook_records(lab) -> list[dict]:
-    return [json.loads(line) for line in
-            (lab.dirs.state_dir / "plugins" / "epwatch" / "hooks.jsonl").read_text().splitlines()]
-
-
-def test_endpoint_hooks_run_in_order_and_a_refusal_leaves_nothing(lab, tmp_path):
-    site = install_test_plugin(tmp_path / "site", "epwatch_plugin", "epwatch", "EpWatch")
-    lab.start_agent(env={"PYTHONPATH": str(site)})
-    good = lab.pod("good")
-    links_before = set(lab.node_links())
-    for container, labels, error in (
-            ("refused", {"cni:fail": "plug"}, {"error": "epwatch refuses endpoint 2", "code": "refused"}),
-            ("overstep", {"cni:contribute": "mtu"},  # a field another plugin owns
-             {"error": "plugin epwatch: pylium_endpoint_plug sets mtu, which it did not declare "
-                       "(declare.endpoint_fields)", "code": "internal"})):
-        ns = lab.netns(container)
-        code, body = lab.api.request("POST", "/v1/cni/add", {"container_id": container, "ifname": "eth0",
-                                                             "netns": f"/var/run/netns/{ns}", "labels": labels})
-        assert code in (400, 500) and body == error
-        assert set(lab.node_links()) == links_before, "a refused endpoint leaves no veth behind"
-        assert "eth0" not in lab.exec(ns, "ip", "link").stdout
-    assert [a["owner"]["container_id"] for a in lab.api.get("/v1/ipam?all=true")["allocations"]] == \
-           [good.endpoint["container_id"]]
-    assert [r["prefix"] for r in lab.api.get("/v1/bpf/ipcache") if r["owner"] == "core/endpoints"] == \
-           [f"{good.ip}/32"], "nor an ipcache record"
-    code, body = lab.api.request("POST", "/v1/cni/check", {"container_id": good.endpoint["container_id"],
-                                                           "ifname": "eth0"})
-    assert code == 200
-    records = [r for r in _hook_records(lab) if "endpoint" in r]
-    assert [(r["hook"], r["endpoint"]) for r in records] == [
-        ("plug", 1), ("plug", 2), ("unplug", 2), ("plug", 2), ("unplug", 2), ("check", 1)]
-    assert records[0]["host_ifname"] == good.endpoint["host_ifname"]  # connectivity plugged before epwatch
-    lab.agents[0].stop()
-    lab.start_agent(env={"PYTHONPATH": str(site)})
-    lab.api.call("POST", f"/v1/endpoints/{good.endpoint['id']}/labels", {"add": {"x": "y"}})
-    run_cli(lab.dirs, "status")
-    records = _hook_records(lab)
-    assert [(r["hook"], r["endpoint"]) for r in records if "endpoint" in r][-2:] == [("restore", 1), ("update", 1)]
-    update = [r for r in records if r["hook"] == "update"][-1]
-    assert update["changed"] == ["labels"] and "unspec:x=y" in update["labels"]
-    # every hook of the contract, called by a real agent (epwatch implements them all)
-    from pylium.core import hookspecs
-
-    specified = {name.removeprefix("pylium_").removeprefix("endpoint_") for name in dir(hookspecs)
-                 if name.startswith("pylium_") and hasattr(getattr(hookspecs, name), "pylium_spec")}
-    assert {r["hook"] for r in records} == specified
 
 
 def test_pinned_map_with_a_different_layout_is_replaced(lab):

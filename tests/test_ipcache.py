@@ -1,5 +1,6 @@
 """The ipcache service on a stand-in map: one record per owner per prefix, the highest source
-in the map, releasing brings the next one back, restored entries go once owners have synced.
+in the map, releasing brings the next one back, restored entries go back to
+their owners, each of which reconciles on its own.
 (The same through a real agent and the real map: test_datapath.py, test_policy.py.)"""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pylium.core.datapath.ipcache import RESTORED, Ipcache, IpcacheError, Source
+from pylium.core.datapath.ipcache import RESTORED, Ipcache, IpcacheError, Record, Source
 from pylium.core.datapath.structs import IpcacheInfo, IpcacheKey
 
 
@@ -98,14 +99,51 @@ def test_restored_entries_stay_until_the_agent_started_unless_claimed():
     assert not any(RESTORED in records for records in ipc.records.values())
 
 
-def test_an_owner_that_syncs_later_keeps_restored_entries_until_it_says_so():
-    table = FakeMap({"10.1.0.7/32": 6})
-    ipc = Ipcache(table)
-    ipc.register("nodes/remote", Source.KVSTORE, waits_for_sync=True)
+def restart(table: FakeMap, ids, waiting=()) -> Ipcache:
+    """A new agent's ipcache over the same pinned map and owner-ids file."""
+    ipc = Ipcache(table, ids)
+    for name, source in (("core/endpoints", Source.LOCAL), ("nodes/remote", Source.KVSTORE),
+                         ("policy/cidr", Source.GENERATED)):
+        ipc.register(name, source, waits_for_sync=name in waiting)
     ipc.restore()
-    ipc.started()
-    assert table.identities() == {"10.1.0.7/32": 6}, "remote pods keep working while the store is read"
-    ipc.synced("nodes/remote")
+    return ipc
+
+
+def test_a_restart_gives_each_entry_back_to_its_owner_and_each_owner_reconciles_alone(tmp_path):
+    table, ids = FakeMap(), tmp_path / "ipcache-owners.json"
+    before = restart(table, ids)
+    before.upsert("10.0.0.5/32", 300, "core/endpoints")
+    before.upsert("10.1.0.7/32", 6, "nodes/remote", tunnel_endpoint="192.0.2.7")
+    before.upsert("10.1.0.8/32", 7, "nodes/remote", tunnel_endpoint="192.0.2.7")
+    before.upsert("10.9.0.0/16", 16777217, "policy/cidr")
+    before.upsert("10.0.0.5/32", 16777218, "policy/cidr")  # shadowed: not in the map, not restored
+    rows = {r["prefix"]: r["owner"] for r in before.rows()}
+
+    after = restart(table, ids, waiting={"nodes/remote"})
+    assert {r["prefix"]: r["owner"] for r in after.rows()} == rows, "owners come back from the map"
+    assert after.winner("10.1.0.7/32") == ("nodes/remote", Record(6, "192.0.2.7"))
+    after.upsert("10.0.0.5/32", 300, "core/endpoints")
+    writes = table.writes
+    after.upsert("10.1.0.7/32", 6, "nodes/remote", tunnel_endpoint="192.0.2.7")
+    assert table.writes == writes, "writing again what the map holds writes nothing"
+    after.started()  # core/endpoints and policy/cidr reconcile; the remote nodes are still read
+    assert table.identities() == {"10.0.0.5/32": 300, "10.1.0.7/32": 6, "10.1.0.8/32": 7}
+    after.synced("nodes/remote")  # 10.1.0.8 was not written again: released
+    assert table.identities() == {"10.0.0.5/32": 300, "10.1.0.7/32": 6}
+
+
+def test_entries_of_an_owner_that_is_gone_are_removed_when_the_agent_started(tmp_path):
+    table, ids = FakeMap(), tmp_path / "ipcache-owners.json"
+    first = Ipcache(table, ids)
+    first.register("fqdn/names", Source.GENERATED)
+    first.upsert("10.3.0.0/24", 16777300, "fqdn/names")
+    second = restart(table, ids)  # the fqdn plugin is not loaded any more
+    assert second.winner("10.3.0.0/24")[0] == RESTORED
+    second.upsert("10.3.0.0/24", 16777301, "policy/cidr")  # any owner outranks a restored record
+    assert table.identities() == {"10.3.0.0/24": 16777301}
+    second.release("10.3.0.0/24", "policy/cidr")
+    assert table.identities() == {"10.3.0.0/24": 16777300}, "until the agent has started"
+    second.started()
     assert table.identities() == {}
 
 

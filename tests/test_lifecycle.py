@@ -310,3 +310,51 @@ def test_each_plugin_sees_its_own_settings_and_the_cores_config(tmp_path):
                                                 "cluster.name=blue"))
     anyio.run(_run_until, agent, lambda: agent.state == "running")
     assert seen == {"declare": ("spicy", 7, "blue"), "ctx": ("Mine", False, False, False)}
+
+
+def test_a_plugins_routes_answer_503_while_it_is_not_running(tmp_path):
+    """The core answers for a plugin that is starting or stopping: its handlers never run
+    without their plugin."""
+    from pylium.core.cli.client import Client
+
+    answers: list = []
+
+    class Slow:
+        name = "slow"
+
+        def __init__(self):
+            self.go = None
+
+        @hookimpl
+        def pylium_declare(self, declare):
+            declare.api_route("GET", "/v1/slow", self.handler)
+
+        async def handler(self, request):
+            return {"served": True}
+
+        @hookimpl
+        async def pylium_lifespan(self, ctx):
+            self.go = anyio.Event()
+            await self.go.wait()
+            yield
+
+    slow = Slow()
+    agent = _load(tmp_path, slow)
+    client = Client(agent.options.api_socket, timeout=5)
+
+    async def scenario():
+        while slow.go is None or not agent.options.api_socket.exists():
+            await anyio.sleep(0.01)
+        answers.append(await anyio.to_thread.run_sync(client.request, "GET", "/v1/slow"))
+        slow.go.set()
+        while agent.state != "running":
+            await anyio.sleep(0.01)
+        answers.append(await anyio.to_thread.run_sync(client.request, "GET", "/v1/slow"))
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scenario)
+            await _run_until(agent, lambda: len(answers) == 2)
+
+    anyio.run(main)
+    assert answers == [(503, {"error": "slow is not running (starting)"}), (200, {"served": True})]

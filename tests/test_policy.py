@@ -641,7 +641,8 @@ def test_icmp_rules_and_cidr_peers_on_ingress(empire, tmp_path):
 def test_the_ipcache_keeps_the_higher_owner_and_brings_the_lower_back(lab, tmp_path):
     """A pod's address named as a CIDR peer: the endpoint's record (local) wins over the
     policy's (generated) while the pod lives; when it goes, the CIDR identity takes its place.
-    After a restart every owner's records are back and nothing unowned is left."""
+    After a restart every owner's records are back and nothing unowned is left; a CIDR peer
+    no policy names any more leaves the ipcache."""
     from pylium.core.datapath.maps import PinnedMap
     from pylium.core.datapath.structs import CORE_MAPS, IpcacheInfo, IpcacheKey
 
@@ -662,6 +663,7 @@ def test_the_ipcache_keeps_the_higher_owner_and_brings_the_lower_back(lab, tmp_p
     lab.api.call("POST", "/v1/cni/del", {"container_id": b.endpoint["container_id"], "ifname": "eth0"})
     after = entry(b.ip)
     assert (after["owner"], after["shadowed"]) == ("policy/cidr", []) and after["identity"] >= 1 << 24, after
+    before = {r["prefix"]: r["owner"] for r in json.loads(cli(lab, "bpf", "ipcache", "list", "-o", "json").stdout)}
     lab.agents[0].stop(signal.SIGKILL)
     spec = next(s for s in CORE_MAPS if s.name == "ipcache")  # a stale entry nobody owns, left while down
     table = PinnedMap.open(spec, lab.bpf_root / lab.dirs.node / "core")
@@ -673,3 +675,6 @@ def test_the_ipcache_keeps_the_higher_owner_and_brings_the_lower_back(lab, tmp_p
     assert owners[f"{b.ip}/32"] == "policy/cidr" and owners[f"{a.ip}/32"] == "core/endpoints"
     assert "10.99.0.0/16" not in owners, "an entry no owner claimed again is removed"
     assert "restored" not in owners.values()
+    assert owners == before, "every entry is back with the owner that wrote it"
+    cli(lab, "policy", "delete", "to-b")
+    assert entry(b.ip) == {}, "no policy names the CIDR peer any more: its record is released"

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,39 @@ def test_a_real_agent_counts_real_pod_traffic(lab, podcount_site):
     table = run_cli(lab.dirs, "podcount", "list", env=env).stdout
     assert "TX PACKETS" in table and a.endpoint["container_id"] in table
     assert "Podcount:" in run_cli(lab.dirs, "status").stdout
+
+
+def test_a_map_whose_c_pin_differs_from_its_mapspec_is_refused(pylium_stage, tmp_path, monkeypatch):
+    """bcc would silently create a second map for a pin name the agent did not open: the stage
+    would count into a map nobody reads. The compile step refuses it, naming the pin."""
+    import importlib
+
+    (tmp_path / "bpf").mkdir()
+    (tmp_path / "bpf" / "mis.c").write_text(textwrap.dedent("""
+        #include "pylium_lib.h"
+        BPF_TABLE_PINNED("array", __u32, __u64, mis_counts, 16, PYLIUM_PIN "/mis_counts_v2");
+        int mis_from(struct __sk_buff *skb) {
+            __u32 k = 0;
+            __u64 *n = mis_counts.lookup(&k);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+            return from_chain(skb, 4);
+        }
+    """))
+    (tmp_path / "mis.py").write_text(textwrap.dedent("""
+        import ctypes as ct
+        from pylium.core.api_for_plugins import MapSpec, hookimpl, libbpf
+
+        class Mis:
+            @hookimpl
+            def pylium_declare(self, declare):
+                declare.bpf_maps(MapSpec("mis_counts", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint64, 16))  # _v1
+                declare.bpf_stage("from-container", 3, "bpf/mis.c", "mis_from")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("mis")
+    from pylium.core.datapath.compiler import CompileError
+
+    with pytest.raises(CompileError, match=r"map mis_counts in C is not the map pinned at .*/mis_counts_v1 "
+                                           r"\(its pin name in C must be 'mis_counts_v1'\)"):
+        pylium_stage(module.Mis())

@@ -43,7 +43,7 @@ struct ipcache_info {
     __u32 tunnel_ip4; /* node to tunnel to; 0 = local or direct */
     __u8 encrypt_key;
     __u8 flags;
-    __u16 pad;
+    __u16 owner; /* who wrote the entry (the agent's ipcache owner id): restarts give it back */
 };
 
 struct metrics_value {

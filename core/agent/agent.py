@@ -40,7 +40,7 @@ from pylium.core.endpoints.manager import EndpointManager
 from pylium.core.endpoints.maps import IPCACHE_OWNER, EndpointMaps
 from pylium.core.endpoints.model import Endpoint
 from pylium.core.plugin_api import Declarations, Health, HealthState, PluginContext
-from pylium.core.state.manifests import Manifests
+from pylium.core.state.manifests import Manifests, PluginManifests
 from pylium.core.state.store import LocalStore
 
 if TYPE_CHECKING:
@@ -239,7 +239,6 @@ class Agent:
                     try:
                         await self._start_datapath(stack)
                         self.endpoints = self._endpoint_manager()
-                        self.endpoints.preclaim()
                         self.manifests.scan()
                         if self.failure is None:
                             await self._start_all(stack, root, zctx)
@@ -303,7 +302,7 @@ class Agent:
             return
         stack.callback(self._close_datapath)
         self.datapath = dp
-        self.ipcache = Ipcache(dp.maps["ipcache"])
+        self.ipcache = Ipcache(dp.maps["ipcache"], self.options.state_dir / "ipcache-owners.json")
         self.ipcache.register(IPCACHE_OWNER, Source.LOCAL)
         for owner, source, waits in self.declared.ipcache_owners:
             self.ipcache.register(owner, source, waits)
@@ -319,8 +318,9 @@ class Agent:
     def _endpoint_manager(self) -> EndpointManager:
         dp = self.datapath
         maps = EndpointMaps(dp.maps["endpoints"], dp.maps["lxc_by_ifindex"], self.ipcache) if dp else None
-        return EndpointManager(self.options.state_dir / "endpoints", _EndpointHooks(self), lambda: self.core_bus,
-                               maps, self.manifests.pod_labels, self.log.bind(component="endpoints"))
+        hooks = _EndpointHooks(self.host.call, self.contexts, self.order, self.declared.owned_fields)
+        return EndpointManager(self.options.state_dir / "endpoints", hooks, lambda: self.core_bus, maps,
+                               self.manifests.pod_labels, self.log.bind(component="endpoints"))
 
     def _close_datapath(self) -> None:
         dp, self.datapath = self.datapath, None  # requests still in flight stop touching the maps
@@ -403,6 +403,7 @@ class Agent:
 
     async def _exit_plugin(self, name: str, cm: Any) -> None:
         ctx = self.contexts[name]
+        ctx.set_health(Health.STOPPED, "stopping")  # from now on its API routes answer 503
         try:
             if cm is not None:
                 await cm.__aexit__(None, None, None)
@@ -410,6 +411,8 @@ class Agent:
             self.log.error("plugin failed to stop cleanly", plugin=name, error=f"{type(e).__name__}: {e}")
             self.exit_code = EXIT_FAILURE
         finally:
+            ctx.manifests.close()
+            ctx.metrics.close()
             ctx.set_health(Health.STOPPED, "stopped")
         self.log.info("plugin stopped", plugin=name)
 
@@ -516,7 +519,7 @@ class Agent:
             state_dir=o.state_dir, run_dir=o.run_dir, bpf_root=o.bpf_root, log=self.log.bind(plugin=name),
             metrics=self.metrics.registry, start_task=self._start_task, on_health=self._on_health,
         )
-        ctx.manifests = self.manifests
+        ctx.manifests = PluginManifests(self.manifests)
         return ctx
 
     def _start_task(self, plugin: str, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -604,13 +607,13 @@ def _lifespan(result: Any) -> Any:
 class _EndpointHooks:
     """The plugins as the endpoint manager needs them: ordered, with the fields each owns."""
 
-    def __init__(self, agent: Agent):
-        self._agent = agent
-        self.order = agent.order
-        self.owned_fields = agent.declared.owned_fields
+    def __init__(self, call: Callable[..., Any], contexts: dict[str, PluginContext], order: list[str],
+                 owned_fields: dict[str, list[str]]):
+        self._host_call, self._contexts = call, contexts
+        self.order, self.owned_fields = order, owned_fields
 
     async def call(self, hook: str, plugin: str, endpoint: Endpoint, **extra: Any) -> Any:
-        result = self._agent.host.call(hook, plugin, ctx=self._agent.contexts[plugin], endpoint=endpoint, **extra)
+        result = self._host_call(hook, plugin, ctx=self._contexts[plugin], endpoint=endpoint, **extra)
         if inspect.isawaitable(result):
             result = await result
         return result

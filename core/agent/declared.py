@@ -4,28 +4,33 @@ serve one API route, take one slot, own one endpoint field or one ipcache owner 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pylium.core.agent.plugin_host import PluginLoadError
 from pylium.core.bus import events as ev
 from pylium.core.plugin_api import ApiRoute, Declarations
+
+if TYPE_CHECKING:
+    from pylium.core.datapath.datapath import Stage
+    from pylium.core.datapath.ipcache import Source
+    from pylium.core.datapath.maps import MapSpec
 
 
 @dataclass
 class Declared:
     routes: list[ApiRoute] = field(default_factory=list)
     registry: ev.Registry = field(default_factory=ev.VOCABULARY.copy)
-    stages: list[Any] = field(default_factory=list)
-    maps: dict[str, list] = field(default_factory=dict)  # plugin -> MapSpecs
+    stages: list[Stage] = field(default_factory=list)
+    maps: dict[str, list[MapSpec]] = field(default_factory=dict)
     defines: dict[str, dict[str, str]] = field(default_factory=dict)  # plugin -> C macros
     owned_fields: dict[str, list[str]] = field(default_factory=dict)  # plugin -> endpoint fields
-    ipcache_owners: list[tuple[str, Any, bool]] = field(default_factory=list)  # (owner, source, waits)
+    ipcache_owners: list[tuple[str, Source, bool]] = field(default_factory=list)  # (owner, source, waits)
 
     @classmethod
     def collect(cls, decls: dict[str, Declarations]) -> Declared:
         out = cls()
         routes: dict[tuple[str, str], ApiRoute] = {}
-        slots: dict[tuple[str, int], Any] = {}
+        slots: dict[tuple[str, int], Stage] = {}
         field_owner: dict[str, str] = {}
         for name, decl in decls.items():
             for r in decl.routes:

@@ -74,19 +74,10 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         return _json(sorted(rows, key=lambda r: (r["endpoint"], r["ip"])))
 
     async def bpf_ipcache(_):
-        """What the map holds, and from the ipcache service which owner each entry is from."""
-        dp, service = agent.datapath, agent.ipcache
-        if dp is None or service is None:
+        """What the map holds, each entry with the owner that wrote it."""
+        if agent.datapath is None or agent.ipcache is None:
             raise EndpointError("not_ready", "no datapath is loaded", 503)
-        rows = []
-        for key, v in dp.maps["ipcache"].items():
-            won = service.winner(key.cidr)
-            owner = won[0] if won else ""
-            rows.append({"prefix": key.cidr, "identity": v.identity, "encrypt_key": v.encrypt_key,
-                         "tunnel_endpoint": ".".join(map(str, v.tunnel_ip4)), "owner": owner,
-                         "source": service.owners[owner].source.name.lower() if owner else "",
-                         "shadowed": sorted(o for o in service.records.get(key.cidr, {}) if o != owner)})
-        return _json(sorted(rows, key=lambda r: r["prefix"]))
+        return _json(list(agent.ipcache.rows()))
 
     async def bpf_metrics(_):
         dp = agent.datapath

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from pylium.core.api import routes as api_endpoints
-from pylium.core.plugin_api import ApiError, ApiRequest, ApiRoute, EndpointError
+from pylium.core.plugin_api import ApiError, ApiRequest, ApiRoute, EndpointError, Health
 
 if TYPE_CHECKING:
     from pylium.core.agent.agent import Agent
@@ -42,6 +42,9 @@ async def _errors_as_json(request: web.Request, handler):
 
 def _plugin_handler(route: ApiRoute, agent: Agent):
     async def handle(request: web.Request) -> web.Response:
+        health = agent.contexts[route.plugin].health
+        if health.health in (Health.STARTING, Health.STOPPED):  # its handlers need a running plugin
+            raise ApiError(503, f"{route.plugin} is not running ({health.message})")
         body = None
         if request.can_read_body:
             try:

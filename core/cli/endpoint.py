@@ -118,7 +118,8 @@ def bpf_ipcache_list(client, output: str) -> None:
     (other owners' records of the prefix, which it shadows, in parentheses)."""
     emit(client.get("/v1/bpf/ipcache"), output, lambda rows: print_table(
         ["IP PREFIX/ADDRESS", "IDENTITY", "OWNER"],
-        ([r["prefix"], f"identity={r['identity']} encryptkey={r['encrypt_key']} tunnelendpoint={r['tunnel_endpoint']}",
+        ([r["prefix"], f"identity={r['identity']} encryptkey={r['encrypt_key']} "
+                       f"tunnelendpoint={r['tunnel_endpoint'] or '0.0.0.0'}",
           r["owner"] + (f" ({', '.join(r['shadowed'])})" if r["shadowed"] else "")] for r in rows)))
 
 

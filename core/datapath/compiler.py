@@ -118,9 +118,12 @@ def _tables(bpf) -> dict:
 
     from bcc.libbcc import lib
 
+    from pylium.core.datapath import libbpf
+
     # bcc declares some of these signatures, not all: without them the module pointer is cut
     for name, restype in (("bpf_num_tables", ct.c_size_t), ("bpf_table_name", ct.c_char_p),
-                          ("bpf_table_key_size_id", ct.c_size_t), ("bpf_table_leaf_size_id", ct.c_size_t)):
+                          ("bpf_table_key_size_id", ct.c_size_t), ("bpf_table_leaf_size_id", ct.c_size_t),
+                      ("bpf_table_fd_id", ct.c_int)):
         getattr(lib, name).restype = restype
         getattr(lib, name).argtypes = [ct.c_void_p] if name == "bpf_num_tables" else [ct.c_void_p, ct.c_size_t]
     out = {}
@@ -129,7 +132,8 @@ def _tables(bpf) -> dict:
         out[name] = {"type": lib.bpf_table_type_id(bpf.module, i),
                      "key_size": lib.bpf_table_key_size_id(bpf.module, i),
                      "value_size": lib.bpf_table_leaf_size_id(bpf.module, i),
-                     "max_entries": lib.bpf_table_max_entries_id(bpf.module, i)}
+                     "max_entries": lib.bpf_table_max_entries_id(bpf.module, i),
+                     "id": libbpf.map_info(lib.bpf_table_fd_id(bpf.module, i)).id}  # which kernel map
     return out
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Z][A-Z0-9_]*)[ \t]+(0[xX][0-9a-fA-F]+|\d+)(?:U|UL|ULL)?"
-                     r"[ \t]*(?:/\*(.*?)(?:\*/)?)?[ \t]*$")  # a comment may go on below
+                     r"[ \t]*(?:/\*(.*?)(\*/)?)?[ \t]*$")  # a comment may go on below
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,18 @@ class Group:
 
 def parse(header: Path) -> list[Define]:
     out = []
-    for line in header.read_text().splitlines():
+    lines = header.read_text().splitlines()
+    for i, line in enumerate(lines):
         m = _DEFINE.match(line)
         if m:
-            raw = m.group(2)
-            out.append(Define(m.group(1), int(raw, 0), " ".join((m.group(3) or "").split()), raw))
+            raw, comment = m.group(2), m.group(3) or ""
+            if m.group(3) is not None and not m.group(4):  # the comment goes on below
+                for more in lines[i + 1:]:
+                    text, end, _ = more.strip().removeprefix("*").partition("*/")
+                    comment += " " + text
+                    if end:
+                        break
+            out.append(Define(m.group(1), int(raw, 0), " ".join(comment.split()), raw))
     return out
 
 

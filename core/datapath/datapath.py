@@ -171,19 +171,25 @@ class Datapath:
             self.dispatch_fds[attach] = libbpf.obj_get(str(self.pin_dir("core") / f"prog_{fn}"))
 
     def _check_tables(self, job: Job, tables: dict) -> None:
-        """The C declarations must match the Python mirrors the agent reads the maps with."""
-        known = {s.name: s for s in self.core_map_specs}
+        """The C declarations must be the maps the agent opened from their MapSpecs: the same
+        kernel map (a pin name or version that differs makes bcc create another), with the
+        sizes of the Python mirrors the agent reads them with."""
+        opened = dict(self.maps)
         for maps in self.plugin_maps.values():
-            known.update({m.spec.name: m.spec for m in maps.values()})
+            opened.update({m.spec.name: m for m in maps.values()})
         for name, t in tables.items():
-            spec = known.get(name)
-            if spec is None:
+            table = opened.get(name)
+            if table is None or table.spec.key is None:
                 continue
+            spec = table.spec
             want = (spec.key_size, spec.value_size, spec.max_entries)
             have = (t["key_size"], t["value_size"], t["max_entries"])
-            if spec.key is not None and want != have:
+            if want != have:
                 raise CompileError(f"{job.owner}: {job.source}: map {name} is declared in C with key/value/entries "
                                    f"{have} but in Python with {want}")
+            if t["id"] != libbpf.map_info(table.fd).id:
+                raise CompileError(f"{job.owner}: {job.source}: map {name} in C is not the map pinned at "
+                                   f"{table.path} (its pin name in C must be {spec.pin_name!r})")
 
     def install_stages(self) -> None:
         """Put each stage in its slot (atomic replace); empty the slots nobody claims now."""

@@ -7,28 +7,44 @@ with records per owner instead of a map anyone writes:
   per prefix. The map holds the winning record: the highest `Source` wins (Cilium's
   `source.AllowOverwrite` order: local > kvstore > kubernetes > generated); between owners of
   one source, the first by name. Releasing the winner puts the next record in the map.
-- Restart: entries left in the pinned map become records of the owner `restored` (lowest),
-  so packets keep their identities while the owners write theirs again. Once the agent has
-  started (and every owner that syncs later has called `synced`), restored records that
-  nobody claimed again are removed.
+- Each map entry carries its owner's id (ids are kept in `<state-dir>/ipcache-owners.json`,
+  stable across restarts). At start, the pinned map's entries become records of the owners
+  that wrote them, so packets keep their identities and no other owner's record stands in
+  for them while the agent starts. Each owner then reconciles on its own: once it has
+  written again (when the agent has started, or, for owners that learn their entries later
+  from a store, when it calls `synced`), its restored records that it did not write again are
+  released. Entries of owners that no longer exist go when the agent has started.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+import json
+import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Iterator, Protocol
 
 from pylium.core.datapath.structs import IpcacheInfo, IpcacheKey
 
-RESTORED = "restored"
+RESTORED = "restored"  # entries of owners that are gone (or of a pin without owner ids)
+
+
+class Table(Protocol):
+    """The map under the service: a PinnedMap, or a stand-in in tests."""
+
+    def put(self, key: IpcacheKey, value: IpcacheInfo) -> None: ...
+
+    def delete(self, key: IpcacheKey) -> bool: ...
+
+    def items(self) -> Iterator[tuple[IpcacheKey, IpcacheInfo]]: ...
 
 
 class Source(enum.IntEnum):
     """Who vouches for an ipcache record; the higher wins."""
 
-    RESTORED = 0  # found in the pinned map at start, not claimed again yet
+    RESTORED = 0  # found in the pinned map at start, its owner gone
     GENERATED = 1  # derived on this node: CIDR peers of policies, FQDN answers
     KUBERNETES = 2  # objects of the Kubernetes API
     KVSTORE = 3  # other nodes, through the cluster store
@@ -41,18 +57,23 @@ class Record:
     tunnel_endpoint: str = ""  # IPv4 address of the node to tunnel to ("": local or direct)
     encrypt_key: int = 0
 
-    def info(self) -> IpcacheInfo:
-        info = IpcacheInfo(identity=self.identity, encrypt_key=self.encrypt_key)
+    def info(self, owner_id: int) -> IpcacheInfo:
+        info = IpcacheInfo(identity=self.identity, encrypt_key=self.encrypt_key, owner=owner_id)
         if self.tunnel_endpoint:
             info.tunnel_ip4[:] = ipaddress.IPv4Address(self.tunnel_endpoint).packed
         return info
+
+    @classmethod
+    def of(cls, info: IpcacheInfo) -> Record:
+        tunnel = str(ipaddress.IPv4Address(bytes(info.tunnel_ip4))) if any(info.tunnel_ip4) else ""
+        return cls(info.identity, tunnel, info.encrypt_key)
 
 
 @dataclass(frozen=True)
 class Owner:
     name: str  # "<plugin>/<what>", e.g. "policy/cidr"
     source: Source
-    waits_for_sync: bool = False  # restored entries stay until it calls synced()
+    waits_for_sync: bool = False  # its restored records stay until it calls synced()
 
 
 class IpcacheError(Exception):
@@ -67,16 +88,39 @@ def canonical(prefix: str) -> str:
         raise IpcacheError(f"ipcache: {prefix!r} is not a prefix ({e})") from None
 
 
-class Ipcache:
-    """The records, and the map that holds each prefix's winner (a PinnedMap, or anything with
-    put/delete/items over IpcacheKey/IpcacheInfo)."""
+class OwnerIds:
+    """Owner name <-> the small number map entries carry; kept in a file (None: in memory)."""
 
-    def __init__(self, table: Any):
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.ids: dict[str, int] = {}
+        if path is not None and path.exists():
+            self.ids = json.loads(path.read_text())
+
+    def id_of(self, name: str) -> int:
+        if name == RESTORED:
+            return 0
+        if name not in self.ids:
+            self.ids[name] = max(self.ids.values(), default=0) + 1  # 0: no owner
+            if self.path is not None:
+                partial = self.path.with_suffix(".tmp")
+                partial.write_text(json.dumps(self.ids, indent=1, sort_keys=True))
+                os.replace(partial, self.path)
+        return self.ids[name]
+
+    def name_of(self, owner_id: int) -> str | None:
+        return next((n for n, i in self.ids.items() if i == owner_id), None)
+
+
+class Ipcache:
+    """The records, and the map that holds each prefix's winner."""
+
+    def __init__(self, table: Table, ids_path: Path | None = None):
         self.table = table
+        self.ids = OwnerIds(ids_path)
         self.owners: dict[str, Owner] = {RESTORED: Owner(RESTORED, Source.RESTORED)}
         self.records: dict[str, dict[str, Record]] = {}
-        self._unsynced: set[str] = set()
-        self._started = False
+        self._restored: dict[str, set[str]] = {}  # owner -> restored prefixes it has not written again
 
     # ---- owners -------------------------------------------------------------------------
 
@@ -84,27 +128,29 @@ class Ipcache:
         if name in self.owners:
             raise IpcacheError(f"ipcache owner {name!r} is declared twice")
         self.owners[name] = Owner(name, Source(source), waits_for_sync)
-        if waits_for_sync:
-            self._unsynced.add(name)
+        self.ids.id_of(name)
 
     def synced(self, owner: str) -> None:
-        """`owner` has written everything it knows after a restart."""
-        self._unsynced.discard(self._owner(owner).name)
-        self._drop_restored()
+        """`owner` has written everything it knows after a restart: its records it did not
+        write again are released."""
+        self._reconcile(self._owner(owner).name)
 
     def started(self) -> None:
         """The agent has started: every owner that does not wait for a sync has written."""
-        self._started = True
-        self._drop_restored()
+        for name, owner in list(self.owners.items()):
+            if not owner.waits_for_sync:
+                self._reconcile(name)
 
     # ---- records ------------------------------------------------------------------------
 
     def restore(self) -> int:
-        """Take what the pinned map holds as restored records (at start, before any owner)."""
+        """Give the pinned map's entries back to their owners (at start, before any owner writes)."""
         count = 0
         for key, info in self.table.items():
-            tunnel = "" if not any(info.tunnel_ip4) else str(ipaddress.IPv4Address(bytes(info.tunnel_ip4)))
-            self.records.setdefault(key.cidr, {})[RESTORED] = Record(info.identity, tunnel, info.encrypt_key)
+            name = self.ids.name_of(info.owner)
+            owner = name if name in self.owners else RESTORED
+            self.records.setdefault(key.cidr, {})[owner] = Record.of(info)
+            self._restored.setdefault(owner, set()).add(key.cidr)
             count += 1
         return count
 
@@ -131,12 +177,15 @@ class Ipcache:
         return name, records[name]
 
     def rows(self) -> Iterator[dict]:
-        """Every prefix with its winner and the owners it shadows (for `pylium bpf ipcache list`)."""
-        for prefix in sorted(self.records, key=_sort_key):
-            owner, record = self.winner(prefix)
-            yield {"prefix": prefix, "identity": record.identity, "tunnel_endpoint": record.tunnel_endpoint,
-                   "encrypt_key": record.encrypt_key, "owner": owner, "source": self.owners[owner].source.name.lower(),
-                   "shadowed": sorted(o for o in self.records[prefix] if o != owner)}
+        """What the map holds, each entry with the owner that wrote it (from the entry itself)
+        and the owners whose records it shadows (for `pylium bpf ipcache list`)."""
+        for key, info in sorted(self.table.items(), key=lambda kv: _sort_key(kv[0].cidr)):
+            owner = self.ids.name_of(info.owner) or ""
+            record = Record.of(info)
+            yield {"prefix": key.cidr, "identity": record.identity, "tunnel_endpoint": record.tunnel_endpoint,
+                   "encrypt_key": record.encrypt_key, "owner": owner,
+                   "source": self.owners[owner].source.name.lower() if owner in self.owners else "",
+                   "shadowed": sorted(o for o in self.records.get(key.cidr, {}) if o != owner)}
 
     # ---- internals ----------------------------------------------------------------------
 
@@ -148,6 +197,7 @@ class Ipcache:
         return owner
 
     def _write(self, prefix: str, owner: str, record: Record | None) -> None:
+        self._restored.get(owner, set()).discard(prefix)
         before = self.winner(prefix)
         records = self.records.setdefault(prefix, {})
         if record is None:
@@ -160,14 +210,12 @@ class Ipcache:
         if after is None:
             if before is not None:
                 self.table.delete(IpcacheKey.of(prefix))
-        elif before is None or before[1] != after[1]:
-            self.table.put(IpcacheKey.of(prefix), after[1].info())
+        elif after != before:
+            self.table.put(IpcacheKey.of(prefix), after[1].info(self.ids.id_of(after[0])))
 
-    def _drop_restored(self) -> None:
-        if not self._started or self._unsynced:
-            return
-        for prefix in [p for p, recs in self.records.items() if RESTORED in recs]:
-            self._write(prefix, RESTORED, None)
+    def _reconcile(self, owner: str) -> None:
+        for prefix in sorted(self._restored.pop(owner, ())):
+            self._write(prefix, owner, None)
 
 
 def _sort_key(prefix: str) -> tuple:

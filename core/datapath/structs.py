@@ -9,12 +9,19 @@ import struct
 
 from pylium.core.datapath import libbpf
 from pylium.core.datapath.consts import (ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER, METRICS_ENTRIES, PYLIUM_CAPTURE_LEN,
-                                         PYLIUM_EVENTS_BYTES, PYLIUM_SLOTS)
+                                         PYLIUM_EVENTS_BYTES, PYLIUM_SLOTS, Slot)
 from pylium.core.datapath.maps import MapSpec
 
 SLOTS = PYLIUM_SLOTS
 ATTACH_POINTS = {"from-container": ATTACH_FROM_CONTAINER, "to-container": ATTACH_TO_CONTAINER}
 EVENTS_BYTES = PYLIUM_EVENTS_BYTES
+
+
+def free_slots(attach: str) -> tuple[int, ...]:
+    """The slots of an attach point that no built-in stage is assigned (`Slot`): third-party
+    stages go there."""
+    taken = {s.index for s in Slot if s.attach == attach}
+    return tuple(i for i in range(SLOTS) if i not in taken)
 
 
 class EndpointKey(ct.Structure):
@@ -65,7 +72,7 @@ class IpcacheKey(ct.Structure):
 
 class IpcacheInfo(ct.Structure):
     _fields_ = [("identity", ct.c_uint32), ("tunnel_ip4", ct.c_uint8 * 4), ("encrypt_key", ct.c_uint8),
-                ("flags", ct.c_uint8), ("pad", ct.c_uint16)]
+                ("flags", ct.c_uint8), ("owner", ct.c_uint16)]
 
 
 def metrics_index(reason: int, direction: int) -> int:

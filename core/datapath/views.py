@@ -77,12 +77,13 @@ class PluginDatapath:
     def detach_cgroup_link(self, link_pin: Path) -> bool:
         return self._dp.detach_cgroup_link(link_pin)
 
-    def bypass(self, slot: Slot, bypassed: bool) -> None:
-        """Let packets skip this plugin's stage in `slot` while it has nothing to do (or run
-        it again). Cheap when nothing changes."""
-        if (slot.attach, slot.index) not in self._stages:
-            raise ValueError(f"plugin {self.plugin} has no stage in {slot.name}")
-        self._dp.bypass(slot.attach, slot.index, bypassed)
+    def bypass(self, slot: Slot | tuple[str, int], bypassed: bool) -> None:
+        """Let packets skip this plugin's stage in `slot` (a `Slot`, or `(attach, index)` for a
+        free slot) while it has nothing to do, or run it again. Cheap when nothing changes."""
+        attach, index = slot.value if isinstance(slot, Slot) else slot
+        if (attach, index) not in self._stages:
+            raise ValueError(f"plugin {self.plugin} has no stage in slot {index} of {attach}")
+        self._dp.bypass(attach, index, bypassed)
 
     def set_pressure(self, map_name: str, ratio: float | None) -> None:
         """How full a map (or this plugin's part of one) is, served as

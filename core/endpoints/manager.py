@@ -113,7 +113,7 @@ class EndpointManager:
                 ep = self._set(Endpoint(
                     id=self._free_id(), container_id=container_id, ifname=ifname, netns=netns,
                     netns_id=netns_id(netns), k8s_namespace=k8s_namespace, k8s_pod_name=k8s_pod_name, pool=pool,
-                    mtu=mtu, created=time.time(),
+                    requested_mtu=mtu, created=time.time(),
                     labels={**self._pod_labels(k8s_namespace, k8s_pod_name), **(labels or {})}))
                 # a crash from here on is cleaned up at the next start
             try:
@@ -152,13 +152,19 @@ class EndpointManager:
         self._publish(ep.event(ev.EndpointCreated))
         return ep
 
+    async def _call(self, hook: str, plugin: str, ep: Endpoint, **extra: Any) -> Any:
+        """One plugin's hook, given its own copy of the endpoint's labels and addresses: what
+        a plugin does to them changes nothing else."""
+        copy = ep.replace(labels=dict(ep.labels), addresses=[dict(a) for a in ep.addresses])
+        return await self.plugins.call(hook, plugin, copy, **extra)
+
     async def _contribute(self, hook: str, plugin: str, ep: Endpoint, **extra: Any) -> Endpoint:
         """Run one plugin's hook and apply what it returns."""
-        return self._apply(hook, plugin, ep, await self.plugins.call(hook, plugin, ep, **extra))
+        return self._apply(hook, plugin, ep, await self._call(hook, plugin, ep, **extra))
 
     def _apply(self, hook: str, plugin: str, ep: Endpoint, result: Any) -> Endpoint:
         """A hook's contribution, checked: only fields the plugin owns, of the right types."""
-        if result is None or result is True:
+        if result is None:
             return ep
         if not isinstance(result, EndpointContribution):
             raise EndpointError("internal", f"plugin {plugin}: {hook} returned {type(result).__name__}, not an "
@@ -209,7 +215,7 @@ class EndpointManager:
         self._unprogram(ep)
         for name in reversed(self.plugins.order):
             try:
-                await self.plugins.call("pylium_endpoint_unplug", name, ep)
+                await self._call("pylium_endpoint_unplug", name, ep)
             except Exception as e:  # keep going: the other plugins must still clean up
                 self.log.error("unplug failed", plugin=name, endpoint=ep.id, error=f"{type(e).__name__}: {e}")
         await self._release(ep.container_id, ep.ifname)
@@ -241,7 +247,7 @@ class EndpointManager:
         if netns and ep.netns != netns:
             raise EndpointError("conflict", f"endpoint {ep.id} lives in {ep.netns}, not {netns}")
         for name in self.plugins.order:
-            problem = await self.plugins.call("pylium_endpoint_check", name, ep)
+            problem = await self._call("pylium_endpoint_check", name, ep)
             if problem:
                 raise EndpointError("check_failed", f"endpoint {ep.id}: {problem}")
         return ep
@@ -267,13 +273,27 @@ class EndpointManager:
             return await self._relabel(ep, labels)
 
     async def _relabel(self, ep: Endpoint, labels: dict[str, str]) -> Endpoint:
+        """Every plugin sees the new labels, then the core programs and saves the result. A
+        hook that fails refuses the change: the plugins that already took it are given the
+        old endpoint again, and the endpoint keeps its labels."""
         if labels == ep.labels:
             return ep
-        ep = self._set(ep.replace(labels=labels))
-        for name in self.plugins.order:
-            ep = await self._contribute("pylium_endpoint_update", name, ep, changed=["labels"])
+        new, done = ep.replace(labels=labels), []
+        try:
+            for name in self.plugins.order:
+                new = self._apply("pylium_endpoint_update", name, new,
+                                  await self._call("pylium_endpoint_update", name, new, changed=["labels"]))
+                done.append(name)
+        except Exception as e:
+            self._set(ep, save=False)
+            for name in done:
+                with contextlib.suppress(Exception):
+                    await self._call("pylium_endpoint_update", name, ep, changed=["labels"])
+            if isinstance(e, EndpointError):
+                raise
+            raise EndpointError("internal", f"{type(e).__name__}: {e}", 500) from e
+        ep = self._set(new)
         self._program(ep)
-        ep = self._set(ep)
         self._publish(ep.event(ev.EndpointUpdated))
         return ep
 
@@ -287,19 +307,12 @@ class EndpointManager:
                         continue
                     pod = self._pod_labels(ep.k8s_namespace, ep.k8s_pod_name)
                     kept = {k: v for k, v in ep.labels.items() if not k.startswith("k8s:")}
-                    await self._relabel(ep, {**kept, **pod})
+                    try:
+                        await self._relabel(ep, {**kept, **pod})
+                    except EndpointError as e:  # it keeps its labels; the next change tries again
+                        self.log.error("new pod labels refused", endpoint=ep.id, error=e.message)
 
     # ---- restart ------------------------------------------------------------------------
-
-    def preclaim(self) -> None:
-        """Before any plugin starts: the ipcache records of the previous run's endpoints, so
-        that restored entries of other owners never stand in for them while the agent starts."""
-        if self.maps is None:
-            return
-        found, _ = self.store.load_all()
-        for ep in found:
-            if ep.state == "ready":
-                self.maps.claim(ep)
 
     async def restore(self) -> None:
         """Take back the endpoints of the previous run; clean up what did not survive."""
@@ -310,16 +323,22 @@ class EndpointManager:
             self.endpoints[ep.id] = ep
         for ep in found:
             alive = ep.state == "ready" and _netns_matches(ep)
+            reason = "not restored: unfinished, or its namespace is gone"
             if alive:
                 ep = self._set(ep.replace(state="restoring"), save=False)
                 for name in self.plugins.order:
-                    result = await self.plugins.call("pylium_endpoint_restore", name, ep)
-                    if result is False:
-                        alive = False
+                    try:
+                        result = await self._call("pylium_endpoint_restore", name, ep)
+                        if result is False:
+                            alive, reason = False, f"not restored: {name} cannot take it back"
+                            break
+                        ep = self._apply("pylium_endpoint_restore", name, ep, result)
+                    except Exception as e:
+                        message = e.message if isinstance(e, EndpointError) else f"{type(e).__name__}: {e}"
+                        alive, reason = False, f"not restored: {name}: {message}"
                         break
-                    ep = self._apply("pylium_endpoint_restore", name, ep, result)
             if not alive:
-                await self._teardown(ep, "not restored: unfinished, or its namespace is gone")
+                await self._teardown(ep, reason)
                 continue
             self._program(ep)
             ep = self._set(ep.replace(state="ready"))

@@ -19,11 +19,6 @@ class EndpointMaps:
     def __init__(self, by_address: PinnedMap, by_ifindex: PinnedMap, ipcache: Ipcache):
         self.by_address, self.by_ifindex, self.ipcache = by_address, by_ifindex, ipcache
 
-    def claim(self, ep: Endpoint) -> None:
-        """The endpoint's ipcache records only (at start, before it is restored)."""
-        for a in ep.addresses:
-            self.ipcache.upsert(a["ip"], ep.identity, IPCACHE_OWNER)
-
     def program(self, ep: Endpoint) -> None:
         info = s.EndpointInfo(ifindex=ep.host_ifindex, ep_id=ep.id, mac=s.mac_bytes(ep.mac),
                               host_mac=s.mac_bytes(ep.host_mac), identity=ep.identity)
@@ -44,7 +39,8 @@ class EndpointMaps:
 
     def reconcile(self, endpoints: Iterable[Endpoint]) -> None:
         """After restore: remove entries no endpoint owns any more (left by a crash or a lost
-        endpoint). The ipcache drops unclaimed restored records itself."""
+        endpoint). Their ipcache records go by themselves: the ipcache releases what an owner
+        did not write again once the agent has started."""
         endpoints = list(endpoints)
         ips = {a["ip"] for ep in endpoints for a in ep.addresses}
         ifindexes = {ep.host_ifindex for ep in endpoints}
@@ -54,6 +50,3 @@ class EndpointMaps:
         for key in list(self.by_ifindex.keys()):
             if key.value not in ifindexes:
                 self.by_ifindex.delete(key)
-        for prefix in list(self.ipcache.owned(IPCACHE_OWNER)):
-            if prefix.split("/")[0] not in ips:
-                self.ipcache.release(prefix, IPCACHE_OWNER)

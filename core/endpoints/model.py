@@ -33,7 +33,8 @@ class Endpoint(msgspec.Struct, kw_only=True, frozen=True):
     host_ifindex: int = 0
     mac: str = ""
     host_mac: str = ""
-    mtu: int = 0
+    requested_mtu: int = 0  # asked for by the runtime (0: the node's default)
+    mtu: int = 0  # what the pod's interface got
     k8s_namespace: str = ""
     k8s_pod_name: str = ""
     created: float = 0.0

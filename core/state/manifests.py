@@ -177,3 +177,26 @@ class Manifests:
             labels[NAMESPACE_LABELS_PREFIX + k] = str(v)
         labels[NAMESPACE_LABEL] = namespace
         return labels
+
+
+class PluginManifests:
+    """The manifests as one plugin sees them (`ctx.manifests`): the shared index, and change
+    callbacks that end by themselves when the plugin stops."""
+
+    def __init__(self, manifests: Manifests):
+        self._manifests = manifests
+        self._stops: list[Callable[[], None]] = []
+
+    def entries(self, kind: str) -> dict[tuple[str, str], tuple[dict, Path]]:
+        return self._manifests.entries(kind)
+
+    def objects(self, kind: str) -> dict[tuple[str, str], dict]:
+        return self._manifests.objects(kind)
+
+    def on_change(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Call `callback` after each change of the directory, until the plugin stops."""
+        self._stops.append(self._manifests.on_change(callback))
+
+    def close(self) -> None:
+        while self._stops:
+            self._stops.pop()()

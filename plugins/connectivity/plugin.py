@@ -102,7 +102,7 @@ class ConnectivityPlugin:
             await self.refresh_blocks()  # the address comes from a block claimed since
         host_ifname = netlink.host_ifname(ctx.node_name, endpoint.container_id, endpoint.ifname)
         done = await netlink.plug(netns=endpoint.netns, ifname=endpoint.ifname, host_name=host_ifname,
-                                  mtu=endpoint.mtu or self.mtu, addresses=endpoint.addresses)
+                                  mtu=endpoint.requested_mtu or self.mtu, addresses=endpoint.addresses)
         await ctx.datapath.attach(host_ifname)
         return EndpointContribution(host_ifname=host_ifname, host_ifindex=done.host_ifindex, mac=done.mac,
                                     host_mac=done.host_mac, mtu=done.mtu)
@@ -118,7 +118,6 @@ class ConnectivityPlugin:
         if idx is None or idx != endpoint.host_ifindex:
             return False
         await ctx.datapath.attach(endpoint.host_ifname)  # the new dispatchers, hitlessly
-        return True
 
     @hookimpl
     async def pylium_endpoint_check(self, ctx, endpoint):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from prometheus_client import Counter, Gauge
 
-from pylium.core.api_for_plugins import ApiError, RpcError, events, hookimpl
+from pylium.core.api_for_plugins import RpcError, events, hookimpl
 from pylium.plugins.ipam.allocator import FAMILIES, Allocation, Allocator, Exhausted, IpamError, Owner
 from pylium.plugins.ipam.blocks import BlockClaimer
 from pylium.plugins.ipam.config import IpamConfig
@@ -126,8 +126,6 @@ class IpamPlugin:
         return self._list(_decode(payload, ListRequest).all)
 
     async def _api_list(self, request):
-        if self.allocator is None:
-            raise ApiError(503, "ipam is not running")
         return self._list(request.query.get("all", "").lower() in ("1", "true", "yes"))
 
     def _list(self, everything: bool) -> dict:

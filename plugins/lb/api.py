@@ -25,12 +25,7 @@ class LbApi:
     writer = None
     problems: dict = {}
 
-    def _need(self):
-        if self.ctx is None or self.writer is None:
-            raise ApiError(503, "the load-balancing plugin is not running")
-
     async def api_services(self, request) -> dict:
-        self._need()
         rows = []
         for key, installed in sorted(self.writer.frontends.items(), key=lambda kv: kv[1].id):
             f = installed.frontend
@@ -46,7 +41,6 @@ class LbApi:
         return {"services": rows, "problems": [str(p) for p in self.problems.values()]}
 
     async def api_bpf_lb(self, request) -> dict:
-        self._need()
         table = request.query.get("table", "services")
         maps = self.ctx.bpf_maps
         if table == "backends":
@@ -76,7 +70,6 @@ class LbApi:
         return {"services": rows}
 
     async def api_maglev(self, request) -> dict:
-        self._need()
         wanted = request.path_params["service"]
         ids = []
         for key, installed in self.writer.frontends.items():

@@ -12,7 +12,8 @@ from typing import Any
 
 import anyio
 
-from pylium.core.api_for_plugins import Health, Manifests, NoService, Slot, events, gc_paused, hookimpl, libbpf, netns
+from pylium.core.api_for_plugins import (Health, NoService, PluginManifests, Slot, events, gc_paused, hookimpl,
+                                        libbpf, netns)
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.api import LbApi
 from pylium.plugins.lb.config import LbConfig
@@ -42,7 +43,7 @@ class LbPlugin(LbApi):
         self.problems: dict[tuple, Problem] = {}
         self.by_service: dict[tuple[str, str], list[Frontend]] = {}  # as written in the maps
         self._synced = False  # the first write replaces whatever an earlier run left
-        self._manifests: Manifests | None = None
+        self._manifests: PluginManifests | None = None
         self.writer: Writer | None = None
         self.cookies: dict[int, int] = {}  # endpoint id -> netns cookie
         self.local_ips: set[str] = set()
@@ -98,12 +99,11 @@ class LbPlugin(LbApi):
             ctx.bpf_maps["lb_netns"].put(ct.c_uint64(netns.netns_cookie("/proc/self/ns/net")), ct.c_uint32(0))
         ctx.bus.owns("service")  # late subscribers get the frontends (none is an answer too)
         await self._changed(ctx.manifests)
-        stop_listening = ctx.manifests.on_change(lambda: self._changed(ctx.manifests))
+        ctx.manifests.on_change(lambda: self._changed(ctx.manifests))
         ctx.set_health(Health.OK)
         try:
             yield
         finally:
-            stop_listening()
             ctx.datapath.set_pressure("lb4_services", None)
             self.ctx = None  # programs and maps stay: services keep working while the agent is away
 
@@ -182,7 +182,7 @@ class LbPlugin(LbApi):
 
     # ---- services ---------------------------------------------------------------------------
 
-    def _load(self, manifests: Manifests) -> set[tuple[str, str]]:
+    def _load(self, manifests: PluginManifests) -> set[tuple[str, str]]:
         """Take in changed Service and EndpointSlice documents; a bad one is reported with its
         file and field, and its previous version (if any) stays in force. Returns the keys
         of the services to compute again."""
@@ -260,12 +260,12 @@ class LbPlugin(LbApi):
             delta.update({f.key: f for f in new})
         return delta
 
-    async def _changed(self, manifests: Manifests | None, dirty: set | None = None) -> None:
+    async def _changed(self, manifests: PluginManifests | None, dirty: set | None = None) -> None:
         async with self._lock:
             with gc_paused():
                 self._apply(manifests, dirty)
 
-    def _apply(self, manifests: Manifests | None, dirty: set | None) -> None:
+    def _apply(self, manifests: PluginManifests | None, dirty: set | None) -> None:
         """Take in what changed and write the difference to the maps."""
         started = time.perf_counter()
         dirty = set(dirty or ())

@@ -115,7 +115,7 @@ class Decoder:
         if rule0 or rule1:  # the rules that allowed or denied: names from the policy plugin
             rules = tuple(self.rules.get(r) or Policy(name=f"rule-{r}") for r in (rule0, rule1) if r)
             allowed = mtype == m.MSG_POLICY_VERDICT and verdict != "AUDIT"
-            side = "ingress" if direction == 1 else "egress"
+            side = "ingress" if direction == m.METRIC_INGRESS else "egress"
             decided = {f"{side}_{'allowed' if allowed else 'denied'}_by": rules}
         return Flow(
             time=self.clock.rfc3339(ts), uuid=f"{self._uuid_prefix}{self._count:012x}",

@@ -7,13 +7,16 @@ import collections
 
 from prometheus_client.core import CounterMetricFamily
 
-from pylium.core.api_for_plugins import OBSERVATION_POINTS, POLICY_MATCH_TYPES, consts, drop_reason
+from pylium.core.api_for_plugins import (OBSERVATION_POINTS, POLICY_MATCH_TYPES, DropReason, MessageType, consts,
+                                         drop_reason)
 from pylium.plugins.observability.flow import Endpoint, Flow
 
 _TYPE_NAMES = {consts.MSG_DROP: "Drop", consts.MSG_TRACE: "Trace", consts.MSG_POLICY_VERDICT: "PolicyVerdict",
                consts.MSG_L7: "L7"}  # Hubble's spellings in metric labels
 LOST_SOURCES = ("PERF_EVENT_RING_BUFFER", "OBSERVER_EVENTS_QUEUE", "HUBBLE_RING_BUFFER")
 OTHER = "other"
+
+POLICY_DROPS = (DropReason.POLICY, DropReason.POLICY_DENY)
 
 
 def protocol_name(flow: Flow) -> str:
@@ -48,12 +51,13 @@ class HubbleMetrics:
     def count(self, flow: Flow) -> None:
         et = flow.event_type
         if self.flow_enabled:
-            subtype = OBSERVATION_POINTS.get(et.sub_type, ("",))[0] if et.type == 4 else ""
+            subtype = OBSERVATION_POINTS.get(et.sub_type, ("",))[0] if et.type == MessageType.TRACE else ""
             self.processed[(_TYPE_NAMES.get(et.type, "Unknown"), subtype, flow.verdict)] += 1
-        if self.policy_enabled and (et.type == 5 or flow.drop_reason in (133, 181)):
+        is_verdict = et.type == MessageType.POLICY_VERDICT
+        if self.policy_enabled and (is_verdict or flow.drop_reason in POLICY_DROPS):
             action = {"FORWARDED": "forwarded", "AUDIT": "audit", "REDIRECTED": "redirected"}.get(flow.verdict,
                                                                                                    "dropped")
-            match = POLICY_MATCH_TYPES.get(flow.policy_match_type, "none") if et.type == 5 else "none"
+            match = POLICY_MATCH_TYPES.get(flow.policy_match_type, "none") if is_verdict else "none"
             self.verdicts[(flow.traffic_direction.lower(), match, action)] += 1
         if flow.verdict == "DROPPED":
             if self.drop_enabled:

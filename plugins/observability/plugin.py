@@ -85,10 +85,8 @@ class ObservabilityPlugin:
         declare.after("connectivity")
         declare.event_type("flow", Flow)
         declare.event_type("flow.lost", LostEvents)
-        declare.api_route("POST", "/v1/flows", self.api_flows)
-        declare.api_route("POST", "/v1/monitor", self.api_monitor)
-        declare.api_route("GET", "/v1/service-map", self.api_service_map)
-        declare.api_route("GET", "/v1/observer", self.api_observer)
+        declare.api_routes(("POST", "/v1/flows", self.api_flows), ("POST", "/v1/monitor", self.api_monitor),
+                           ("GET", "/v1/service-map", self.api_service_map), ("GET", "/v1/observer", self.api_observer))
 
     @hookimpl
     def pylium_status_details(self, ctx):
@@ -134,7 +132,6 @@ class ObservabilityPlugin:
                 self.reader = None  # a _process already scheduled finds nothing to do
                 self.pending.clear()
         finally:
-            ctx.metrics.unregister(self.metrics)
             self.ctx = None
 
     def _readable(self) -> None:

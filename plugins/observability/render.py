@@ -3,6 +3,8 @@ and table lines, cilium-dbg monitor lines. Works on the JSON (dict) forms, stdli
 
 from __future__ import annotations
 
+from pylium.core.api_for_plugins import MessageType
+
 _POINT_NAMES = {"TO_ENDPOINT": "to-endpoint", "TO_PROXY": "to-proxy", "TO_HOST": "to-host", "TO_STACK": "to-stack",
                 "TO_OVERLAY": "to-overlay", "FROM_ENDPOINT": "from-endpoint", "FROM_PROXY": "from-proxy",
                 "FROM_HOST": "from-host", "FROM_STACK": "from-stack", "FROM_OVERLAY": "from-overlay",
@@ -50,7 +52,7 @@ def description(flow: dict) -> str:
     if flow.get("verdict") == "DROPPED":
         return drop_reason(flow.get("drop_reason", 0))[1]
     et = flow.get("event_type") or {}
-    if et.get("type") == 5:
+    if et.get("type") == MessageType.POLICY_VERDICT:
         return f"policy-verdict:{POLICY_MATCH_TYPES.get(flow.get('policy_match_type', 0), 'none')}"
     return _POINT_NAMES.get(flow.get("trace_observation_point", ""), "unknown")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from pylium.core.api_for_plugins import ApiError
+from pylium.core.api_for_plugins import ApiError, DropReason
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.identity import Identity
 from pylium.plugins.policy.model import NAMESPACE_LABEL, Policy, PolicyError, parse_documents
@@ -162,7 +162,8 @@ class PolicyApi:
                                                          (INGRESS, dst_name, dst_labels, src_id)):
             ep_policy = resolver.endpoint(subject_labels)
             verdict, entry, reason = ep_policy.decide(direction, peer, proto, int(port))
-            deciding = entry.rule_ids if entry else ep_policy.default_by[direction] if reason == 133 else []
+            deciding = (entry.rule_ids if entry else
+                        ep_policy.default_by[direction] if reason == DropReason.POLICY else [])
             rules = [self.rule_names.get(r, str(r)) for r in deciding]
             steps.append({"direction": DIRECTIONS[direction], "endpoint": subject, "verdict": verdict,
                           "enforced": ep_policy.enforce[direction], "drop_reason": reason,

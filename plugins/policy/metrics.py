@@ -33,12 +33,12 @@ class PolicyCollector:
                                      "133 and 181)", labels=["direction"])
         dp = p.ctx.datapath if p.ctx else None
         if dp is not None:
-            from pylium.core.api_for_plugins import METRIC_DIRECTIONS
+            from pylium.core.api_for_plugins import METRIC_DIRECTIONS, DropReason
             from pylium.core.api_for_plugins import read_bpf_metrics
 
             totals = {name: 0 for name in METRIC_DIRECTIONS.values()}
             for reason, direction, packets, _ in read_bpf_metrics(dp.maps["metrics"]):
-                if reason in (133, 181) and direction in METRIC_DIRECTIONS:
+                if reason in (DropReason.POLICY, DropReason.POLICY_DENY) and direction in METRIC_DIRECTIONS:
                     totals[METRIC_DIRECTIONS[direction]] += packets
             for name, n in totals.items():
                 denied.add_metric([name], n)

@@ -7,6 +7,7 @@ flags and revision, so established connections are checked again under the new p
 
 from __future__ import annotations
 
+import collections
 import ctypes as ct
 import dataclasses
 import json
@@ -16,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from pylium.core.api_for_plugins import (EndpointContribution, Health, Manifests, Slot, Source, events, hookimpl,
+from pylium.core.api_for_plugins import (EndpointContribution, Health, PluginManifests, Slot, Source, events, hookimpl,
                                          parse_duration)
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.api import POLICY_KINDS, PolicyApi
@@ -37,6 +38,8 @@ class PolicyPlugin(PolicyApi):
         self.identities: IdentityAllocator | None = None
         self.policies: dict[tuple, Policy] = {}
         self.documents: dict[tuple, dict] = {}  # as written, for `policy get`
+        self._cidrs_of: dict[tuple, set[str]] = {}  # policy -> the CIDR peers it names
+        self._cidr_refs: collections.Counter[str] = collections.Counter()  # prefix -> policies naming it
         self.imported: dict[tuple, dict] = {}  # documents from `policy import` (persisted)
         self.policy_ids: dict[tuple, int] = {}
         self.rule_names: dict[int, str] = {ALLOW_LOCALHOST_RULE: "allow-localhost"}
@@ -99,9 +102,8 @@ class PolicyPlugin(PolicyApi):
             self.endpoint_audit = {int(k): v for k, v in json.loads(audit_file.read_text()).items()}
         manifests = ctx.manifests
         self._load_directory(manifests)
-        collector = PolicyCollector(self)
-        ctx.metrics.register(collector)
-        stop_listening = manifests.on_change(lambda: self._directory_changed(manifests))
+        ctx.metrics.register(PolicyCollector(self))
+        manifests.on_change(lambda: self._directory_changed(manifests))
         ctx.start_task("ct-gc", self._ct_gc)
         ctx.start_task("regenerate", self._regenerator)
         ctx.start_task("identities", self._sync_identities)
@@ -111,8 +113,6 @@ class PolicyPlugin(PolicyApi):
         try:
             yield
         finally:
-            stop_listening()
-            ctx.metrics.unregister(collector)
             self.ctx = None  # maps stay: the datapath keeps enforcing while the agent is away
 
     @hookimpl
@@ -253,21 +253,21 @@ class PolicyPlugin(PolicyApi):
             number = len(self.policy_ids) + ALLOW_LOCALHOST_RULE + 1
             self.policy_ids[policy.key] = number
             self.rule_names[number] = f"{policy.kind}/{policy.display_name}"
-        for rule in policy.rules:  # CIDR peers become identities in the ipcache
-            for element in (*rule.ingress, *rule.ingress_deny, *rule.egress, *rule.egress_deny):
-                for cidr in element.cidrs:
-                    for prefix in (cidr.cidr, *cidr.excepts):
-                        self._cidr_identity(prefix)
+        self._cidr_peers(policy.key, {
+            prefix for rule in policy.rules for element in (*rule.ingress, *rule.ingress_deny, *rule.egress,
+                                                            *rule.egress_deny)
+            for cidr in element.cidrs for prefix in (cidr.cidr, *cidr.excepts)})
 
     def _remove(self, key: tuple) -> None:
         self.policies.pop(key, None)
         self.documents.pop(key, None)
+        self._cidr_peers(key, set())
 
     def _count(self, source: str, operation: str, outcome: str, n: int = 1) -> None:
         k = (source, operation, outcome)
         self.changes[k] = self.changes.get(k, 0) + n
 
-    def _load_directory(self, manifests: Manifests) -> bool:
+    def _load_directory(self, manifests: PluginManifests) -> bool:
         """Policies of the manifests directory; a bad one is logged and its previous version
         (if any) stays in force."""
         changed = False
@@ -293,7 +293,7 @@ class PolicyPlugin(PolicyApi):
             changed = True
         return changed
 
-    async def _directory_changed(self, manifests: Manifests) -> None:
+    async def _directory_changed(self, manifests: PluginManifests) -> None:
         if self._load_directory(manifests):
             self.revision += 1
             await self.regenerate()
@@ -306,12 +306,24 @@ class PolicyPlugin(PolicyApi):
         return Resolver(list(self.policies.values()), identities, self.policy_ids,
                         cfg.policyEnforcementMode, cfg.policyAuditMode, cfg.policy.allowLocalhost == "always")
 
-    def _cidr_identity(self, prefix: str) -> None:
-        """A CIDR peer's identity in the ipcache. Generated records rank below the node's own
-        (endpoints, host addresses): an endpoint's address keeps its identity."""
-        identity, new = self.identities.cidr(prefix)
-        if new and self.ctx.ipcache is not None:
-            self.ctx.ipcache.upsert(prefix, identity.id, CIDR)
+    def _cidr_peers(self, key: tuple, prefixes: set[str]) -> None:
+        """The CIDR peers a policy names are identities in the ipcache while some policy names
+        them. Generated records rank below the node's own (endpoints, host addresses): an
+        endpoint's address keeps its identity."""
+        before = self._cidrs_of.pop(key, set())
+        if prefixes:
+            self._cidrs_of[key] = prefixes
+        for prefix in prefixes - before:
+            identity, _ = self.identities.cidr(prefix)
+            self._cidr_refs[prefix] += 1
+            if self._cidr_refs[prefix] == 1 and self.ctx.ipcache is not None:
+                self.ctx.ipcache.upsert(prefix, identity.id, CIDR)
+        for prefix in before - prefixes:
+            self._cidr_refs[prefix] -= 1
+            if self._cidr_refs[prefix] == 0:
+                del self._cidr_refs[prefix]
+                if self.ctx.ipcache is not None:
+                    self.ctx.ipcache.release(prefix, CIDR)
 
     async def regenerate(self) -> None:
         async with self._lock:

@@ -11,6 +11,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from pylium.core.api_for_plugins import DropReason
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.identity import ID_HOST, ID_WORLD, Identity
 from pylium.plugins.policy.model import NAMESPACE_LABEL, CidrSet, PeerRule, Policy, PortRange, Selector
@@ -127,12 +128,12 @@ class EndpointPolicy:
         denies = [e for _, e in found if e.deny]
         deny = next((e for e in denies if not e.audit), denies[0] if denies else None)  # enforced first
         if deny is not None:
-            return ("audit" if deny.audit or self.audit[direction] else "denied", deny, 181)
+            return ("audit" if deny.audit or self.audit[direction] else "denied", deny, DropReason.POLICY_DENY)
         if found:
             return "allowed", found[0][1], 0
         if self.enforce[direction]:
             audited = self.audit[direction] or self.audit_default[direction]
-            return ("audit" if audited else "denied", None, 133)
+            return ("audit" if audited else "denied", None, DropReason.POLICY)
         return "allowed", None, 0  # not enforced
 
 

@@ -1,6 +1,7 @@
-"""Test plugin: implements every hook and records each call (tests/test_datapath.py checks that
+"""Test plugin: implements every hook and records each call (tests/test_hookspecs_meta.py checks that
 a real agent calls them all); refuses, fails checks or oversteps on request (labels
-cni:fail=plug, cni:check=bad, cni:contribute=mtu)."""
+cni:fail=plug|restore|update, cni:check=bad, cni:contribute=mtu), and writes into the labels it
+is given (its own copy: the endpoint must not change)."""
 
 import json
 
@@ -52,6 +53,8 @@ class EpWatch:
     @hookimpl
     async def pylium_endpoint_plug(self, ctx, endpoint):
         self._record(ctx, "plug", endpoint)
+        endpoint.labels["epwatch:scribbled"] = "yes"
+        endpoint.addresses.clear()
         if endpoint.labels.get("cni:fail") == "plug":
             raise EndpointError("refused", f"epwatch refuses endpoint {endpoint.id}")
         if endpoint.labels.get("cni:contribute") == "mtu":  # a field connectivity owns
@@ -65,11 +68,15 @@ class EpWatch:
     @hookimpl
     async def pylium_endpoint_restore(self, ctx, endpoint):
         self._record(ctx, "restore", endpoint)
+        if endpoint.labels.get("cni:fail") == "restore":
+            raise RuntimeError(f"epwatch cannot restore endpoint {endpoint.id}")
         return None
 
     @hookimpl
     async def pylium_endpoint_update(self, ctx, endpoint, changed):
         self._record(ctx, "update", endpoint, changed=changed, labels=endpoint.label_list())
+        if endpoint.labels.get("unspec:fail") == "update":
+            raise EndpointError("refused", f"epwatch refuses the labels of endpoint {endpoint.id}")
 
     @hookimpl
     async def pylium_endpoint_check(self, ctx, endpoint):

@@ -8,10 +8,11 @@ import ctypes as ct
 
 from pydantic import Field, field_validator
 
-from pylium.core.api_for_plugins import ApiError, Section, hookimpl, libbpf
+from pylium.core.api_for_plugins import Section, free_slots, hookimpl, libbpf
 from pylium_podcount.maps import POD_COUNTS, PodCount, totals
 
-FREE_SLOTS = (1, 3, 5, 6)  # the slots pylium's own stages leave free (bpf/include/pylium_consts.h)
+# The stage takes the same slot of both attach points: one that pylium's own stages leave free in both.
+FREE_SLOTS = tuple(sorted(set(free_slots("from-container")) & set(free_slots("to-container"))))
 
 
 class PodCountSettings(Section):
@@ -71,8 +72,6 @@ class PodCountPlugin:
         self.ctx.bpf_maps["pod_counts"].put(ct.c_uint32(ep_id), zeros)
 
     async def api_counts(self, request):
-        if self.ctx is None:
-            raise ApiError(503, "podcount is not running")
         table = self.ctx.bpf_maps["pod_counts"]
         rows = []
         for ep_id, name in sorted(self.names.items()):
