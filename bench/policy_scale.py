@@ -55,7 +55,7 @@ async def remote_identities(store_path, count: int) -> None:
     from pylium.plugins.policy.identity import IdentityAllocator, LabelFilter
 
     store = LocalStore(store_path)
-    allocator = IdentityAllocator(store, LabelFilter())
+    allocator = IdentityAllocator(store, LabelFilter(), "10.99.0.1")  # another node's address
     for i in range(count):
         await allocator.allocate({"k8s:app": f"remote{i}", "k8s:group": f"g{i % 50}",
                                   "k8s:io.kubernetes.pod.namespace": "default"})

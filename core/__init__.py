@@ -2,6 +2,7 @@
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the cluster store could not be reached at start
 EXIT_CONFIG = 78  # EX_CONFIG: the unit file sets RestartPreventExitStatus=78
 
 

@@ -41,6 +41,10 @@ _EXPORTS = {
     "RpcTimeout": "pylium.core.bus.client",
     # state
     "Manifests": "pylium.core.state.manifests",
+    "ClusterStore": "pylium.core.state.store",
+    "Mirror": "pylium.core.state.store",
+    "StoreUnavailable": "pylium.core.state.store",
+    "store_keys": "pylium.core.state:keys",
     "PluginManifests": "pylium.core.state.manifests",
     "gc_paused": "pylium.core.state.manifests",
     # the datapath
@@ -119,3 +123,5 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from pylium.core.plugin_api import (ApiError, ApiRequest, Declarations, EndpointError, Health,  # noqa: F401
                                         PluginContext, PluginRegistry)
     from pylium.core.state.manifests import Manifests, PluginManifests, gc_paused  # noqa: F401
+    from pylium.core.state import keys as store_keys  # noqa: F401
+    from pylium.core.state.store import ClusterStore, Mirror, StoreUnavailable  # noqa: F401

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 
 #: Translates an older spelling: (value, the old key path, warn) -> {new key path: value};
@@ -73,6 +73,9 @@ class BusSettings(Section):
 
 class FamilySettings(Section):
     enabled: bool = Field(True, description="Enable this address family.")
+    nodeIP: str = Field("", description="This node's address for its peers (tunnel endpoint, direct routes, "
+                                        "health probes); empty: detected (the default route's source, else the "
+                                        "first global address with a prefix shorter than a host's).")
 
 
 class Ipv6Settings(FamilySettings):
@@ -172,6 +175,40 @@ class BpfSettings(Section):
         return 0xFF if "all" in names else sum(TCP_FLAGS[n] for n in set(names))
 
 
+class KvstoreSettings(Section):
+    backend: str = Field("local", description="Where nodes share state (identities, nodes, endpoints' "
+                                              "addresses, pod CIDR claims): local (an embedded store, one "
+                                              "machine) or etcd (etcd.endpoints). `kvstore: etcd` is short for "
+                                              "kvstore.backend=etcd.")
+    leaseTTL: str = Field("15m", description="Lifetime of this agent's keys in etcd (its node, its endpoints' "
+                                             "addresses): a node gone for longer disappears from its peers.")
+    connectTimeout: str = Field("5m", description="How long the agent keeps trying to reach etcd at start "
+                                                  "before it exits with code 69 (systemd starts it again).")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in ("local", "etcd"):
+            raise ValueError("must be local or etcd")
+        return v
+
+    @field_validator("leaseTTL", "connectTimeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> str:
+        if parse_duration(v) < 1:
+            raise ValueError("must be at least 1s")
+        return str(v) if not isinstance(v, (int, float)) else f"{v}s"
+
+
+class EtcdSettings(Section):
+    endpoints: list[str] = Field(default_factory=list, description="etcd client URLs, e.g. "
+                                                                   "https://10.0.0.1:2379; tried in order.")
+    trustedCAFile: str = Field("", description="CA certificate (PEM) that signed etcd's server certificate "
+                                               "(TLS; https:// endpoints).")
+    certFile: str = Field("", description="This agent's client certificate (PEM), when etcd asks for one.")
+    keyFile: str = Field("", description="The client certificate's private key (PEM).")
+
+
 class CoreConfig(Section):
     """Keys the core owns. Plugins add their own top-level keys next to these (and keys in
     shared sections such as `bpf`)."""
@@ -188,6 +225,27 @@ class CoreConfig(Section):
     standalone: StandaloneSettings = Field(default_factory=StandaloneSettings)
     debug: DebugSettings = Field(default_factory=DebugSettings)
     bpf: BpfSettings = Field(default_factory=BpfSettings)
+    kvstore: KvstoreSettings = Field(default_factory=KvstoreSettings)
+    etcd: EtcdSettings = Field(default_factory=EtcdSettings)
+
+    @model_validator(mode="after")
+    def _etcd_needs_endpoints(self) -> CoreConfig:
+        if self.kvstore.backend == "etcd" and not self.etcd.endpoints:
+            raise ValueError("etcd.endpoints: empty, but kvstore is etcd: name etcd's client URLs, for example "
+                             "--set etcd.endpoints={http://10.0.0.1:2379}")
+        return self
+
+
+# Sections that may also be written as one value, standing for one of their keys
+# (`kvstore: etcd` is kvstore.backend=etcd, as Cilium's agent option reads).
+SCALAR_SECTIONS = {"kvstore": "backend"}
+
+
+def _scalar_sections(data: dict[str, Any]) -> dict[str, Any]:
+    for section, key in SCALAR_SECTIONS.items():
+        if section in data and not isinstance(data[section], dict):
+            data[section] = {key: data[section]}
+    return data
 
 
 # Helm chart keys that describe how the chart deploys pods, not how the agent behaves.
@@ -261,6 +319,8 @@ def apply_set(data: dict[str, Any], expr: str) -> str:
     parts = key.split(".")
     if any(not p for p in parts):
         raise ConfigError([f"--set {expr!r}: empty segment in key path {key!r}"])
+    if len(parts) == 1 and parts[0] in SCALAR_SECTIONS and isinstance(data.get(parts[0]), dict):
+        parts.append(SCALAR_SECTIONS[parts[0]])  # `--set kvstore=etcd` keeps kvstore.leaseTTL
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -335,9 +395,10 @@ def gather(config_files: list[str | Path] = (), sets: list[str] = (), base: dict
     spellings of the core and of `models` (the agent translates its plugins' once it knows them)."""
     raw = RawConfig(data=copy.deepcopy(base or {}))
     for f in config_files:
-        raw.data = deep_merge(raw.data, load_file(f))
+        raw.data = deep_merge(raw.data, _scalar_sections(load_file(f)))
     for expr in sets:
         raw.set_keys.add(apply_set(raw.data, expr))
+        _scalar_sections(raw.data)
     apply_aliases(raw, [CoreConfig, *models])
     return raw
 
@@ -446,7 +507,7 @@ def _format_error(model: type[BaseModel], raw: RawConfig, err: dict[str, Any]) -
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
         msg = f"{msg} (got {err['input']!r})"
-    return f"{path}{origin}: {msg}"
+    return f"{path}{origin}: {msg}" if path else msg
 
 
 def validate(model: type[Section], raw: RawConfig) -> Section:

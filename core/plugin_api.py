@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from pylium.core.datapath.ipcache import PluginIpcache, Source
     from pylium.core.datapath.maps import MapSpec, PinnedMap
     from pylium.core.datapath.views import PluginDatapath
+    from pylium.core.nodes.registry import PluginNode
     from pylium.core.state.manifests import PluginManifests
-    from pylium.core.state.store import LocalStore
+    from pylium.core.state.store import ClusterStore
 
 
 class Health(str, enum.Enum):
@@ -245,8 +246,11 @@ class PluginContext:
         self.metrics = PluginRegistry(metrics)
         #: This plugin's bus connection: publish, subscribe, serve, request (docs/events.md).
         self.bus: BusClient = None  # type: ignore[assignment]  (set before the lifespan starts)
-        #: The cluster store: what nodes share.
-        self.store: LocalStore = None  # type: ignore[assignment]
+        #: The cluster store: what nodes share (core/state/store.py: get, put(lease=), create,
+        #: create_all, delete, list, snapshot, watch; `Mirror` follows a prefix).
+        self.store: ClusterStore = None  # type: ignore[assignment]
+        #: This node as peers see it: `update(pod_cidrs=...)`, `annotate(key, value)`, `local`.
+        self.node: PluginNode = None  # type: ignore[assignment]
         #: The agent's one reader of the manifests directory, already scanned when lifespans
         #: start: `entries(kind)` / `objects(kind)`, and `on_change(callback)` to hear of
         #: changes until the plugin stops.

@@ -50,3 +50,21 @@ def pylium_lab(tmp_path):
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def pylium_cluster(tmp_path):
+    """pylium_cluster(nodes=3, etcd_enabled=True, lease_ttl="15m", extra=()) -> ClusterLab:
+    nodes on an underlay bridge with a real etcd; agents started with `node.start_agent()`."""
+    from pylium.testing.cluster import ClusterLab
+
+    _need_datapath()
+    made: list[ClusterLab] = []
+
+    def make(nodes: int = 3, **kw: Any) -> ClusterLab:
+        made.append(ClusterLab(tmp_path / f"cluster{len(made)}", nodes, **kw))
+        return made[-1]
+
+    yield make
+    for lab in made:
+        lab.close()

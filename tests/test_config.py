@@ -69,7 +69,7 @@ def test_unknown_key_names_path_and_allowed_keys():
         _validate({"prometheus": {"prot": 1}, "nosuch": 1})
     problems = e.value.problems
     assert "prometheus.prot: unknown key (allowed here: address, enabled, port)" in problems
-    assert any(p.startswith("nosuch: unknown key (allowed here: bpf, bus, cluster, debug, ipv4, ipv6, plugins, prometheus, standalone)") for p in problems)
+    assert any(p.startswith("nosuch: unknown key (allowed here: bpf, bus, cluster, debug, etcd, ipv4, ipv6, kvstore, plugins, prometheus, standalone)") for p in problems)
     assert len(problems) == 2  # one line per problem
 
 

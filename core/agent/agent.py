@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import inspect
 import json
@@ -24,7 +25,7 @@ import zmq
 import zmq.asyncio
 from aiohttp import web
 
-from pylium.core import EXIT_FAILURE, EXIT_OK, __version__, config as cfg
+from pylium.core import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, __version__, config as cfg
 from pylium.core.agent import log as logging_
 from pylium.core.agent.declared import Declared
 from pylium.core.agent.metrics import AgentMetrics
@@ -41,7 +42,11 @@ from pylium.core.endpoints.maps import IPCACHE_OWNER, EndpointMaps
 from pylium.core.endpoints.model import Endpoint
 from pylium.core.plugin_api import Declarations, Health, HealthState, PluginContext
 from pylium.core.state.manifests import Manifests, PluginManifests
-from pylium.core.state.store import LocalStore
+from pylium.core.nodes.addresses import detect_ipv4
+from pylium.core.nodes.ipcache_sync import IpcacheSync
+from pylium.core.nodes.model import Node, NodeAddress, boot_id
+from pylium.core.nodes.registry import NodeRegistry, PluginNode
+from pylium.core.state.store import ClusterStore, LocalStore, StoreUnavailable
 
 if TYPE_CHECKING:
     from pylium.core.datapath.datapath import Datapath
@@ -119,10 +124,12 @@ class Agent:
         self._warnings = list(warnings)
         self.bus: BusCore | None = None
         self.broker: Broker | None = None
-        self.store: LocalStore | None = None
+        self.store: ClusterStore | None = None
         self.datapath: Datapath | None = None
         self.ipcache: Ipcache | None = None
         self.endpoints: EndpointManager | None = None
+        self.nodes: NodeRegistry | None = None
+        self.ipsync: IpcacheSync | None = None
         manifests_dir = config.standalone.manifestsDir
         self.manifests = Manifests(Path(manifests_dir) if manifests_dir else None, self.log.bind(component="manifests"))
         self.core_bus: BusClient | None = None
@@ -228,16 +235,23 @@ class Agent:
             self._fail(str(e))
         try:
             if self.failure is None:
+                self.store = await self._open_store()
+            if self.failure is None:
                 async with contextlib.AsyncExitStack() as stack:
-                    self.store = LocalStore(self.options.state_dir / "store" / "local.db")
                     stack.push_async_callback(self.store.close)
-                    for ctx in self.contexts.values():
-                        ctx.store = self.store
+                    core_tasks = await stack.enter_async_context(anyio.create_task_group())
+                    stack.callback(core_tasks.cancel_scope.cancel)  # they end before the store closes
+                    if hasattr(self.store, "keep_alive"):
+                        core_tasks.start_soon(self.store.keep_alive, name="kvstore-lease")
                     await self._start_broker(stack, root, zctx)
                     self.core_bus = await self._bus_client(stack, root, "core", zctx)
-                    self.core_bus.owns("plugin.health", "endpoint")
+                    self.core_bus.owns("plugin.health", "endpoint", "node")
+                    await self._start_nodes(core_tasks)
+                    for ctx in self.contexts.values():
+                        ctx.store, ctx.node = self.store, PluginNode(self.nodes)
                     try:
                         await self._start_datapath(stack)
+                        self.ipsync.restored()
                         self.endpoints = self._endpoint_manager()
                         self.manifests.scan()
                         if self.failure is None:
@@ -268,6 +282,49 @@ class Agent:
             zctx.destroy(linger=0)
             with contextlib.suppress(FileNotFoundError):
                 self.options.api_socket.unlink()
+
+    async def _open_store(self) -> ClusterStore | None:
+        """The cluster store the configuration names; etcd is tried until kvstore.connectTimeout
+        (then the agent exits 69), and its lease is kept alive for the agent's life."""
+        settings = self.config.kvstore
+        if settings.backend == "local":
+            return LocalStore(self.options.state_dir / "store" / "local.db")
+        from pylium.core.state.etcd import EtcdStore, TlsFiles
+
+        etcd = self.config.etcd
+        store = EtcdStore(etcd.endpoints, cfg.parse_duration(settings.leaseTTL),
+                          TlsFiles(etcd.trustedCAFile, etcd.certFile, etcd.keyFile), self.log.bind(component="kvstore"))
+
+        def retrying(problem: str, delay: float) -> None:
+            if self._stop.is_set():
+                raise StoreUnavailable("stop requested")
+            self.log.warning("kvstore not reachable yet; retrying", problem=problem, retry_in=round(delay, 1))
+
+        try:
+            await store.connect(time.monotonic() + cfg.parse_duration(settings.connectTimeout), retrying)
+        except StoreUnavailable as e:
+            await store.close()
+            self._fail(f"kvstore: {e} (tried for up to {settings.connectTimeout}, kvstore.connectTimeout)",
+                       EXIT_UNAVAILABLE)
+            return None
+        self.log.info("kvstore connected", status=store.status().message)
+        return store
+
+    async def _start_nodes(self, tasks: anyio.abc.TaskGroup) -> None:
+        """This node's record and its peers' (core/nodes)."""
+        ipv4 = self.config.ipv4.nodeIP or await anyio.to_thread.run_sync(detect_ipv4)
+        local = Node(name=self.options.node_name, cluster=self.config.cluster.name, boot_id=boot_id(),
+                     ip_addresses=[NodeAddress("InternalIP", ipv4)] if ipv4 else [], ipv4_health_ip=ipv4)
+        self.nodes = NodeRegistry(self.store, local, self.core_bus.publish, self.log.bind(component="nodes"),
+                                  self.metrics.kvstore_bad_records.labels("nodes").inc)
+        tasks.start_soon(self._guard("core", "nodes", self.nodes.run), name="nodes")
+        with anyio.move_on_after(10):  # plugins start knowing the cluster's nodes (their replay is whole)
+            await self.nodes.synced.wait()
+        if not self.nodes.synced.is_set():
+            self.log.warning("the cluster's nodes are not known yet; starting anyway")
+        self.ipsync = IpcacheSync(self.store, ipv4, self.log.bind(component="ipcache-sync"),
+                                  self.metrics.kvstore_bad_records.labels("ipcache").inc)
+        tasks.start_soon(self._guard("core", "ipcache-sync", self.ipsync.run), name="ipcache-sync")
 
     def _start_bus(self, zctx: zmq.Context) -> None:
         settings = self.config.bus
@@ -306,6 +363,7 @@ class Agent:
         self.ipcache.register(IPCACHE_OWNER, Source.LOCAL)
         for owner, source, waits in self.declared.ipcache_owners:
             self.ipcache.register(owner, source, waits)
+        self.ipsync.attach(self.ipcache)  # the other nodes' pods: owner core/kvstore
         restored = self.ipcache.restore()
         for name, ctx in self.contexts.items():
             ctx.datapath = PluginDatapath(dp, name, self.host.plugins[name].package_dir)
@@ -320,7 +378,7 @@ class Agent:
         maps = EndpointMaps(dp.maps["endpoints"], dp.maps["lxc_by_ifindex"], self.ipcache) if dp else None
         hooks = _EndpointHooks(self.host.call, self.contexts, self.order, self.declared.owned_fields)
         return EndpointManager(self.options.state_dir / "endpoints", hooks, lambda: self.core_bus, maps,
-                               self.manifests.pod_labels, self.log.bind(component="endpoints"))
+                               self.manifests.pod_labels, self.log.bind(component="endpoints"), self.ipsync)
 
     def _close_datapath(self) -> None:
         dp, self.datapath = self.datapath, None  # requests still in flight stop touching the maps
@@ -389,9 +447,11 @@ class Agent:
                 if cm is not None:
                     await cm.__aenter__()
             except Exception as e:
+                while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:  # a task group's: say what
+                    e = e.exceptions[0]
                 self.metrics.bootstrap.labels(name, "failure").set(time.monotonic() - started)
                 ctx.set_health(Health.STOPPED, f"failed to start: {e}")
-                self.log.error("plugin failed to start", plugin=name, error=f"{type(e).__name__}: {e}")
+                self.log.error("plugin failed to start", plugin=name, error=f"{type(e).__name__}: {e}", exc_info=e)
                 self._fail(f"plugin {name} failed to start: {type(e).__name__}: {e}")
                 return
             stack.push_async_callback(self._exit_plugin, name, cm)
@@ -440,9 +500,9 @@ class Agent:
             self._stop.set()
         self._set_deadline()
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         self.failure = self.failure or message
-        self.request_stop(message, EXIT_FAILURE)
+        self.request_stop(message, exit_code)
 
     def _set_deadline(self) -> None:
         if self._life is not None:
@@ -580,6 +640,7 @@ class Agent:
             "version": __version__, "node": self.options.node_name, "cluster": self.config.cluster.name,
             "state": self.state, "uptime_seconds": round(time.time() - self.started_at, 3),
             "started_at": self.started_at, "failure": self.failure, "plugins": plugins, "details": details,
+            "kvstore": dataclasses.asdict(self.store.status()) if self.store is not None else None,
         }
 
     def plugin_list(self) -> list[dict[str, Any]]:

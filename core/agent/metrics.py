@@ -141,6 +141,9 @@ class AgentMetrics:
             "pylium_bus_request_duration_seconds", "Round trip of requests made by in-process plugins",
             ["outcome"], buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.005, 0.01, 0.1, 1, 5), registry=r)
 
+        self.kvstore_bad_records = Counter("pylium_kvstore_bad_records", "Records in the cluster store that did not "
+                                           "parse and were ignored", ["kind"], registry=r)
+
     def watch_proxy(self, stats: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_ProxyCollector(stats))
 

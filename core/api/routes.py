@@ -106,6 +106,13 @@ def add_routes(app: web.Application, agent: Agent) -> None:
                 if not sample.name.endswith("_created") and (wanted is None or wanted.search(sample.name))]
         return _json(rows)
 
+    async def nodes(_):
+        if agent.nodes is None:
+            raise EndpointError("not_ready", f"the agent is {agent.state}", 503)
+        return _json([{"name": n.name, "cluster": n.cluster, "ipv4": n.ipv4, "ipv6": n.ipv6, "pod_cidrs": n.pod_cidrs,
+                       "health_ipv4": n.ipv4_health_ip, "boot_id": n.boot_id, "annotations": n.annotations,
+                       "source": "local" if local else "kvstore"} for n, local in agent.nodes.nodes()])
+
     def not_ok() -> list[str]:
         return [f"{n}: {c.health.health.value}" for n, c in agent.contexts.items() if c.health.health.value != "OK"]
 
@@ -118,3 +125,4 @@ def add_routes(app: web.Application, agent: Agent) -> None:
     r.add_post("/v1/endpoints/{id}/labels", labels)
     r.add_get("/v1/bpf/endpoints", bpf_endpoints)
     r.add_get("/v1/bpf/ipcache", bpf_ipcache)
+    r.add_get("/v1/nodes", nodes)

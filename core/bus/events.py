@@ -233,6 +233,35 @@ class EndpointDeleted(_EndpointEvent):
 
 
 # ============================================================================================
+# Nodes
+# ============================================================================================
+
+
+@state("node.changed", family="node", key="name")
+class NodeChanged(Event):
+    """A node of the cluster joined or changed (this node too, with `local: true`): its
+    addresses, pod CIDRs and the annotations its plugins publish (e.g. an encryption key)."""
+
+    name: str
+    cluster: str
+    local: bool
+    ipv4: str  # the node's address for its peers (tunnel endpoint, direct routes, health)
+    ipv6: str
+    pod_cidrs: list[str]
+    health_ipv4: str
+    boot_id: str
+    annotations: dict[str, str]
+
+
+@state("node.deleted", family="node", key="name", deletes=True)
+class NodeDeleted(Event):
+    """A node left the cluster: its lease in the cluster store ran out, or it was removed."""
+
+    name: str
+    cluster: str
+
+
+# ============================================================================================
 # IPAM
 # ============================================================================================
 

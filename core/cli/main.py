@@ -40,7 +40,8 @@ def main(ctx: click.Context, run_dir: Path, timeout: float) -> None:
 
 
 def _all_ok(status: dict) -> bool:
-    return status["state"] == "running" and all(p["health"] == "OK" for p in status["plugins"])
+    kvstore = status.get("kvstore") or {"ok": True}
+    return status["state"] == "running" and kvstore["ok"] and all(p["health"] == "OK" for p in status["plugins"])
 
 
 def _print_status(s: dict) -> None:
@@ -52,6 +53,9 @@ def _print_status(s: dict) -> None:
                f"up {human_duration(s['uptime_seconds'])}")
     if s.get("failure"):
         click.echo(f"Failure:        {s['failure']}")
+    if s.get("kvstore"):
+        store = s["kvstore"]
+        click.echo(f"KVStore:        {'Ok' if store['ok'] else 'Failure'}   {store['message']}")
     summary = " ".join(f"{k}({counts.get(k, 0)})" for k in ("OK", "DEGRADED", "STARTING", "STOPPED"))
     click.echo(f"Plugins Health: {summary}")
     for label, text in sorted(s.get("details", {}).items()):
@@ -113,8 +117,9 @@ def plugins(client: Client, output: str) -> None:
 
 from pylium.core.cli.endpoint import bpf, endpoint, install_cni, metrics  # noqa: E402
 from pylium.core.cli.events import events  # noqa: E402
+from pylium.core.cli.nodes import node  # noqa: E402
 
-for _command in (events, endpoint, bpf, install_cni, metrics):
+for _command in (events, endpoint, bpf, install_cni, metrics, node):
     main.add_command(_command)
 
 

@@ -35,6 +35,14 @@ from pylium.core.plugin_api import EndpointError
 MAX_ENDPOINT_ID = 4095
 
 
+class Cluster(Protocol):
+    """Where the cluster learns this node's endpoints (the cluster store's ipcache prefix)."""
+
+    def publish(self, ep: Endpoint) -> None: ...
+
+    def withdraw(self, ep: Endpoint) -> None: ...
+
+
 class Plugins(Protocol):
     """How the manager reaches the plugins (the agent's plugin host, narrowed)."""
 
@@ -68,11 +76,13 @@ class _Locks:
 
 class EndpointManager:
     def __init__(self, directory: Path, plugins: Plugins, bus: Callable[[], BusClient | None],
-                 maps: EndpointMaps | None, pod_labels: Callable[[str, str], dict[str, str]], log: Any):
+                 maps: EndpointMaps | None, pod_labels: Callable[[str, str], dict[str, str]], log: Any,
+                 cluster: Cluster | None = None):
         """`bus()` is the core's bus connection (None once the agent stops); `maps` writes the
         core's endpoint maps and ipcache records (None without a datapath); `pod_labels` looks
-        up a Pod's labels in the manifests."""
+        up a Pod's labels in the manifests; `cluster` tells the other nodes."""
         self.plugins, self._bus, self.maps, self._pod_labels = plugins, bus, maps, pod_labels
+        self.cluster = cluster
         self.log = log
         self.store = EndpointStore(directory)
         self.endpoints: dict[int, Endpoint] = {}
@@ -352,10 +362,14 @@ class EndpointManager:
     def _program(self, ep: Endpoint) -> None:
         if self.maps is not None and ep.host_ifindex:
             self.maps.program(ep)
+        if self.cluster is not None:
+            self.cluster.publish(ep)
 
     def _unprogram(self, ep: Endpoint) -> None:
         if self.maps is not None:
             self.maps.unprogram(ep)
+        if self.cluster is not None:
+            self.cluster.withdraw(ep)
 
 
 def _netns_matches(ep: Endpoint) -> bool:

@@ -185,3 +185,96 @@ def node_addresses() -> set[str]:
     with IPRoute() as ipr:
         return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()
                 if a["scope"] == 0 and a.get_attr("IFA_ADDRESS")}
+
+
+# ---- between nodes -------------------------------------------------------------------------
+
+ROUTE_PROTO = 0x70  # marks the routes to other nodes' pod CIDRs (found again after a restart)
+
+
+class TunnelError(Exception):
+    pass
+
+
+def ensure_tunnel_device(name: str, protocol: str, port: int, mtu: int) -> int:
+    """A collect-metadata (external) tunnel device on `port`, up, without ARP or IPv6 (the
+    datapath addresses its packets); recreated if its port changed. Returns its ifindex."""
+    with IPRoute() as ipr:
+        idx = _index(ipr, name)
+        if idx is not None:
+            info = ipr.get_links(idx)[0].get_attr("IFLA_LINKINFO")
+            data = info.get_attr("IFLA_INFO_DATA") if info else None
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            have_port = data.get_attr("IFLA_VXLAN_PORT" if kind == "vxlan" else "IFLA_GENEVE_PORT") if data else None
+            if kind != protocol or have_port != port:
+                ipr.link("del", index=idx)
+                idx = None
+        if idx is None:
+            attrs = ({"vxlan_port": port, "vxlan_collect_metadata": 1, "vxlan_learning": 0}
+                     if protocol == "vxlan" else {"geneve_port": port, "geneve_collect_metadata": 1})
+            try:
+                ipr.link("add", ifname=name, kind=protocol, mtu=mtu, **attrs)
+            except NetlinkError as e:
+                if e.code in (errno.EOPNOTSUPP, errno.ENOENT) or "Unknown device type" in str(e):
+                    raise TunnelError(f"tunnelProtocol {protocol}: this kernel cannot create {protocol} devices "
+                                      f"(CONFIG_{protocol.upper()} is not enabled); use tunnelProtocol vxlan or "
+                                      f"routingMode native") from None
+                if e.code == errno.EADDRINUSE:
+                    raise TunnelError(f"tunnelPort {port}: UDP port in use by another device (another overlay "
+                                      f"network?); choose another tunnelPort") from None
+                raise TunnelError(f"creating the {protocol} device {name}: {e}") from None
+            idx = _index(ipr, name)
+    if Path(f"/proc/sys/net/ipv6/conf/{name}").exists():
+        sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")  # no neighbour discovery into the tunnel
+    sysctl(f"net/ipv4/conf/{name}/rp_filter", "0")  # sources behind other nodes arrive here
+    import subprocess
+
+    result = subprocess.run(["ip", "link", "set", name, "arp", "off", "mtu", str(mtu), "up"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TunnelError(f"setting {name} up: {result.stderr.strip()}")
+    return idx
+
+
+def node_routes() -> dict[str, tuple[str, str]]:
+    """The routes this plugin made to other nodes' pod CIDRs: cidr -> (device, gateway)."""
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        out = {}
+        for route in ipr.get_routes(family=2, proto=ROUTE_PROTO):
+            cidr = f"{route.get_attr('RTA_DST')}/{route['dst_len']}"
+            out[cidr] = (names.get(route.get_attr("RTA_OIF"), ""), route.get_attr("RTA_GATEWAY") or "")
+        return out
+
+
+def set_node_route(cidr: str, *, device: str = "", gateway: str = "", src: str = "") -> None:
+    """`cidr dev <tunnel> src <node IP>` (tunnel) or `cidr via <node IP>` (native routing)."""
+    with IPRoute() as ipr:
+        kw: dict = {"dst": cidr, "proto": ROUTE_PROTO}
+        if device:
+            kw["oif"] = _index(ipr, device)
+        if gateway:
+            kw["gateway"] = gateway
+        if src:
+            kw["prefsrc"] = src
+        ipr.route("replace", **kw)
+
+
+def delete_node_route(cidr: str) -> None:
+    with IPRoute() as ipr:
+        try:
+            ipr.route("del", dst=cidr, proto=ROUTE_PROTO)
+        except NetlinkError as e:
+            if e.code != errno.ESRCH:
+                raise
+
+
+def gateway_towards(ip: str) -> str | None:
+    """The gateway the node's routes use to reach `ip` ("" when it is on a local network),
+    None when there is no route at all."""
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=ip)
+        except NetlinkError:
+            return None
+        return routes[0].get_attr("RTA_GATEWAY") or "" if routes else None

@@ -11,9 +11,12 @@ import anyio
 from pylium.core.api_for_plugins import EndpointContribution, IpcacheKey, ReservedIdentity, Slot, Source, hookimpl
 from pylium.plugins.connectivity import masquerade, netlink
 from pylium.plugins.connectivity.config import ConnectivityConfig
-from pylium.plugins.connectivity.maps import LOCAL_BLOCKS
+from pylium.plugins.connectivity.maps import LOCAL_BLOCKS, TUNNEL_CONFIG, TunnelConfig
+from pylium.plugins.connectivity.peers import OWNER as NODES, Peers
 
 HOST = "host"  # ipcache owner: the node's own addresses and the pods' gateways (reserved:host)
+TUNNEL_DEVICE = "pylium_vxlan"
+TUNNEL_OVERHEAD = 50  # VXLAN over IPv4: outer Ethernet, IPv4, UDP and VXLAN headers
 
 
 class ConnectivityPlugin:
@@ -22,6 +25,7 @@ class ConnectivityPlugin:
         self._blocks: tuple = ()
         self._routers: set[str] = set()
         self._refresh: anyio.Lock | None = None  # created on the agent's event loop
+        self.peers: Peers | None = None
 
     @hookimpl
     def pylium_config_model(self):
@@ -30,17 +34,23 @@ class ConnectivityPlugin:
     @hookimpl
     def pylium_declare(self, declare):
         declare.after("ipam")
-        declare.bpf_maps(LOCAL_BLOCKS)
+        tunnel = declare.settings.routingMode == "tunnel"
+        declare.bpf_maps(LOCAL_BLOCKS, TUNNEL_CONFIG)
+        declare.bpf_defines(CONN_TUNNEL=int(tunnel))
         declare.bpf_stage(Slot.FROM_DELIVERY, "bpf/delivery.c", "from_delivery")
         declare.bpf_stage(Slot.TO_DELIVERY, "bpf/delivery.c", "to_delivery")
         declare.endpoint_fields("host_ifname", "host_ifindex", "mac", "host_mac", "mtu")
         declare.ipcache_owner(HOST, Source.LOCAL)
+        declare.ipcache_owner(NODES, Source.KVSTORE, waits_for_sync=True)
 
     @hookimpl
     async def pylium_lifespan(self, ctx):
         self.ctx = ctx
         self._refresh = anyio.Lock()
-        self.mtu = ctx.settings.MTU or await anyio.to_thread.run_sync(netlink.default_mtu)
+        cfg = ctx.settings
+        device_mtu = cfg.MTU or await anyio.to_thread.run_sync(netlink.default_mtu)
+        tunnel = TUNNEL_DEVICE if cfg.routingMode == "tunnel" else None
+        self.mtu = device_mtu - TUNNEL_OVERHEAD if tunnel else device_mtu  # room for the encapsulation
         netlink.sysctl("net/ipv4/ip_forward", "1")
         # New host-side veths inherit these: no per-endpoint sysctl writes on the ADD path.
         netlink.sysctl("net/ipv4/conf/default/rp_filter", "0")
@@ -50,7 +60,14 @@ class ConnectivityPlugin:
             netlink.sysctl("net/ipv6/conf/default/accept_dad", "0")
         await self.refresh_blocks()
         await self._host_addresses()
-        ctx.log.info("connectivity ready", mtu=self.mtu, blocks=self._blocks)
+        if tunnel is not None:
+            await self._tunnel(ctx, cfg, self.mtu)
+        else:
+            ctx.bpf_maps["tunnel_config"].put(ct.c_uint32(0), TunnelConfig())
+        self.peers = Peers(ctx, tunnel)
+        ctx.start_task("nodes", self.peers.follow)
+        ctx.log.info("connectivity ready", mtu=self.mtu, blocks=self._blocks, routing=cfg.routingMode,
+                     tunnel=f"{cfg.tunnelProtocol}:{cfg.tunnel_port()}" if tunnel else "")
         try:
             yield
         finally:
@@ -86,8 +103,19 @@ class ConnectivityPlugin:
                     continue
                 mine = [b for b in blocks if ipaddress.ip_network(b).version == family]
                 cluster = sorted({c for p in pools if p["family"] == fam for c in p["cidrs"]})
+                if family == 4 and cfg.ipv4NativeRoutingCIDR:  # the network routes these as they are
+                    cluster = sorted({*cluster, cfg.ipv4NativeRoutingCIDR})
                 await anyio.to_thread.run_sync(masquerade.apply, self.ctx.node_name, family, mine, cluster, enabled)
             self._blocks = blocks
+
+    async def _tunnel(self, ctx, cfg, mtu: int) -> None:
+        """The tunnel device, its programs, and its index for the delivery stage."""
+        index = await anyio.to_thread.run_sync(netlink.ensure_tunnel_device, TUNNEL_DEVICE, cfg.tunnelProtocol,
+                                               cfg.tunnel_port(), mtu)
+        pins = await ctx.datapath.compile_programs("bpf/overlay.c", {"from_overlay": {"type": "SCHED_CLS"},
+                                                                     "to_overlay": {"type": "SCHED_CLS"}})
+        await ctx.datapath.attach_tc({TUNNEL_DEVICE: {"ingress": pins["from_overlay"], "egress": pins["to_overlay"]}})
+        ctx.bpf_maps["tunnel_config"].put(ct.c_uint32(0), TunnelConfig(ifindex=index))
 
     async def _host_addresses(self) -> None:
         """The node's own addresses are reserved:host: traffic from them to a pod is the host's."""
@@ -128,5 +156,9 @@ class ConnectivityPlugin:
     @hookimpl
     def pylium_status_details(self, ctx):
         masq = "IPTables" if ctx.settings.enableIPv4Masquerade else "Disabled"
-        return {"Routing": "Network: Native  Host: BPF (local delivery by redirect)",
+        cfg = ctx.settings
+        network = f"Tunnel [{cfg.tunnelProtocol}]" if cfg.routingMode == "tunnel" else "Native"
+        unreachable = f"  Unreachable: {'; '.join(self.peers.problems.values())}" if self.peers and \
+            self.peers.problems else ""
+        return {"Routing": f"Network: {network}  Host: BPF (local delivery by redirect){unreachable}",
                 "Masquerading": f"{masq} [{', '.join(self._blocks) or 'no blocks'}]"}

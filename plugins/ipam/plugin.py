@@ -25,6 +25,7 @@ class IpamPlugin:
     def __init__(self) -> None:
         self.allocator: Allocator | None = None
         self.service: IpamService | None = None
+        self._node = None  # ctx.node while running
 
     @hookimpl
     def pylium_config_model(self):
@@ -63,6 +64,7 @@ class IpamPlugin:
         commit = GroupCommit(journal)
         ctx.start_task("journal", commit.run)
         self._metrics(ctx)
+        self._node = ctx.node
         self.allocator = allocator
         self.service = IpamService(allocator, commit, claimer, self._exhausted(ctx), self._changed)
         self._update_gauges()
@@ -74,7 +76,7 @@ class IpamPlugin:
         try:
             yield
         finally:
-            self.allocator = self.service = None
+            self.allocator = self.service = self._node = None
             journal.close()
 
     @staticmethod
@@ -147,9 +149,12 @@ class IpamPlugin:
                                     ["pool", "family"], registry=r)
 
     def _update_gauges(self) -> None:
-        for p in self.allocator.describe():
+        pools = self.allocator.describe()
+        for p in pools:
             self._capacity.labels(p["family"], p["name"]).set(p["capacity"])
             self._in_use.labels(p["family"], p["name"]).set(p["used"])
+        if self._node is not None:  # this node's blocks are its pod CIDRs for the other nodes
+            self._node.update(pod_cidrs=sorted({b for p in pools for b in p["blocks"]}))
 
     def _changed(self, action: str, alloc: Allocation) -> None:
         for a in alloc.addresses:

@@ -62,9 +62,12 @@ class Decoder:
     the plugin from endpoint events; `identity_of(ip)` answers for other addresses."""
 
     def __init__(self, node_name: str, identity_of: Callable[[str], int], source_files: dict[int, str],
-                 reply_of: Callable[[bytes], bool | None] = lambda packet: None):
+                 reply_of: Callable[[bytes], bool | None] = lambda packet: None,
+                 remote: Callable[[str], Endpoint | None] = lambda ip: None,
+                 labels_of: Callable[[int], tuple[str, ...]] = lambda identity: ()):
         self.node_name = node_name
         self.identity_of = identity_of
+        self.remote, self.labels_of = remote, labels_of  # other nodes' pods and identities
         self.reply_of = reply_of  # drops: the datapath leaves is_reply to the reader
         self.source_files = source_files
         self.rules: dict[int, Policy] = {}  # rule ids in records -> policies (the policy plugin's policy.changed)
@@ -200,13 +203,13 @@ class Decoder:
             if ep is not None:
                 return ep
         if ip:
-            ep = self.endpoint_by_ip.get(ip)
+            ep = self.endpoint_by_ip.get(ip) or self.remote(ip)
             if ep is not None:
                 return ep
             identity = identity or self.identity_of(ip)
         if not identity:
             return None
-        return self._reserved.get(identity) or Endpoint(ID=ep_id, identity=identity)
+        return self._reserved.get(identity) or Endpoint(ID=ep_id, identity=identity, labels=self.labels_of(identity))
 
     def _event_type(self, mtype: int, subtype: int) -> CiliumEventType:
         key = (mtype, subtype)

@@ -31,6 +31,7 @@ from pylium.plugins.observability.filters import FilterError, FlowFilter, compil
 from pylium.plugins.observability.flow import Policy as FlowPolicy, Endpoint, Flow, FlowRecord, LostEvents
 from pylium.plugins.observability.metrics import HubbleMetrics, endpoint_name
 from pylium.plugins.observability.observer import Follower, Observer
+from pylium.plugins.observability.remote import RemoteEndpoints
 from pylium.plugins.observability.servicemap import ServiceMap
 
 BATCH = 512  # records decoded per turn of the event loop
@@ -115,7 +116,10 @@ class ObservabilityPlugin:
             dp = ctx.datapath
             self.observer = Observer(hubble.eventBufferCapacity, self._count_loss)
             self.service_map = ServiceMap(hubble.serviceMapMaxEdges)
-            self.decoder = Decoder(ctx.node_name, self.identity_of, dp.source_files, self.reply_of)
+            self.remote = RemoteEndpoints(ctx.store, ctx.config.cluster.name, ctx.log)
+            ctx.start_task("remote-endpoints", self.remote.run)
+            self.decoder = Decoder(ctx.node_name, self.identity_of, dp.source_files, self.reply_of,
+                                   self.remote.endpoint, lambda identity: self.remote.labels.get(identity, ()))
             self.queue_size = hubble.eventQueueSize
             self.reader = RingReader(dp.maps["events"].fd)
             self._loop = asyncio.get_running_loop()

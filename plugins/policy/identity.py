@@ -1,25 +1,35 @@
 """Security identities: a set of identity-relevant labels -> a number, the same on every node.
 
-Reserved identities have Cilium's numbers. Identities of label sets are allocated from 256
-through the cluster store (an atomic create on `identities/v1/id/<n>` and on the label key),
-so two nodes asking for the same labels get the same number. CIDR identities (peers named
-by address in policies) are local to the node, from 2^24.
+Reserved identities have Cilium's numbers. Identities of label sets are numbered from 256
+through the cluster store, in Cilium's layout under `cilium/state/identities/v1/`:
+
+- `id/<n>` -> the labels (no lease: a number is never reused for other labels);
+- `value/<labels>` -> n, the cluster's binding of a label set to its number; `id/<n>` and
+  `value/<labels>` are created in one transaction, so two nodes asking for the same labels at
+  the same moment get the same number, and two label sets never get one number;
+- `value/<labels>/<node IPv4>` -> n with the agent's lease: this node uses the identity.
+
+`<labels>` is Cilium's text of a label set: `source:key=value;` for each label, sorted. Every
+node follows `id/` (a watch), so identities allocated elsewhere are known here within
+milliseconds. CIDR identities (peers named by address in policies) are local, from 2^24.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from pylium.core.api_for_plugins import consts
+from pylium.core.api_for_plugins import consts, store_keys
 
 RESERVED = {int(n): label.removeprefix("reserved:") for n, label in consts.RESERVED_IDENTITIES.items()}
 ID_HOST, ID_WORLD, ID_INIT = consts.ID_HOST, consts.ID_WORLD, consts.ID_INIT
 MIN_ALLOCATED, MAX_ALLOCATED = consts.IDENTITY_ALLOCATED_MIN, consts.IDENTITY_ALLOCATED_MAX
 MIN_LOCAL = consts.IDENTITY_LOCAL_MIN
-PREFIX = "identities/v1"
+ID_PREFIX, VALUE_PREFIX = store_keys.IDENTITY_IDS, store_keys.IDENTITY_VALUES
+ATTEMPTS = 16  # as Cilium's allocator: then the range is taken as full
 
 # Cilium's default identity-relevant label filter: every label, except those that change per
 # pod or carry no meaning for policy (regular expressions on "key" without the source; a
@@ -55,8 +65,8 @@ class LabelFilter:
 
 
 def label_key(labels: dict[str, str]) -> str:
-    """Canonical text of a label set: sorted "source:key=value" joined by ';'."""
-    return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    """Cilium's text of a label set in the kvstore: "source:key=value;" per label, sorted."""
+    return "".join(f"{k}={v};" for k, v in sorted(labels.items()))
 
 
 def reserved_labels(number: int) -> dict[str, str]:
@@ -85,14 +95,23 @@ def cidr_labels(prefix: str) -> dict[str, str]:
 
 
 class IdentityAllocator:
-    """Numbers for label sets, shared through the cluster store; CIDR identities kept here."""
+    """Numbers for label sets, shared through the cluster store; CIDR identities kept here.
+    `run()` follows the cluster's identities; `on_new(identity)` hears of each new one."""
 
-    def __init__(self, store: Any, label_filter: LabelFilter):
-        self.store = store
-        self.filter = label_filter
+    def __init__(self, store: Any, label_filter: LabelFilter, node_suffix: str,
+                 on_new: Callable[[Identity], None] = lambda identity: None, log: Any = None):
+        from pylium.core.api_for_plugins import Mirror
+
+        self.store, self.filter, self.node_suffix, self.on_new, self.log = store, label_filter, node_suffix, on_new, log
         self.known: dict[int, Identity] = {n: Identity(n, reserved_labels(n), "reserved") for n in RESERVED}
         self._by_key: dict[str, int] = {}
         self._cidrs: dict[str, int] = {}
+        self._used: set[str] = set()  # label sets whose per-node key this agent wrote
+        self.bad = 0  # records under id/ that did not parse
+        self.mirror = Mirror(store, ID_PREFIX, self._changed, log)
+
+    async def run(self) -> None:
+        await self.mirror.run()
 
     def known_labels(self, labels: dict[str, str]) -> Identity | None:
         """The identity of these labels if this node knows it already."""
@@ -106,25 +125,40 @@ class IdentityAllocator:
             name = reserved[0].split(":", 1)[1]
             number = next((n for n, v in RESERVED.items() if v == name), ID_INIT)
             return self.known[number]
-        key = label_key(relevant)
         if not relevant:
             return self.known[ID_INIT]
-        if key in self._by_key:
-            return self.known[self._by_key[key]]
-        number = await self.store.get(f"{PREFIX}/labels/{key}")
-        while number is None:
-            taken = {int(k.rsplit("/", 1)[1]) for k in await self.store.list(f"{PREFIX}/id/")}
-            candidate = next((n for n in range(MIN_ALLOCATED, MAX_ALLOCATED + 1) if n not in taken), None)
-            if candidate is None:
-                raise RuntimeError(f"no free identity in {MIN_ALLOCATED}-{MAX_ALLOCATED} for {key}")
-            if not await self.store.create(f"{PREFIX}/id/{candidate}", relevant):
-                continue  # another node took it: try the next
-            if await self.store.create(f"{PREFIX}/labels/{key}", candidate):
+        key = label_key(relevant)
+        number = self._by_key.get(key)
+        if number is None:
+            number = await self.store.get(VALUE_PREFIX + key)
+        for _ in range(ATTEMPTS):
+            if number is not None:
+                break
+            candidate = self._free_number()
+            if await self.store.create_all({f"{ID_PREFIX}{candidate}": relevant, VALUE_PREFIX + key: candidate}):
                 number = candidate
-            else:  # another node allocated these labels meanwhile: use theirs
-                await self.store.delete(f"{PREFIX}/id/{candidate}")
-                number = await self.store.get(f"{PREFIX}/labels/{key}")
-        return self._remember(int(number), relevant, "cluster_local")
+            else:  # these labels were bound meanwhile (use that number), or the number was taken: again
+                number = await self.store.get(VALUE_PREFIX + key)
+        if number is None:
+            raise RuntimeError(f"no identity for {key}: no free number in {MIN_ALLOCATED}-{MAX_ALLOCATED} "
+                               f"after {ATTEMPTS} attempts")
+        if key not in self._used:
+            await self.store.put(f"{VALUE_PREFIX}{key}/{self.node_suffix}", number, lease=True)
+            self._used.add(key)
+        identity = self.known.get(int(number))
+        return identity if identity is not None and identity.labels == relevant else \
+            self._remember(int(number), relevant, "cluster_local")
+
+    def _free_number(self) -> int:
+        """A random number no identity has (random: nodes allocating at once rarely collide)."""
+        for _ in range(64):
+            n = random.randint(MIN_ALLOCATED, MAX_ALLOCATED)
+            if n not in self.known:
+                return n
+        free = [n for n in range(MIN_ALLOCATED, MAX_ALLOCATED + 1) if n not in self.known]
+        if not free:
+            raise RuntimeError(f"no free identity number in {MIN_ALLOCATED}-{MAX_ALLOCATED}")
+        return random.choice(free)
 
     def _remember(self, number: int, labels: dict[str, str], kind: str) -> Identity:
         identity = Identity(number, labels, kind)
@@ -132,15 +166,26 @@ class IdentityAllocator:
         self._by_key[label_key(labels)] = number
         return identity
 
-    async def sync(self) -> int:
-        """Learn every identity the cluster allocated (peers on other nodes); how many are new."""
-        new = 0
-        for key, labels in (await self.store.list(f"{PREFIX}/id/")).items():
-            number = int(key.rsplit("/", 1)[1])
-            if number not in self.known:
-                self._remember(number, dict(labels), "cluster_local")
-                new += 1
-        return new
+    def _changed(self, key: str, old: Any, new: Any) -> None:
+        """An identity of the cluster appeared (or went, by someone's garbage collection)."""
+        try:
+            number = int(key.removeprefix(ID_PREFIX))
+        except ValueError:
+            number = None
+        if number is None or (new is not None and not (isinstance(new, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in new.items()))):
+            self.bad += 1
+            if self.log is not None:
+                self.log.error("ignoring an identity record that does not parse", key=key, value=str(new)[:200])
+            return
+        if new is None:
+            gone = self.known.pop(number, None)
+            if gone is not None:
+                self._by_key.pop(label_key(gone.labels), None)
+            return
+        if number in self.known and self.known[number].labels == new:
+            return
+        self.on_new(self._remember(number, dict(new), "cluster_local"))
 
     def cidr(self, prefix: str) -> tuple[Identity, bool]:
         """The node-local identity of a prefix, and whether it was just created."""

@@ -27,7 +27,6 @@ from pylium.plugins.policy.metrics import PolicyCollector
 from pylium.plugins.policy.model import Policy, PolicyError, parse_policy
 from pylium.plugins.policy.resolve import ALLOW_LOCALHOST_RULE, EGRESS, INGRESS, EndpointPolicy, Key, Resolver
 
-IDENTITY_SYNC_SECONDS = 2.0
 STAGES = (Slot.FROM_POLICY, Slot.TO_POLICY)
 CIDR = "cidr"  # ipcache owner: identities of peers policies name by address
 
@@ -89,8 +88,10 @@ class PolicyPlugin(PolicyApi):
         self._lock = anyio.Lock()
         self._realized_event = anyio.Event()
         self._dirty = anyio.Event()
-        self.identities = IdentityAllocator(ctx.store, LabelFilter(ctx.settings.policy.identityLabels))
-        await self.identities.sync()
+        self.identities = IdentityAllocator(ctx.store, LabelFilter(ctx.settings.policy.identityLabels),
+                                            ctx.node.local.ipv4 or ctx.node_name, self._new_identity, ctx.log)
+        ctx.start_task("identities", self.identities.run)
+        await self.identities.mirror.synced.wait()
         bpf = ctx.settings.bpf
         settings = maps.PolicySettings(ct_tcp_timeout_ns=int(parse_duration(bpf.ctTcpTimeout) * 1e9),
                                        ct_any_timeout_ns=int(parse_duration(bpf.ctAnyTimeout) * 1e9))
@@ -106,7 +107,6 @@ class PolicyPlugin(PolicyApi):
         manifests.on_change(lambda: self._directory_changed(manifests))
         ctx.start_task("ct-gc", self._ct_gc)
         ctx.start_task("regenerate", self._regenerator)
-        ctx.start_task("identities", self._sync_identities)
         ctx.start_task("prune", self._prune_after_restore)
         await self.regenerate()
         ctx.set_health(Health.OK)
@@ -201,14 +201,11 @@ class PolicyPlugin(PolicyApi):
                             self._forget(ep_id, self._pinned.pop(ep_id))
                 return
 
-    async def _sync_identities(self) -> None:
-        """Identities other nodes allocated become peers here (until the cluster store's watch
-        arrives with the multi-node issue, by polling)."""
-        while True:
-            await anyio.sleep(IDENTITY_SYNC_SECONDS)
-            if await self.identities.sync():
-                self.revision += 1
-                self._dirty.set()
+    def _new_identity(self, identity: Identity) -> None:
+        """An identity allocated on another node may be a peer in our endpoints' rules."""
+        if self._dirty is not None:
+            self.revision += 1
+            self._dirty.set()
 
     async def _regenerator(self) -> None:
         """Regenerations asked for in the background, coalesced."""

@@ -1,9 +1,14 @@
 /* Connectivity stages: deliver a pod's packet to another local pod (BPF redirect, no trip
- * through the host's stack) or hand it to the stack; answer ARP for the pod's gateway. */
+ * through the host's stack), into the tunnel to a pod on another node (routingMode tunnel),
+ * or hand it to the stack; answer ARP for the pod's gateway. */
 #include "pylium_lib.h"
 #include "connectivity_maps.h"
 
 #include <uapi/linux/if_arp.h>
+
+#ifndef CONN_TUNNEL
+#define CONN_TUNNEL 0 /* routingMode tunnel: pods on other nodes are reached through the tunnel device */
+#endif
 
 struct arp_eth {
     __u8 sha[6];
@@ -43,30 +48,37 @@ static __always_inline int unroutable(struct endpoint_key *dst) {
     return !(info && info->identity == ID_HOST);
 }
 
-/* Route to a local endpoint: rewrite MACs, decrement the TTL, then run the destination's
- * to-container stages, which end in to_delivery below. */
-static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_info *ep, int v6) {
+/* A routed packet's TTL (hop limit) goes down by one; -1 when it may not be forwarded. */
+static __always_inline int ttl_decrement(struct __sk_buff *skb, int v6) {
     void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
     struct ethhdr *eth = data;
     if (v6) {
         struct ipv6hdr *ip6 = (void *)(eth + 1);
-        if ((void *)(ip6 + 1) > data_end)
-            return DROP(skb, DROP_INVALID, METRIC_EGRESS);
-        if (ip6->hop_limit <= 1)
-            return DROP(skb, DROP_TTL_EXCEEDED, METRIC_EGRESS);
+        if ((void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1)
+            return -1;
         ip6->hop_limit -= 1;
-    } else {
-        struct iphdr *ip = (void *)(eth + 1);
-        if ((void *)(ip + 1) > data_end)
-            return DROP(skb, DROP_INVALID, METRIC_EGRESS);
-        if (ip->ttl <= 1)
-            return DROP(skb, DROP_TTL_EXCEEDED, METRIC_EGRESS);
-        /* RFC 1624 incremental update: the TTL is the high byte of its 16-bit word */
-        __u32 sum = (__u16)~ip->check + (__u16)~bpf_htons(ip->ttl << 8) + bpf_htons((ip->ttl - 1) << 8);
-        sum = (sum & 0xffff) + (sum >> 16);
-        ip->check = ~((sum & 0xffff) + (sum >> 16));
-        ip->ttl -= 1;
+        return 0;
     }
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+        return -1;
+    /* RFC 1624 incremental update: the TTL is the high byte of its 16-bit word */
+    __u32 sum = (__u16)~ip->check + (__u16)~bpf_htons(ip->ttl << 8) + bpf_htons((ip->ttl - 1) << 8);
+    sum = (sum & 0xffff) + (sum >> 16);
+    ip->check = ~((sum & 0xffff) + (sum >> 16));
+    ip->ttl -= 1;
+    return 0;
+}
+
+/* Route to a local endpoint: rewrite MACs, decrement the TTL, then run the destination's
+ * to-container stages, which end in to_delivery below. */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_info *ep, int v6) {
+    if (ttl_decrement(skb, v6) < 0)
+        return DROP(skb, DROP_TTL_EXCEEDED, METRIC_EGRESS);
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return DROP(skb, DROP_INVALID, METRIC_EGRESS);
     __builtin_memcpy(eth->h_dest, ep->mac, 6);
     __builtin_memcpy(eth->h_source, ep->host_mac, 6);
     skb->cb[CB_FLAGS] |= CB_F_LOCAL;
@@ -76,6 +88,34 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct endpoint_
     count(skb, 0, METRIC_EGRESS);
     return to_chain(skb, 0);
 }
+
+#if CONN_TUNNEL
+/* A destination behind another node (its ipcache entry names a tunnel endpoint): the TTL goes
+ * down, the source's security identity goes in the VNI, and the tunnel device sends it.
+ * -1: the destination is not behind another node. */
+static __always_inline int deliver_remote(struct __sk_buff *skb, struct endpoint_key *dst) {
+    struct ipcache_key k = {.prefixlen = 32 + 32, .family = 4};
+    __builtin_memcpy(k.addr, dst->addr, 4);
+    struct ipcache_info *info = ipcache.lookup(&k);
+    if (!info || !info->tunnel_ip4)
+        return -1;
+    __u32 zero = 0;
+    struct tunnel_config *tunnel = tunnel_config.lookup(&zero);
+    if (!tunnel || !tunnel->ifindex)
+        return DROP(skb, DROP_NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT, METRIC_EGRESS);
+    if (ttl_decrement(skb, 0) < 0)
+        return DROP(skb, DROP_TTL_EXCEEDED, METRIC_EGRESS);
+    struct bpf_tunnel_key key = {};
+    key.remote_ipv4 = bpf_ntohl(info->tunnel_ip4);
+    key.tunnel_id = skb->cb[CB_SRC_ID];
+    key.tunnel_ttl = 64;
+    if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+        return DROP(skb, DROP_NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT, METRIC_EGRESS);
+    count(skb, 0, METRIC_EGRESS);
+    TRACE(skb, TRACE_TO_OVERLAY, METRIC_EGRESS);
+    return bpf_redirect(tunnel->ifindex, 0);
+}
+#endif
 
 /* from-container, last slot: where a pod's packet goes next. */
 int from_delivery(struct __sk_buff *skb) {
@@ -110,6 +150,13 @@ int from_delivery(struct __sk_buff *skb) {
         return deliver_local(skb, ep, v6);
     if (unroutable(&dst))
         return DROP(skb, DROP_UNROUTABLE, METRIC_EGRESS);
+#if CONN_TUNNEL
+    if (!v6) {
+        int sent = deliver_remote(skb, &dst);
+        if (sent >= 0)
+            return sent;
+    }
+#endif
     count(skb, 0, METRIC_EGRESS);
     TRACE(skb, TRACE_TO_STACK, METRIC_EGRESS);
     return TC_ACT_OK; /* the host, or beyond it (routed, masqueraded) */
