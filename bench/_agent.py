@@ -45,7 +45,7 @@ def bench_agent(*extra: str):
     args = [str(Path(sys.executable).parent / "pylium-agent"), "--node-name", "bench", "--run-dir", str(run_dir),
             "--state-dir", str(root / "state"), "--bpf-root", str(root / "bpf"), "--set", "prometheus.port=0",
             # the bus and IPAM alone: no datapath (the agent runs in this namespace, its BPF root is not bpffs)
-            "--set", "plugins.disabled={connectivity,lb,observability,policy}", "--log-format", "json", *extra]
+            "--set", "plugins.disabled={connectivity,lb,observability,policy,health}", "--log-format", "json", *extra]
     log = open(root / "agent.log", "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(site)})
     client = Client.for_run_dir(run_dir, timeout=30)

@@ -29,7 +29,7 @@ def start_agent(agent_dirs: AgentDirs, tmp_path: Path):
         # Agents here run in the test's own namespace: no datapath (connectivity, lb, observability, policy) unless a
         # test disables plugins itself. Datapath tests use the `lab` fixture.
         args = [str(BIN / "pylium-agent"), *d.args(), "--log-format", "json",
-                "--set", "plugins.disabled={connectivity,lb,observability,policy}"]
+                "--set", "plugins.disabled={connectivity,lb,observability,policy,health}"]
         if not metrics:
             args += ["--set", "prometheus.port=0"]
         full_env = {**os.environ, **(env or {})}

@@ -59,7 +59,7 @@ def test_third_party_plugin_discovered_and_served(start_agent, agent_dirs, hello
 
 
 def test_disabled_plugin_is_not_loaded_but_its_keys_stay_valid(start_agent, agent_dirs, hello_site):
-    agent = start_agent("--set", "plugins.disabled={hello,connectivity,lb,observability,policy}", "--set", "hello.greeting=hi",
+    agent = start_agent("--set", "plugins.disabled={hello,connectivity,lb,observability,policy,health}", "--set", "hello.greeting=hi",
                         env=_env(hello_site))
     status = agent.wait_ready()
     assert [p["name"] for p in status["plugins"]] == ["ipam"]
@@ -71,7 +71,7 @@ def test_disabled_plugin_is_not_loaded_but_its_keys_stay_valid(start_agent, agen
 def test_disabling_an_unknown_plugin_is_a_config_error(start_agent, hello_site):
     agent = start_agent("--set", "plugins.disabled={nope}", env=_env(hello_site))
     assert agent.proc.wait(30) == 78
-    assert "plugins.disabled: unknown plugin 'nope' (installed: connectivity, ipam, lb, observability, policy, hello)" in agent.log
+    assert "plugins.disabled: unknown plugin 'nope' (installed: connectivity, health, ipam, lb, observability, policy, hello)" in agent.log
 
 
 def test_hook_without_spec_is_an_error_at_load(start_agent, tmp_path):

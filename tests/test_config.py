@@ -118,10 +118,20 @@ def test_seed_aliases_translate_to_current_keys():
     assert c.routingMode == "native"
 
 
-def test_alias_of_unowned_key_says_how_it_was_written():
-    with pytest.raises(ConfigError) as e:  # connectivity translates it, nobody owns routingMode yet
-        _validate({"datapath": {"mode": "native"}}, contributions={"connectivity": ConnectivityConfig})
-    assert e.value.problems[0].startswith("routingMode (written as datapath.mode): unknown key")
+def test_the_seeds_routing_spellings_are_aliases():
+    conn = {"connectivity": ConnectivityConfig}
+    for written, mode, protocol in (({"datapath": {"mode": "native"}}, "native", "vxlan"),
+                                    ({"tunnel": "disabled"}, "native", "vxlan"),
+                                    ({"tunnel": "vxlan"}, "tunnel", "vxlan"),
+                                    ({"tunnel": "geneve"}, "tunnel", "geneve")):
+        c = _validate(written, contributions=conn)
+        assert (c.routingMode, c.tunnelProtocol) == (mode, protocol), written
+    with pytest.raises(ConfigError) as e:
+        _validate({"tunnel": "gre"}, contributions=conn)
+    assert e.value.problems == ["tunnel: must be one of 'vxlan', 'geneve', 'native' or 'disabled' (got 'gre')"]
+    with pytest.raises(ConfigError) as e:
+        _validate({"routingMode": "bgp"}, contributions=conn)
+    assert e.value.problems[0].startswith("routingMode: Input should be 'tunnel' or 'native'")
 
 
 def test_alias_conflicting_with_new_key():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pylium.core.datapath import consts, constgen, structs
+from pylium.plugins.connectivity import maps as connectivity_maps
 from pylium.plugins.lb import maps as lb_maps
 from pylium.plugins.policy import maps as policy_maps
 from pylium.testing.layout import check_layout, structs_in
@@ -17,6 +18,7 @@ ROOT = Path(__file__).parent.parent
 CORE = ROOT / "bpf" / "include" / "pylium_structs.h"
 LB = ROOT / "plugins" / "lb" / "bpf" / "lb_structs.h"
 POLICY = ROOT / "plugins" / "policy" / "bpf" / "policy_maps.h"
+CONNECTIVITY = ROOT / "plugins" / "connectivity" / "bpf" / "connectivity_maps.h"
 
 MIRRORS = {
     CORE: {"endpoint_key": structs.EndpointKey, "endpoint_info": structs.EndpointInfo, "lxc_info": structs.LxcInfo,
@@ -31,6 +33,7 @@ MIRRORS = {
     POLICY: {"policy_key": policy_maps.PolicyKey, "policy_entry": policy_maps.PolicyEntry,
              "policy_endpoint": policy_maps.PolicyEndpoint, "ct_entry": policy_maps.CtEntry,
              "policy_settings": policy_maps.PolicySettings},
+    CONNECTIVITY: {"tunnel_config": connectivity_maps.TunnelConfig},
 }
 
 

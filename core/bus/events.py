@@ -261,6 +261,19 @@ class NodeDeleted(Event):
     cluster: str
 
 
+@state("connectivity.tunnel", family="connectivity.tunnel", key="node", owner="connectivity")
+class TunnelDevice(Event):
+    """This node's tunnel device (routingMode tunnel), where packets from other nodes arrive:
+    plugins that handle traffic from outside the node attach to it too (the load balancer, for
+    replies of backends on other nodes)."""
+
+    node: str
+    device: str
+    ifindex: int
+    protocol: Literal["vxlan", "geneve"]
+    port: int
+
+
 # ============================================================================================
 # IPAM
 # ============================================================================================

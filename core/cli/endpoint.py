@@ -123,6 +123,24 @@ def bpf_ipcache_list(client, output: str) -> None:
           r["owner"] + (f" ({', '.join(r['shadowed'])})" if r["shadowed"] else "")] for r in rows)))
 
 
+@bpf.group("tunnel")
+def bpf_tunnel() -> None:
+    """The tunnel map: other nodes' pod CIDRs and the node each is reached through."""
+
+
+@bpf_tunnel.command("list")
+@output_option
+@click.pass_obj
+def bpf_tunnel_list(client, output: str) -> None:
+    """List the pod CIDRs of other nodes with their TUNNEL ENDPOINT (the node's address); kept in
+    the ipcache (routingMode tunnel), like Cilium's since its tunnel map was folded into it."""
+    rows = [{"prefix": r["prefix"], "tunnel_endpoint": r["tunnel_endpoint"], "identity": r["identity"],
+             "owner": r["owner"]} for r in client.get("/v1/bpf/ipcache")
+            if r["tunnel_endpoint"] and int(r["prefix"].split("/")[1]) < (32 if ":" not in r["prefix"] else 128)]
+    emit(rows, output, lambda rows: print_table(["TUNNEL", "VALUE"], ([r["prefix"], r["tunnel_endpoint"]]
+                                                                      for r in rows)))
+
+
 @bpf.group("metrics")
 def bpf_metrics() -> None:
     """The datapath's packet counters (forwarded, and dropped per reason), per direction."""

@@ -240,13 +240,14 @@ class Datapath:
                                        self.pin_dir("core") / f"prog_{fn}" for attach, fn in DISPATCHERS.items()}})
 
     @staticmethod
-    async def attach_tc(devices: dict[str, dict[str, Path]]) -> None:
+    async def attach_tc(devices: dict[str, dict[str, Path]], prio: int = 1) -> None:
         """Attach pinned programs to devices' clsact hooks ({device: {"ingress": pin, ...}}),
-        replacing what is there (hitless), in one `tc -batch` run in a worker thread."""
+        replacing what is there at `prio` (hitless), in one `tc -batch` run in a worker thread.
+        A program returning TC_ACT_UNSPEC (-1) lets the next priority's run."""
         commands = []
         for ifname, programs in devices.items():
             commands.append(f"qdisc replace dev {ifname} clsact")
-            commands += [f"filter replace dev {ifname} {direction} prio 1 handle 1 bpf da object-pinned {pin}"
+            commands += [f"filter replace dev {ifname} {direction} prio {prio} handle 1 bpf da object-pinned {pin}"
                          for direction, pin in programs.items()]
         if not commands:
             return

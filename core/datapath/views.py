@@ -66,9 +66,11 @@ class PluginDatapath:
         """Attach the core's dispatchers to an endpoint's host-side device (hitless)."""
         await self._dp.attach(ifname)
 
-    async def attach_tc(self, devices: dict[str, dict[str, Path]]) -> None:
-        """Attach pinned programs of this plugin to devices' clsact hooks ({device: {"ingress": pin}})."""
-        await self._dp.attach_tc(devices)
+    async def attach_tc(self, devices: dict[str, dict[str, Path]], prio: int = 1) -> None:
+        """Attach pinned programs of this plugin to devices' clsact hooks ({device: {"ingress": pin}});
+        several plugins on one hook take different priorities (lower runs first; a program
+        returning TC_ACT_UNSPEC passes the packet on to the next)."""
+        await self._dp.attach_tc(devices, prio)
 
     def attach_cgroup_link(self, program_pin: Path, cgroup: Path, attach_type: int, link_pin: Path) -> int:
         """Attach a pinned socket program to a cgroup through a BPF link pinned at `link_pin`."""

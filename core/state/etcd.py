@@ -160,13 +160,19 @@ class EtcdStore:
                 self._set_status(True)
             return self._lease_id
 
-    async def keep_alive(self) -> None:
-        """Run for the agent's life: refresh the lease every third of its TTL; a lease lost
+    async def keep_alive(self, check_interval: float = 5.0) -> None:
+        """Run for the agent's life: check etcd every `check_interval` (so `status()` tells an
+        outage within seconds) and refresh the lease every third of its TTL; a lease lost
         while etcd was away is replaced and the leased keys are written again."""
+        refreshed = time.monotonic()
         while True:
-            await anyio.sleep(max(0.5, self.lease_ttl / 3))
+            await anyio.sleep(min(check_interval, max(0.5, self.lease_ttl / 3)))
             try:
-                await self._refresh()
+                if time.monotonic() - refreshed >= self.lease_ttl / 3 or not self._status.ok:
+                    await self._refresh()
+                    refreshed = time.monotonic()
+                else:
+                    await self._call(self.client.status)
             except StoreUnavailable as e:
                 if self.log is not None:
                     self.log.warning("kvstore unreachable", error=str(e))

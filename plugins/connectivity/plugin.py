@@ -8,7 +8,8 @@ import ipaddress
 
 import anyio
 
-from pylium.core.api_for_plugins import EndpointContribution, IpcacheKey, ReservedIdentity, Slot, Source, hookimpl
+from pylium.core.api_for_plugins import (EndpointContribution, IpcacheKey, ReservedIdentity, Slot, Source, events,
+                                         hookimpl)
 from pylium.plugins.connectivity import masquerade, netlink
 from pylium.plugins.connectivity.config import ConnectivityConfig
 from pylium.plugins.connectivity.maps import LOCAL_BLOCKS, TUNNEL_CONFIG, TunnelConfig
@@ -116,6 +117,9 @@ class ConnectivityPlugin:
                                                                      "to_overlay": {"type": "SCHED_CLS"}})
         await ctx.datapath.attach_tc({TUNNEL_DEVICE: {"ingress": pins["from_overlay"], "egress": pins["to_overlay"]}})
         ctx.bpf_maps["tunnel_config"].put(ct.c_uint32(0), TunnelConfig(ifindex=index))
+        ctx.bus.owns("connectivity.tunnel")
+        ctx.bus.publish(events.TunnelDevice(node=ctx.node_name, device=TUNNEL_DEVICE, ifindex=index,
+                                            protocol=cfg.tunnelProtocol, port=cfg.tunnel_port()))
 
     async def _host_addresses(self) -> None:
         """The node's own addresses are reserved:host: traffic from them to a pod is the host's."""

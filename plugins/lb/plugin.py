@@ -48,6 +48,8 @@ class LbPlugin(LbApi):
         self.cookies: dict[int, int] = {}  # endpoint id -> netns cookie
         self.local_ips: set[str] = set()
         self.devices: dict[str, int] = {}
+        self.tunnel: tuple[str, int] | None = None  # the node's tunnel device (connectivity.tunnel)
+        self._nodeport: Path | None = None  # the pinned NodePort program
         self._lock: anyio.Lock | None = None
 
     # ---- hooks ------------------------------------------------------------------------------
@@ -134,7 +136,9 @@ class LbPlugin(LbApi):
             else:
                 dp.detach_cgroup_link(link)
         if nodeport:
-            await self._attach_devices(nodeport["lb_nodeport"])
+            self._nodeport = nodeport["lb_nodeport"]
+            await self._attach_devices(self._nodeport)
+            self.ctx.start_task("tunnel", self._follow_tunnel)
 
     async def _attach_devices(self, program: Path) -> None:
         from pyroute2 import IPRoute
@@ -162,14 +166,27 @@ class LbPlugin(LbApi):
 
         devices = await anyio.to_thread.run_sync(find)
         table = self.ctx.bpf_maps["lb_devices"]
+        keep = {i for i, _ in devices.values()} | ({self.tunnel[1]} if self.tunnel else set())
         for key in list(table.keys()):
-            if key.value not in {i for i, _ in devices.values()}:
+            if key.value not in keep:
                 table.delete(key)
         for index, address in devices.values():
             table.put(ct.c_uint32(index), LbDevice.from_buffer_copy(ip4(address) + bytes(4)))
         await self.ctx.datapath.attach_tc({name: {"ingress": program} for name in devices})
         self.devices = {name: index for name, (index, _) in devices.items()}
         self.ctx.log.info("serving NodePort and external addresses", devices=sorted(self.devices))
+
+    async def _follow_tunnel(self) -> None:
+        """Replies of backends on other nodes to NodePort clients come back through the tunnel:
+        the NodePort program runs there too, after the connectivity plugin's (priority 2)."""
+        async with self.ctx.bus.subscribe("connectivity.tunnel") as stream:
+            async for e in stream:
+                if e.topic != "connectivity.tunnel" or e.event.node != self.ctx.node_name:
+                    continue
+                self.tunnel = (e.event.device, e.event.ifindex)
+                self.ctx.bpf_maps["lb_devices"].put(ct.c_uint32(e.event.ifindex), LbDevice.from_buffer_copy(
+                    ip4(self.ctx.node.local.ipv4 or "0.0.0.0") + bytes(4)))
+                await self.ctx.datapath.attach_tc({e.event.device: {"ingress": self._nodeport}}, prio=2)
 
     async def _pod_gateways(self) -> set[str]:
         """The pods' gateway addresses (IPAM's routers, over the bus): their device is not one

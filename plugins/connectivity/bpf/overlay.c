@@ -6,7 +6,7 @@
 
 /* tc ingress of the tunnel device: a packet from another node, decapsulated. To a local pod it
  * goes through the pod's to-container stages (policy with the VNI's identity) and straight
- * into the pod; anything else goes to this node's stack. */
+ * into the pod; anything else goes on to the hook's next program, then this node's stack. */
 int from_overlay(struct __sk_buff *skb) {
     struct bpf_tunnel_key key = {};
     if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
@@ -32,7 +32,7 @@ int from_overlay(struct __sk_buff *skb) {
         TRACE(skb, TRACE_FROM_OVERLAY, METRIC_INGRESS);
         /* the inner frame is addressed to the sender's device: make it this host's */
         bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC; /* the next program on this hook (the load balancer's), then the stack */
     }
     __builtin_memcpy(eth->h_dest, ep->mac, 6);
     __builtin_memcpy(eth->h_source, ep->host_mac, 6);

@@ -1,0 +1,1 @@
+"""The health plugin: every node answers probes and probes every other node."""
