@@ -29,6 +29,7 @@ _EXPORTS = {
     # configuration
     "Section": "pylium.core.config",
     "ConfigError": "pylium.core.config",
+    "Duration": "pylium.core.config",
     "parse_duration": "pylium.core.config",
     # endpoints
     "Endpoint": "pylium.core.endpoints.model",
@@ -106,7 +107,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from pylium.core.bus.events import Event  # noqa: F401
     from pylium.core.cli.client import AgentUnreachable, ApiFailure, Client  # noqa: F401
     from pylium.core.cli.output import emit, fail, output_option, print_table  # noqa: F401
-    from pylium.core.config import ConfigError, CoreConfig, Section, parse_duration  # noqa: F401
+    from pylium.core.config import ConfigError, CoreConfig, Duration, Section, parse_duration  # noqa: F401
     from pylium.core.datapath import consts, libbpf, monitor, netns  # noqa: F401
     from pylium.core.agent.metrics import read_bpf_metrics  # noqa: F401
     from pylium.core.datapath.consts import (DROP_REASONS, MESSAGE_TYPES, METRIC_DIRECTIONS,  # noqa: F401

@@ -16,10 +16,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 
 #: Translates an older spelling: (value, the old key path, warn) -> {new key path: value};
@@ -102,6 +103,16 @@ def parse_duration(value: Any) -> float:
     return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
 
 
+def _duration_text(value: Any) -> str:
+    if parse_duration(value) <= 0:
+        raise ValueError("must be longer than zero")
+    return str(value) if not isinstance(value, (int, float)) else f"{value}s"
+
+
+#: A config value that is a duration: a number of seconds or Go-style ("5s", "1m30s"), > 0.
+Duration = Annotated[str, BeforeValidator(_duration_text)]
+
+
 class EventToggle(Section):
     enabled: bool = Field(True, description="Report these events in the events ring buffer.")
 
@@ -176,28 +187,15 @@ class BpfSettings(Section):
 
 
 class KvstoreSettings(Section):
-    backend: str = Field("local", description="Where nodes share state (identities, nodes, endpoints' "
+    backend: Literal["local", "etcd"] = Field("local", description="Where nodes share state (identities, nodes, endpoints' "
                                               "addresses, pod CIDR claims): local (an embedded store, one "
                                               "machine) or etcd (etcd.endpoints). `kvstore: etcd` is short for "
                                               "kvstore.backend=etcd.")
-    leaseTTL: str = Field("15m", description="Lifetime of this agent's keys in etcd (its node, its endpoints' "
+    leaseTTL: Duration = Field("15m", description="Lifetime of this agent's keys in etcd (its node, its endpoints' "
                                              "addresses): a node gone for longer disappears from its peers.")
-    connectTimeout: str = Field("5m", description="How long the agent keeps trying to reach etcd at start "
+    connectTimeout: Duration = Field("5m", description="How long the agent keeps trying to reach etcd at start "
                                                   "before it exits with code 69 (systemd starts it again).")
 
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, v: str) -> str:
-        if v not in ("local", "etcd"):
-            raise ValueError("must be local or etcd")
-        return v
-
-    @field_validator("leaseTTL", "connectTimeout", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> str:
-        if parse_duration(v) < 1:
-            raise ValueError("must be at least 1s")
-        return str(v) if not isinstance(v, (int, float)) else f"{v}s"
 
 
 class EtcdSettings(Section):

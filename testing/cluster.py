@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pylium.testing.etcd import Etcd
-from pylium.testing.lab import BIN, BPF_TEST_ROOT, AgentDirs, AgentProcess, Pod, sh
+from pylium.testing.lab import BIN, BPF_TEST_ROOT, AgentDirs, AgentProcess, Pod, launch_agent, sh
 
 UNDERLAY = "10.251.0."  # node i: .(i + 1); the underlay's own address (and etcd): .254
 POD_CIDR = "10.212.0.0/16"
@@ -50,15 +50,11 @@ class ClusterNode:
         return [*args, *lab.extra, *extra]
 
     def start_agent(self, *extra: str, wait: bool = True, env: dict | None = None) -> AgentProcess:
-        log_path = self.lab.tmp / f"{self.name}-agent-{len(self.agents)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.ns}", *self.agent_args(*extra)],
-                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        agent = AgentProcess(proc, self.dirs, log_path)
-        self.agents.append(agent)
+        self.agents.append(launch_agent(self.ns, self.agent_args(*extra), self.dirs,
+                                        self.lab.tmp / f"{self.name}-agent-{len(self.agents)}.log", env, wait=False))
         if wait:
-            agent.wait_ready(timeout=90)
-        return agent
+            self.agents[-1].wait_ready(timeout=90)
+        return self.agents[-1]
 
     @property
     def agent(self) -> AgentProcess:

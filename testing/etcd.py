@@ -23,8 +23,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def make_certs(directory: Path, address: str) -> dict[str, Path]:
+    """A CA, a server certificate for `address` and a client certificate (openssl), for an
+    etcd that speaks TLS and asks clients for a certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {name: directory / f"{name}.pem" for name in ("ca", "ca-key", "server", "server-key", "client",
+                                                          "client-key")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+        "-subj", "/CN=pylium-test-ca", "-keyout", str(out["ca-key"]), "-out", str(out["ca"]))
+    for name, extension in (("server", f"subjectAltName=IP:{address}"), ("client", "extendedKeyUsage=clientAuth")):
+        csr = directory / f"{name}.csr"
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", str(out[f"{name}-key"]), "-out", str(csr))
+        ext = directory / f"{name}.ext"
+        ext.write_text(extension + "\n")
+        run("x509", "-req", "-in", str(csr), "-CA", str(out["ca"]), "-CAkey", str(out["ca-key"]), "-CAcreateserial",
+            "-days", "2", "-extfile", str(ext), "-out", str(out[name]))
+    for path in directory.iterdir():
+        path.chmod(0o600)
+    return out
+
+
 class Etcd:
-    def __init__(self, address: str = "127.0.0.1", port: int = 0, netns: str | None = None, log_dir: Path | None = None):
+    def __init__(self, address: str = "127.0.0.1", port: int = 0, netns: str | None = None, log_dir: Path | None = None,
+                 certs: dict[str, Path] | None = None):
         self.name = f"pylium-etcd-{uuid.uuid4().hex[:8]}"
         self.address, self.netns = address, netns
         self.port = port or free_port()
@@ -32,10 +58,19 @@ class Etcd:
         self.data_dir = SHM / self.name
         self.log_path = (log_dir or self.data_dir.parent) / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
+        self.certs = certs  # make_certs(): TLS with client certificates
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.address}:{self.port}"
+        return f"{'https' if self.certs else 'http'}://{self.address}:{self.port}"
+
+    def _tls_args(self, client: bool) -> list[str]:
+        if not self.certs:
+            return []
+        if client:
+            return [f"--cacert={self.certs['ca']}", f"--cert={self.certs['client']}", f"--key={self.certs['client-key']}"]
+        return ["--cert-file", str(self.certs["server"]), "--key-file", str(self.certs["server-key"]),
+                "--trusted-ca-file", str(self.certs["ca"]), "--client-cert-auth"]
 
     def start(self, timeout: float = 20) -> Etcd:
         client, peer = self.endpoint, f"http://127.0.0.1:{self.peer_port}"
@@ -43,7 +78,8 @@ class Etcd:
                "--listen-client-urls", client, "--advertise-client-urls", client,
                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                "--initial-cluster", f"pylium={peer}", "--initial-cluster-state", "new",
-               "--heartbeat-interval", "50", "--election-timeout", "250", "--log-level", "warn"]
+               "--heartbeat-interval", "50", "--election-timeout", "250", "--log-level", "warn",
+               *self._tls_args(client=False)]
         if self.netns:
             cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", *cmd]
         with open(self.log_path, "ab") as log:
@@ -56,11 +92,12 @@ class Etcd:
         return self
 
     def healthy(self) -> bool:
-        if self.netns:
-            r = subprocess.run(["nsenter", f"--net=/var/run/netns/{self.netns}", "etcdctl",
-                                f"--endpoints={self.endpoint}", "endpoint", "health"],
-                               capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=10)
-            return r.returncode == 0
+        if self.netns or self.certs:
+            try:
+                self.etcdctl("endpoint", "health")
+                return True
+            except subprocess.CalledProcessError:
+                return False
         try:
             with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
                 return b'"health":"true"' in r.read()
@@ -79,7 +116,7 @@ class Etcd:
         self.proc = None
 
     def etcdctl(self, *args: str) -> str:
-        cmd = ["etcdctl", f"--endpoints={self.endpoint}", *args]
+        cmd = ["etcdctl", f"--endpoints={self.endpoint}", *self._tls_args(client=True), *args]
         if self.netns:
             cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", *cmd]
         return subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"},

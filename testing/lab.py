@@ -86,6 +86,18 @@ class AgentProcess:
 
 
 
+def launch_agent(netns: str, args: list[str], dirs: AgentDirs, log_path: Path, env: dict | None = None,
+                 wait: bool = True, timeout: float = 60) -> AgentProcess:
+    """Start pylium-agent (`args`) inside a network namespace, its output in `log_path`."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{netns}", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    agent = AgentProcess(proc, dirs, log_path)
+    if wait:
+        agent.wait_ready(timeout=timeout)
+    return agent
+
+
 def require_datapath() -> str | None:
     """Why the datapath cannot run here, or None. In CI a missing capability is an error."""
     if os.geteuid() != 0:
@@ -156,15 +168,11 @@ class Lab:
                 "--set", f"standalone.manifestsDir={self.manifests}", *extra]
 
     def start_agent(self, *extra: str, wait: bool = True, env: dict | None = None) -> AgentProcess:
-        log_path = self.tmp / f"agent-{len(self.agents)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{self.node_ns}", *self.agent_args(*extra)],
-                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        agent = AgentProcess(proc, self.dirs, log_path)
-        self.agents.append(agent)
+        self.agents.append(launch_agent(self.node_ns, self.agent_args(*extra), self.dirs,
+                                        self.tmp / f"agent-{len(self.agents)}.log", env, wait=False))
         if wait:
-            agent.wait_ready(timeout=60)
-        return agent
+            self.agents[-1].wait_ready(timeout=60)
+        return self.agents[-1]
 
     @property
     def api(self):

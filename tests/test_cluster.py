@@ -391,3 +391,48 @@ def _client_script() -> str:
     from test_lb import CLIENT
 
     return CLIENT
+
+
+ENTITIES = textwrap.dedent("""
+    apiVersion: v1
+    kind: Pod
+    metadata: {name: guarded, namespace: default, labels: {app: guarded}}
+    ---
+    apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: nodes-only, namespace: default}
+    spec:
+      endpointSelector:
+        matchLabels: {app: guarded}
+      ingress:
+      - fromEntities: [ENTITY]
+""")
+
+
+@pytest.mark.parametrize("entity", ["remote-node", "host"])
+def test_remote_node_and_host_are_told_apart(pylium_cluster, entity):
+    """The other node's host arrives as reserved:remote-node (6), this node's own as
+    reserved:host (1): a policy admitting one entity admits only those packets."""
+    lab = pylium_cluster(2, extra=("--set", "policy.allowLocalhost=policy"))
+    lab.manifests.joinpath("guarded.yaml").write_text(ENTITIES.replace("ENTITY", entity))
+    _start_all(lab)
+    a, b = lab.nodes
+    guarded = b.pod("guarded", k8s_namespace="default", k8s_pod_name="guarded")
+    other = a.pod("other", {"k8s:app": "other"})
+    lab.wait(lambda: any(r["prefix"] == f"{guarded.ip}/32" for r in a.api.get("/v1/bpf/ipcache")), what="a knows")
+
+    def pings(run) -> bool:
+        return run("ping", "-c", "1", "-W", "1", guarded.ip, check=False).returncode == 0
+
+    from_remote_host = lab.wait(lambda: pings(a.exec) or None, timeout=5) if entity == "remote-node" else pings(a.exec)
+    assert bool(from_remote_host) == (entity == "remote-node"), "a's host"
+    assert pings(b.exec) == (entity == "host"), "b's own host"
+    assert not pings(lambda *c, check=True: lab.exec(other.netns, *c, check=check)), "a pod is neither"
+
+
+def test_geneve_without_kernel_support_stops_start_up_naming_it(pylium_cluster):
+    lab = pylium_cluster(1, etcd_enabled=False)
+    agent = lab.nodes[0].start_agent("--set", "tunnelProtocol=geneve", wait=False)
+    assert agent.proc.wait(120) == 1
+    assert "tunnelProtocol geneve: this kernel cannot create geneve devices (CONFIG_GENEVE is not enabled)" in \
+           agent.log

@@ -57,7 +57,7 @@ def _leaf_commands(group: click.Group, path: tuple = ()):
 
 def _cli_invocations(files) -> set[tuple[str, ...]]:
     """The command words of every CLI invocation written in the tests: the arguments of
-    run_cli(dirs, ...) / cli(lab, ...), and argv lists that start with the pylium binary
+    run_cli(dirs, ...) / cli(lab, ...) / node.cli(...), and argv lists that start with the pylium binary
     (`[str(BIN / "pylium"), ...]`); options and values that are not literals left out."""
     import ast
 
@@ -68,9 +68,10 @@ def _cli_invocations(files) -> set[tuple[str, ...]]:
     out = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
-                    "run_cli", "cli"):
-                args = node.args[1:]
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("run_cli", "cli"):
+                args = node.args[1:]  # run_cli(dirs, ...), cli(lab, ...)
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "cli":
+                args = node.args  # node.cli(...) of pylium.testing.cluster
             elif isinstance(node, ast.List) and node.elts and is_pylium(node.elts[0]):
                 args = node.elts[1:]
             else:
@@ -90,8 +91,10 @@ def test_every_cli_command_is_run_by_a_test():
 
 def test_the_cli_coverage_check_can_fail(tmp_path):
     (tmp_path / "test_x.py").write_text('run_cli(d, "bpf", "ipcache", "list", "-o", "json")\n'
+                                        'lab.nodes[0].cli("node", "list")\n'
                                         'subprocess.run([str(BIN / "pylium"), "--run-dir", str(d), "status"])\n')
-    assert _cli_invocations([tmp_path / "test_x.py"]) == {("bpf", "ipcache", "list", "json"), ("status",)}
+    assert _cli_invocations([tmp_path / "test_x.py"]) == {("bpf", "ipcache", "list", "json"), ("status",),
+                                                                   ("node", "list")}
     (tmp_path / "test_y.py").write_text('import_names = ["pylium", "plugins", "lb"]\n'  # not a command line
                                         'run_cli(d, "endpoint", "config", "3")\n')
     calls = _cli_invocations([tmp_path / "test_y.py"])

@@ -186,3 +186,26 @@ def test_etcdctl_sees_json_values(etcd):
 
     anyio.run(main)
     assert json.loads(etcd.etcdctl("get", "--print-value-only", "cilium/state/test/v1/x")) == {"Name": "x"}
+
+
+def test_etcd_over_tls_with_a_client_certificate(tmp_path):
+    from pylium.core.state.etcd import TlsFiles
+    from pylium.testing.etcd import make_certs
+
+    certs = make_certs(tmp_path / "pki", "127.0.0.1")
+    server = Etcd(certs=certs).start()
+    try:
+        async def main():
+            store = EtcdStore([server.endpoint], 15, TlsFiles(str(certs["ca"]), str(certs["client"]),
+                                                             str(certs["client-key"])))
+            await store.connect(time.monotonic() + 10)
+            await store.put("tls/x", {"ok": True}, lease=True)
+            assert await store.get("tls/x") == {"ok": True}
+            await store.close()
+            anonymous = EtcdStore([server.endpoint], 15, TlsFiles(str(certs["ca"])), timeout=1)
+            with pytest.raises(StoreUnavailable):  # etcd asks for a client certificate
+                await anonymous.connect(time.monotonic() + 2)
+
+        anyio.run(main)
+    finally:
+        server.close()

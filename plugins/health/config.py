@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
-from pydantic import Field, field_validator
-
-from pylium.core.api_for_plugins import Section, parse_duration
+from pylium.core.api_for_plugins import Duration, Section
 
 
 class HealthSettings(Section):
-    probeInterval: str = Field("60s", description="How often every other node is probed (ICMP and HTTP).")
-    probeTimeout: str = Field("2s", description="How long one probe waits for its answer.")
-
-    @field_validator("probeInterval", "probeTimeout", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> str:
-        if parse_duration(v) <= 0:
-            raise ValueError("must be longer than zero")
-        return str(v) if not isinstance(v, (int, float)) else f"{v}s"
+    probeInterval: Duration = Field("60s", description="How often every other node is probed (ICMP and HTTP).")
+    probeTimeout: Duration = Field("2s", description="How long one probe waits for its answer.")
 
 
 class HealthConfig(Section):
