@@ -228,6 +228,8 @@ class CoreConfig(Section):
 
     @model_validator(mode="after")
     def _etcd_needs_endpoints(self) -> CoreConfig:
+        if bool(self.etcd.certFile) != bool(self.etcd.keyFile):
+            raise ValueError("etcd.certFile and etcd.keyFile: give both (a client certificate and its key) or neither")
         if self.kvstore.backend == "etcd" and not self.etcd.endpoints:
             raise ValueError("etcd.endpoints: empty, but kvstore is etcd: name etcd's client URLs, for example "
                              "--set etcd.endpoints={http://10.0.0.1:2379}")

@@ -436,3 +436,18 @@ def test_geneve_without_kernel_support_stops_start_up_naming_it(pylium_cluster):
     assert agent.proc.wait(120) == 1
     assert "tunnelProtocol geneve: this kernel cannot create geneve devices (CONFIG_GENEVE is not enabled)" in \
            agent.log
+
+
+def test_a_node_record_claiming_foreign_addresses_is_not_routed(pylium_cluster):
+    lab = pylium_cluster(1)
+    _start_all(lab)
+    node = lab.nodes[0]
+    rogue = {"Name": "rogue", "Cluster": lab.cluster, "IPAddresses": [{"Type": "InternalIP", "IP": "10.251.0.77"}],
+             "IPv4AllocCIDR": ["0.0.0.0/0"]}
+    lab.etcd.etcdctl("put", f"cilium/state/nodes/v1/{lab.cluster}/rogue", json.dumps(rogue))
+    lab.wait(lambda: "rogue" in lab.node_list(node), what="the record read")
+    status = lab.wait(lambda: "outside the cluster's pools" in (s := node.cli("status", check=False).stdout) and s,
+                      what="the refusal in status")
+    assert "pod CIDR 0.0.0.0/0" in status
+    assert "proto 112" not in node.exec("ip", "route", "show", "default").stdout, "no route replaced"
+    assert not any(r["prefix"] == "0.0.0.0/0" for r in node.api.get("/v1/bpf/ipcache"))

@@ -209,3 +209,25 @@ def test_etcd_over_tls_with_a_client_certificate(tmp_path):
         anyio.run(main)
     finally:
         server.close()
+
+
+def test_a_failing_endpoint_is_left_for_the_next(etcd):
+    second = Etcd().start()
+    try:
+        async def main():
+            store = EtcdStore([second.endpoint, etcd.endpoint], 15, timeout=1)
+            await store.connect(time.monotonic() + 10)
+            assert second.endpoint in store.status().message
+            await anyio.to_thread.run_sync(second.stop)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.keep_alive, 0.2)
+                with anyio.fail_after(15):
+                    while not (store.status().ok and etcd.endpoint in store.status().message):
+                        await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+            await store.put("failover/x", 1)
+            await store.close()
+
+        anyio.run(main)
+    finally:
+        second.close()

@@ -236,7 +236,7 @@ class Agent:
         try:
             if self.failure is None:
                 self.store = await self._open_store()
-            if self.failure is None:
+            if self.failure is None and self.store is not None:
                 async with contextlib.AsyncExitStack() as stack:
                     stack.push_async_callback(self.store.close)
                     core_tasks = await stack.enter_async_context(anyio.create_task_group())
@@ -304,6 +304,8 @@ class Agent:
             await store.connect(time.monotonic() + cfg.parse_duration(settings.connectTimeout), retrying)
         except StoreUnavailable as e:
             await store.close()
+            if self._stop.is_set():
+                return None
             self._fail(f"kvstore: {e} (tried for up to {settings.connectTimeout}, kvstore.connectTimeout)",
                        EXIT_UNAVAILABLE)
             return None

@@ -119,8 +119,10 @@ class IpcacheSync:
                 self._count_bad()
                 self.log.error("ignoring an ipcache record that does not parse", key=key, error=str(e))
             return
-        if pair.host_ip == self.node_ip:
-            return  # ours: the core's endpoints own these addresses here
+        if self.node_ip and pair.host_ip == self.node_ip:  # ours: the core's endpoints own it here
+            if self.remote.pop(ip, None) is not None and self.ipcache is not None and self._restored.is_set():
+                self.ipcache.release(ip, OWNER)
+            return
         self.remote[ip] = pair
         self._upsert(ip, pair)
 

@@ -113,6 +113,15 @@ class PluginNode:
     def local(self) -> Node:
         return self._registry.local
 
+    @property
+    def synced(self) -> anyio.Event:
+        """Set once the registry has read the cluster's nodes from the store."""
+        return self._registry.synced
+
+    def peers(self) -> list[ev.NodeChanged]:
+        """The other nodes as the registry knows them now (what `node.changed` events carry)."""
+        return [_changed_event(n, False) for n in self._registry.peers.values()]
+
     def update(self, *, pod_cidrs: list[str] | None = None, health_ipv4: str | None = None) -> None:
         """Publish this node's pod CIDRs (the IPAM plugin) or its health address."""
         changes: dict[str, Any] = {}

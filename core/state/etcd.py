@@ -81,6 +81,7 @@ class EtcdStore:
         self._endpoint = endpoints[0]
         self._lease_id = 0
         self._leased: dict[str, Any] = {}  # what this agent wrote with its lease (written again if it is lost)
+        self._rewrite: set[str] = set()  # leased keys to write again under a new lease
         self._lease_lock = anyio.Lock()
         self._status = StoreStatus("etcd", False, "etcd: not connected yet")
         self.version = ""
@@ -89,9 +90,7 @@ class EtcdStore:
 
     def _make_client(self, endpoint: str) -> _Client:
         url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        tls = self.tls if (url.scheme == "https" or (self.tls and self.tls.ca)) else None
-        if url.scheme == "https" and tls is None:
-            tls = TlsFiles()
+        tls = (self.tls or TlsFiles()) if url.scheme == "https" else None
         return _Client(url.hostname or "127.0.0.1", url.port or 2379, tls, timeout=self.timeout,
                        options=CHANNEL_OPTIONS)
 
@@ -162,20 +161,47 @@ class EtcdStore:
 
     async def keep_alive(self, check_interval: float = 5.0) -> None:
         """Run for the agent's life: check etcd every `check_interval` (so `status()` tells an
-        outage within seconds) and refresh the lease every third of its TTL; a lease lost
-        while etcd was away is replaced and the leased keys are written again."""
+        outage within seconds), move to another endpoint when this one fails, and refresh the
+        lease every third of its TTL; a lease lost while etcd was away is replaced and the
+        leased keys are written again, each until it succeeds."""
         refreshed = time.monotonic()
         while True:
             await anyio.sleep(min(check_interval, max(0.5, self.lease_ttl / 3)))
             try:
+                if not self._status.ok and len(self.endpoints) > 1:
+                    await self._failover()
                 if time.monotonic() - refreshed >= self.lease_ttl / 3 or not self._status.ok:
                     await self._refresh()
                     refreshed = time.monotonic()
                 else:
                     await self._call(self.client.status)
+                for key in list(self._rewrite):
+                    if key in self._leased:
+                        await self.put(key, self._leased[key], lease=True)
+                    self._rewrite.discard(key)
             except StoreUnavailable as e:
                 if self.log is not None:
                     self.log.warning("kvstore unreachable", error=str(e))
+
+    async def _failover(self) -> None:
+        """Move to the next endpoint that answers (the current one last)."""
+        start = self.endpoints.index(self._endpoint)
+        for endpoint in self.endpoints[start + 1:] + self.endpoints[:start + 1]:
+            client = self._make_client(endpoint)
+            try:
+                with anyio.fail_after(self.timeout):
+                    status = await client.status()
+            except (aetcd.exceptions.ClientError, TimeoutError, OSError):
+                await client.close()
+                continue
+            old, self._client, self._endpoint, self.version = self._client, client, endpoint, status.version
+            if old is not None:  # its watches end: their readers take a new snapshot from this one
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await old.close()
+            self._set_status(True)
+            if self.log is not None:
+                self.log.info("kvstore endpoint", endpoint=endpoint)
+            return
 
     async def _refresh(self) -> None:
         if not self._lease_id:
@@ -194,8 +220,7 @@ class EtcdStore:
             self.log.warning("kvstore lease expired; writing this node's keys again", keys=len(self._leased))
         async with self._lease_lock:
             self._lease_id = 0
-        for key, value in list(self._leased.items()):
-            await self.put(key, value, lease=True)
+        self._rewrite |= set(self._leased)  # written by keep_alive, one by one until each succeeds
 
     # ---- keys ---------------------------------------------------------------------------
 

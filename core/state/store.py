@@ -216,9 +216,14 @@ class Mirror:
         else:
             self.items[key] = value
         if old != value:
-            result = self.on_change(key, old, value)
-            if result is not None:
-                await result
+            try:
+                result = self.on_change(key, old, value)
+                if result is not None:
+                    await result
+            except Exception as e:  # one bad change must not end the mirror (nor the agent)
+                if self.log is not None:
+                    self.log.error("handling a kvstore change failed", key=key, error=f"{type(e).__name__}: {e}",
+                                   exc_info=e)
 
     async def run(self) -> None:
         while True:

@@ -31,8 +31,9 @@ class ConnectivityConfig(Section):
     enableIPv4Masquerade: bool = Field(True, description="Masquerade IPv4 traffic from pods to destinations outside "
                                                          "the pod CIDRs behind the node's address.")
     enableIPv6Masquerade: bool = Field(True, description="The same for IPv6.")
-    MTU: int = Field(0, ge=0, le=65535, description="MTU of pod interfaces; 0 takes the MTU of the node's default "
-                                                    "route device (1500 when there is none).")
+    MTU: int = Field(0, ge=0, le=65535, description="MTU of pod interfaces (and of the tunnel device); 0 takes the "
+                                                    "MTU of the node's default route device (1500 when there is "
+                                                    "none), less 50 in tunnel mode for the encapsulation.")
     connectivity: ConnectivitySettings = Field(default_factory=ConnectivitySettings)
     routingMode: Literal["tunnel", "native"] = Field(
         "tunnel", description="How pods reach pods on other nodes: tunnel (encapsulated between nodes, the source's "

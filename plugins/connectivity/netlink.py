@@ -248,8 +248,14 @@ def node_routes() -> dict[str, tuple[str, str]]:
 
 
 def set_node_route(cidr: str, *, device: str = "", gateway: str = "", src: str = "") -> None:
-    """`cidr dev <tunnel> src <node IP>` (tunnel) or `cidr via <node IP>` (native routing)."""
+    """`cidr dev <tunnel> src <node IP>` (tunnel) or `cidr via <node IP>` (native routing).
+    A route to `cidr` this plugin did not make is left alone (TunnelError)."""
     with IPRoute() as ipr:
+        net = ipaddress.ip_network(cidr)
+        for route in ipr.get_routes(family=2, table=254):
+            if (route.get_attr("RTA_DST"), route["dst_len"]) == (str(net.network_address), net.prefixlen) and \
+                    route["proto"] != ROUTE_PROTO:
+                raise TunnelError(f"a route to {cidr} exists that pylium did not make")
         kw: dict = {"dst": cidr, "proto": ROUTE_PROTO}
         if device:
             kw["oif"] = _index(ipr, device)

@@ -14,9 +14,11 @@ nodes that left meanwhile are removed once the first replay of the nodes has end
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import anyio
+from pyroute2.netlink.exceptions import NetlinkError
 
 from pylium.core.api_for_plugins import ReservedIdentity, events
 from pylium.plugins.connectivity import netlink
@@ -25,8 +27,8 @@ OWNER = "nodes"
 
 
 class Peers:
-    def __init__(self, ctx: Any, tunnel_device: str | None):
-        self.ctx, self.tunnel = ctx, tunnel_device
+    def __init__(self, ctx: Any, tunnel_device: str | None, cluster_cidrs: Any = lambda: []):
+        self.ctx, self.tunnel, self.cluster_cidrs = ctx, tunnel_device, cluster_cidrs
         self.settings = ctx.settings
         self.nodes: dict[str, events.NodeChanged] = {}
         self.problems: dict[str, str] = {}  # node -> why it is not reachable
@@ -35,6 +37,10 @@ class Peers:
         async with self.ctx.bus.subscribe("node.") as stream:
             async for e in stream:
                 if e.topic == "node.synced":
+                    await self.ctx.node.synced.wait()  # the replay is whole only once the store was read
+                    for node in self.ctx.node.peers():
+                        if node.name not in self.nodes:
+                            await self._changed(node)
                     await self._remove_stale_routes()
                 elif e.topic == "node.changed" and not e.event.local:
                     await self._changed(e.event)
@@ -51,7 +57,29 @@ class Peers:
                     wanted[cidr] = ReservedIdentity.WORLD
         return wanted
 
+    def _check(self, node: events.NodeChanged) -> str | None:
+        """Why a node's record cannot be used (its pod CIDRs must lie in the cluster's pools)."""
+        pools = [ipaddress.ip_network(c) for c in self.cluster_cidrs()]
+        for cidr in node.pod_cidrs:
+            net = ipaddress.ip_network(cidr)
+            if pools and not any(net.version == p.version and net.subnet_of(p) for p in pools):
+                return f"node {node.name}: pod CIDR {cidr} is outside the cluster's pools ({', '.join(map(str, pools))})"
+        return None
+
     async def _changed(self, node: events.NodeChanged) -> None:
+        problem = self._check(node)
+        if problem is None:
+            try:
+                await self._apply(node)
+                self.problems.pop(node.name, None)
+                return
+            except (OSError, netlink.TunnelError, NetlinkError) as e:
+                problem = f"node {node.name}: {e}"
+        if self.problems.get(node.name) != problem:
+            self.ctx.log.error("cannot route to a node", problem=problem)
+        self.problems[node.name] = problem
+
+    async def _apply(self, node: events.NodeChanged) -> None:
         old = self.nodes.get(node.name)
         self.nodes[node.name] = node
         tunnel_endpoint = node.ipv4 if self.tunnel is not None else ""
@@ -83,13 +111,10 @@ class Peers:
             problem = (f"node {node.name} ({node.ipv4}): the route to it "
                        f"{'goes through gateway ' + gateway if gateway else 'is missing'}: it must be directly "
                        f"reachable for autoDirectNodeRoutes")
-            self.problems[node.name] = problem
             if self.settings.directRoutingSkipUnreachable:
                 self.ctx.log.warning("skipping direct routes", problem=problem)
                 return
-            self.ctx.log.error("cannot route to a node", problem=problem)
-            return
-        self.problems.pop(node.name, None)
+            raise netlink.TunnelError(problem)
         for cidr in cidrs:
             await anyio.to_thread.run_sync(lambda c=cidr: netlink.set_node_route(c, gateway=node.ipv4))
 

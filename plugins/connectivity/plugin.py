@@ -16,7 +16,7 @@ from pylium.plugins.connectivity.maps import LOCAL_BLOCKS, TUNNEL_CONFIG, Tunnel
 from pylium.plugins.connectivity.peers import OWNER as NODES, Peers
 
 HOST = "host"  # ipcache owner: the node's own addresses and the pods' gateways (reserved:host)
-TUNNEL_DEVICE = "pylium_vxlan"
+TUNNEL_DEVICES = {"vxlan": "pylium_vxlan", "geneve": "pylium_geneve"}
 TUNNEL_OVERHEAD = 50  # VXLAN over IPv4: outer Ethernet, IPv4, UDP and VXLAN headers
 
 
@@ -27,6 +27,7 @@ class ConnectivityPlugin:
         self._routers: set[str] = set()
         self._refresh: anyio.Lock | None = None  # created on the agent's event loop
         self.peers: Peers | None = None
+        self._cluster_cidrs: list[str] = []  # IPAM's pool CIDRs: where other nodes' pod CIDRs must lie
 
     @hookimpl
     def pylium_config_model(self):
@@ -49,9 +50,10 @@ class ConnectivityPlugin:
         self.ctx = ctx
         self._refresh = anyio.Lock()
         cfg = ctx.settings
-        device_mtu = cfg.MTU or await anyio.to_thread.run_sync(netlink.default_mtu)
-        tunnel = TUNNEL_DEVICE if cfg.routingMode == "tunnel" else None
-        self.mtu = device_mtu - TUNNEL_OVERHEAD if tunnel else device_mtu  # room for the encapsulation
+        tunnel = TUNNEL_DEVICES[cfg.tunnelProtocol] if cfg.routingMode == "tunnel" else None
+        self.mtu = cfg.MTU  # as configured; else the device's, less the encapsulation's room in tunnel mode
+        if not self.mtu:
+            self.mtu = await anyio.to_thread.run_sync(netlink.default_mtu) - (TUNNEL_OVERHEAD if tunnel else 0)
         netlink.sysctl("net/ipv4/ip_forward", "1")
         # New host-side veths inherit these: no per-endpoint sysctl writes on the ADD path.
         netlink.sysctl("net/ipv4/conf/default/rp_filter", "0")
@@ -62,10 +64,10 @@ class ConnectivityPlugin:
         await self.refresh_blocks()
         await self._host_addresses()
         if tunnel is not None:
-            await self._tunnel(ctx, cfg, self.mtu)
+            await self._tunnel(ctx, cfg, tunnel, self.mtu)
         else:
             ctx.bpf_maps["tunnel_config"].put(ct.c_uint32(0), TunnelConfig())
-        self.peers = Peers(ctx, tunnel)
+        self.peers = Peers(ctx, tunnel, lambda: self._cluster_cidrs)
         ctx.start_task("nodes", self.peers.follow)
         ctx.log.info("connectivity ready", mtu=self.mtu, blocks=self._blocks, routing=cfg.routingMode,
                      tunnel=f"{cfg.tunnelProtocol}:{cfg.tunnel_port()}" if tunnel else "")
@@ -79,6 +81,7 @@ class ConnectivityPlugin:
         the masquerade chain. Cheap when nothing changed."""
         answer = await self.ctx.bus.request("ipam.list", {})
         pools = answer["pools"]
+        self._cluster_cidrs = sorted({c for p in pools for c in p["cidrs"]})
         blocks = tuple(sorted({b for p in pools for b in p["blocks"]}))
         async with self._refresh:
             if blocks == self._blocks:
@@ -109,16 +112,16 @@ class ConnectivityPlugin:
                 await anyio.to_thread.run_sync(masquerade.apply, self.ctx.node_name, family, mine, cluster, enabled)
             self._blocks = blocks
 
-    async def _tunnel(self, ctx, cfg, mtu: int) -> None:
+    async def _tunnel(self, ctx, cfg, device: str, mtu: int) -> None:
         """The tunnel device, its programs, and its index for the delivery stage."""
-        index = await anyio.to_thread.run_sync(netlink.ensure_tunnel_device, TUNNEL_DEVICE, cfg.tunnelProtocol,
+        index = await anyio.to_thread.run_sync(netlink.ensure_tunnel_device, device, cfg.tunnelProtocol,
                                                cfg.tunnel_port(), mtu)
         pins = await ctx.datapath.compile_programs("bpf/overlay.c", {"from_overlay": {"type": "SCHED_CLS"},
                                                                      "to_overlay": {"type": "SCHED_CLS"}})
-        await ctx.datapath.attach_tc({TUNNEL_DEVICE: {"ingress": pins["from_overlay"], "egress": pins["to_overlay"]}})
+        await ctx.datapath.attach_tc({device: {"ingress": pins["from_overlay"], "egress": pins["to_overlay"]}})
         ctx.bpf_maps["tunnel_config"].put(ct.c_uint32(0), TunnelConfig(ifindex=index))
         ctx.bus.owns("connectivity.tunnel")
-        ctx.bus.publish(events.TunnelDevice(node=ctx.node_name, device=TUNNEL_DEVICE, ifindex=index,
+        ctx.bus.publish(events.TunnelDevice(node=ctx.node_name, device=device, ifindex=index,
                                             protocol=cfg.tunnelProtocol, port=cfg.tunnel_port()))
 
     async def _host_addresses(self) -> None:

@@ -135,10 +135,7 @@ class HealthPlugin:
         """Probe now (`pylium health status --probe`) and answer with the results."""
         if self._probed is None:
             return await self.api_status(request)
-        done = self._probed
-        self._probe_now.set()
-        with anyio.fail_after(parse_duration(self.ctx.settings.health.probeTimeout) + 5):
-            await done.wait()
+        await self.probe()
         return self._report()
 
     @hookimpl

@@ -47,8 +47,8 @@ class BlockClaimer:
                               if str(sub) not in taken), None)
             if candidate is None:
                 return None
-            if await self.store.create(block_key(pool, candidate), {"node": self.node}):
-                await self.store.put(node_prefix(self.node) + f"{pool}/{candidate}", {"family": family})
+            if await self.store.create_all({block_key(pool, candidate): {"node": self.node},
+                                            node_prefix(self.node) + f"{pool}/{candidate}": {"family": family}}):
                 self.allocator.add_block(pool, family, candidate)
                 return candidate
             # another node took it between list and create: look again

@@ -22,7 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pylium.core.api_for_plugins import consts, store_keys
+import anyio
+
+from pylium.core.api_for_plugins import Mirror, StoreUnavailable, consts, store_keys
 
 RESERVED = {int(n): label.removeprefix("reserved:") for n, label in consts.RESERVED_IDENTITIES.items()}
 ID_HOST, ID_WORLD, ID_INIT = consts.ID_HOST, consts.ID_WORLD, consts.ID_INIT
@@ -100,18 +102,36 @@ class IdentityAllocator:
 
     def __init__(self, store: Any, label_filter: LabelFilter, node_suffix: str,
                  on_new: Callable[[Identity], None] = lambda identity: None, log: Any = None):
-        from pylium.core.api_for_plugins import Mirror
-
         self.store, self.filter, self.node_suffix, self.on_new, self.log = store, label_filter, node_suffix, on_new, log
         self.known: dict[int, Identity] = {n: Identity(n, reserved_labels(n), "reserved") for n in RESERVED}
         self._by_key: dict[str, int] = {}
         self._cidrs: dict[str, int] = {}
-        self._used: set[str] = set()  # label sets whose per-node key this agent wrote
+        self._used: set[str] = set()  # label sets whose per-node key this agent writes
+        self._unwritten: dict[str, int] = {}  # ... and has not written yet
+        self._pending_used = anyio.Event()
         self.bad = 0  # records under id/ that did not parse
         self.mirror = Mirror(store, ID_PREFIX, self._changed, log)
 
     async def run(self) -> None:
-        await self.mirror.run()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.mirror.run)
+            tg.start_soon(self._write_used)
+
+    async def _write_used(self) -> None:
+        """This node's `value/<labels>/<node>` keys, in the background and again until they
+        are written: a known identity never waits for etcd (a restart while it is away keeps
+        its pods)."""
+        while True:
+            await self._pending_used.wait()
+            self._pending_used = anyio.Event()
+            for key, number in list(self._unwritten.items()):
+                try:
+                    await self.store.put(f"{VALUE_PREFIX}{key}/{self.node_suffix}", number, lease=True)
+                    self._unwritten.pop(key, None)
+                except StoreUnavailable:
+                    await anyio.sleep(1)
+                    self._pending_used.set()
+                    break
 
     def known_labels(self, labels: dict[str, str]) -> Identity | None:
         """The identity of these labels if this node knows it already."""
@@ -143,8 +163,9 @@ class IdentityAllocator:
             raise RuntimeError(f"no identity for {key}: no free number in {MIN_ALLOCATED}-{MAX_ALLOCATED} "
                                f"after {ATTEMPTS} attempts")
         if key not in self._used:
-            await self.store.put(f"{VALUE_PREFIX}{key}/{self.node_suffix}", number, lease=True)
             self._used.add(key)
+            self._unwritten[key] = int(number)
+            self._pending_used.set()
         identity = self.known.get(int(number))
         return identity if identity is not None and identity.labels == relevant else \
             self._remember(int(number), relevant, "cluster_local")

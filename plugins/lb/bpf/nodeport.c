@@ -41,7 +41,8 @@ static __always_inline int forward(struct __sk_buff *skb, __be32 backend) {
     /* routed as a forwarded packet (an output lookup bound to this device would take any
      * address as on-link here, and a backend behind the tunnel is not) */
     struct bpf_fib_lookup fib = {.family = 2 /* AF_INET */, .ipv4_dst = backend, .ifindex = skb->ifindex};
-    if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS && fib.ifindex == 0)
+    int found = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+    if (found != BPF_FIB_LKUP_RET_SUCCESS && found != BPF_FIB_LKUP_RET_NO_NEIGH)
         return DROP(skb, DROP_UNROUTABLE, METRIC_INGRESS);
     return redirect_neigh(fib.ifindex, 0, 0, 0);
 }
