@@ -235,11 +235,16 @@ FRONT_BACK = textwrap.dedent("""
 """)
 
 
-def test_the_seeds_policy_holds_across_nodes(pylium_cluster):
+NATIVE = ("--set", "routingMode=native", "--set", "autoDirectNodeRoutes=true",
+          "--set", "ipv4NativeRoutingCIDR=10.212.0.0/16")
+
+
+@pytest.mark.parametrize("routing", [(), NATIVE], ids=["tunnel", "native"])
+def test_the_seeds_policy_holds_across_nodes(pylium_cluster, routing):
     from test_datapath import serve
     from test_policy import reaches
 
-    lab = pylium_cluster(3)
+    lab = pylium_cluster(3, extra=routing)
     lab.manifests.joinpath("app.yaml").write_text(FRONT_BACK)
     _start_all(lab)
     a, b, c = lab.nodes

@@ -15,6 +15,9 @@
 #include "pylium_structs.h"
 #include "pylium_maps.h"
 
+/* bcc 0.26 declares bpf_redirect_neigh with three arguments; the kernel's takes four. */
+static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+
 /* ---- skb->cb -------------------------------------------------------------------------- */
 
 static __always_inline void cb_reset(struct __sk_buff *skb, __u16 src_ep, __u16 dst_ep, __u32 src_id,

@@ -275,6 +275,17 @@ def delete_node_route(cidr: str) -> None:
                 raise
 
 
+def device_of(ip: str) -> str | None:
+    """The device that holds address `ip` (None: none does)."""
+    if not ip:
+        return None
+    with IPRoute() as ipr:
+        for a in ipr.get_addr(family=2):
+            if a.get_attr("IFA_ADDRESS") == ip:
+                return ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME")
+    return None
+
+
 def gateway_towards(ip: str) -> str | None:
     """The gateway the node's routes use to reach `ip` ("" when it is on a local network),
     None when there is no route at all."""

@@ -67,6 +67,7 @@ class ConnectivityPlugin:
             await self._tunnel(ctx, cfg, tunnel, self.mtu)
         else:
             ctx.bpf_maps["tunnel_config"].put(ct.c_uint32(0), TunnelConfig())
+            await self._native(ctx)
         self.peers = Peers(ctx, tunnel, lambda: self._cluster_cidrs)
         ctx.start_task("nodes", self.peers.follow)
         ctx.log.info("connectivity ready", mtu=self.mtu, blocks=self._blocks, routing=cfg.routingMode,
@@ -111,6 +112,17 @@ class ConnectivityPlugin:
                     cluster = sorted({*cluster, cfg.ipv4NativeRoutingCIDR})
                 await anyio.to_thread.run_sync(masquerade.apply, self.ctx.node_name, family, mine, cluster, enabled)
             self._blocks = blocks
+
+    async def _native(self, ctx) -> None:
+        """Native routing: packets for local pods are taken off the node's device by BPF (after
+        the load balancer's NodePort program, a priority before)."""
+        device = await anyio.to_thread.run_sync(netlink.device_of, ctx.node.local.ipv4)
+        if device is None:
+            ctx.log.warning("no device holds this node's address: pods of other nodes arrive through the stack",
+                            address=ctx.node.local.ipv4)
+            return
+        pins = await ctx.datapath.compile_programs("bpf/delivery.c", {"from_netdev": {"type": "SCHED_CLS"}})
+        await ctx.datapath.attach_tc({device: {"ingress": pins["from_netdev"]}}, prio=2)
 
     async def _tunnel(self, ctx, cfg, device: str, mtu: int) -> None:
         """The tunnel device, its programs, and its index for the delivery stage."""

@@ -1,8 +1,10 @@
 /* Connectivity stages: deliver a pod's packet to another local pod (BPF redirect, no trip
- * through the host's stack), into the tunnel to a pod on another node (routingMode tunnel),
- * or hand it to the stack; answer ARP for the pod's gateway. */
+ * through the host's stack), to a pod on another node (into the tunnel, or in native routing
+ * straight out of the device the FIB names), or hand it to the stack; answer ARP for the
+ * pod's gateway. */
 #include "pylium_lib.h"
 #include "connectivity_maps.h"
+#include "connectivity_lib.h"
 
 #include <uapi/linux/if_arp.h>
 
@@ -115,6 +117,40 @@ static __always_inline int deliver_remote(struct __sk_buff *skb, struct endpoint
     TRACE(skb, TRACE_TO_OVERLAY, METRIC_EGRESS);
     return bpf_redirect(tunnel->ifindex, 0);
 }
+#else
+/* A pod of another node (the ipcache names its node) in native routing: routed by the FIB and
+ * sent straight out of the device towards it, not through this node's stack. -1: not such a
+ * destination, or no route: the stack decides. */
+static __always_inline int deliver_routed(struct __sk_buff *skb, struct endpoint_key *dst) {
+    struct ipcache_key k = {.prefixlen = 32 + 32, .family = 4};
+    __builtin_memcpy(k.addr, dst->addr, 4);
+    struct ipcache_info *info = ipcache.lookup(&k);
+    if (!info || !info->tunnel_ip4)
+        return -1;
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end)
+        return -1;
+    struct bpf_fib_lookup fib = {.family = 2 /* AF_INET */, .ipv4_src = ip->saddr, .ipv4_dst = ip->daddr,
+                                 .tos = ip->tos, .l4_protocol = ip->protocol, .ifindex = skb->ifindex};
+    int found = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+    if (found != BPF_FIB_LKUP_RET_SUCCESS && found != BPF_FIB_LKUP_RET_NO_NEIGH)
+        return -1;
+    if (ttl_decrement(skb, 0) < 0)
+        return DROP(skb, DROP_TTL_EXCEEDED, METRIC_EGRESS);
+    count(skb, 0, METRIC_EGRESS);
+    TRACE(skb, TRACE_TO_NETWORK, METRIC_EGRESS);
+    if (found == BPF_FIB_LKUP_RET_NO_NEIGH)
+        return redirect_neigh(fib.ifindex, 0, 0, 0);
+    data = (void *)(long)skb->data, data_end = (void *)(long)skb->data_end;
+    eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return DROP(skb, DROP_INVALID, METRIC_EGRESS);
+    __builtin_memcpy(eth->h_dest, fib.dmac, 6);
+    __builtin_memcpy(eth->h_source, fib.smac, 6);
+    return bpf_redirect(fib.ifindex, 0);
+}
 #endif
 
 /* from-container, last slot: where a pod's packet goes next. */
@@ -150,13 +186,15 @@ int from_delivery(struct __sk_buff *skb) {
         return deliver_local(skb, ep, v6);
     if (unroutable(&dst))
         return DROP(skb, DROP_UNROUTABLE, METRIC_EGRESS);
-#if CONN_TUNNEL
     if (!v6) {
+#if CONN_TUNNEL
         int sent = deliver_remote(skb, &dst);
+#else
+        int sent = deliver_routed(skb, &dst);
+#endif
         if (sent >= 0)
             return sent;
     }
-#endif
     count(skb, 0, METRIC_EGRESS);
     TRACE(skb, TRACE_TO_STACK, METRIC_EGRESS);
     return TC_ACT_OK; /* the host, or beyond it (routed, masqueraded) */
@@ -171,4 +209,30 @@ int to_delivery(struct __sk_buff *skb) {
     }
     TRACE(skb, TRACE_TO_LXC, METRIC_INGRESS);
     return TC_ACT_OK;
+}
+
+/* tc ingress of the node's device in native routing (not a stage: attached by the plugin): a
+ * packet for a local pod, from a pod of another node routed by the network, goes through the
+ * pod's to-container stages and straight into the pod, not through this node's stack;
+ * anything else goes on (to the stack). */
+int from_netdev(struct __sk_buff *skb) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+        return TC_ACT_UNSPEC;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end)
+        return TC_ACT_UNSPEC;
+    struct endpoint_key dst;
+    key_v4(&dst, ip->daddr);
+    struct endpoint_info *ep = endpoints.lookup(&dst);
+    if (!ep)
+        return TC_ACT_UNSPEC;
+    struct ipcache_key k = {.prefixlen = 32 + 32, .family = 4};
+    __builtin_memcpy(k.addr, &ip->saddr, 4);
+    struct ipcache_info *info = ipcache.lookup(&k);
+    __u32 src_id = info ? info->identity : ID_WORLD;
+    if (ttl_decrement(skb, 0) < 0)
+        return TC_ACT_UNSPEC; /* the stack answers: time exceeded */
+    return enter_pod(skb, ep, src_id, TRACE_FROM_NETWORK);
 }

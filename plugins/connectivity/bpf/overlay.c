@@ -3,6 +3,7 @@
  * without another lookup. */
 #include "pylium_lib.h"
 #include "connectivity_maps.h"
+#include "connectivity_lib.h"
 
 /* tc ingress of the tunnel device: a packet from another node, decapsulated. To a local pod it
  * goes through the pod's to-container stages (policy with the VNI's identity) and straight
@@ -34,13 +35,7 @@ int from_overlay(struct __sk_buff *skb) {
         bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
         return TC_ACT_UNSPEC; /* the next program on this hook (the load balancer's), then the stack */
     }
-    __builtin_memcpy(eth->h_dest, ep->mac, 6);
-    __builtin_memcpy(eth->h_source, ep->host_mac, 6);
-    cb_reset(skb, 0, ep->ep_id, src_id, ep->identity);
-    skb->cb[CB_FLAGS] |= CB_F_LOCAL;
-    skb->cb[CB_DELIVER] = ep->ifindex;
-    TRACE(skb, TRACE_FROM_OVERLAY, METRIC_INGRESS);
-    return to_chain(skb, 0);
+    return enter_pod(skb, ep, src_id, TRACE_FROM_OVERLAY);
 }
 
 /* tc egress of the tunnel device. A pod's packet was given its tunnel key by the delivery

@@ -6,8 +6,6 @@
 
 #include <uapi/linux/icmp.h>
 
-/* bcc 0.26 declares bpf_redirect_neigh with three arguments; the kernel's takes four. */
-static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
 static __always_inline __u32 mix32(__u32 h) {
     h ^= h >> 16;

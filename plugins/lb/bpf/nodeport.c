@@ -1,7 +1,9 @@
 /* tc ingress of the node's devices: NodePort, externalIPs and LoadBalancer addresses for
  * clients outside the node. The packet's destination becomes a backend, its source the
  * device's address (loadBalancer.mode snat) unless externalTrafficPolicy is Local; the
- * backend's reply is translated back by lb.c and sent out of this device. */
+ * backend's reply is translated back by lb.c and sent out of this device. Anything else goes
+ * on (TC_ACT_UNSPEC) to the device's next program (connectivity's, a later priority), then
+ * the stack. */
 #include "pylium_lib.h"
 #include "lb_lib.h"
 
@@ -50,11 +52,11 @@ static __always_inline int forward(struct __sk_buff *skb, __be32 backend) {
 int lb_nodeport(struct __sk_buff *skb) {
     struct l4_tuple t;
     if (!parse_tuple(skb, &t))
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     __u32 ifindex = skb->ifindex;
     struct lb_device *dev = lb_devices.lookup(&ifindex);
     if (!dev)
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     __be32 node_addr = dev->address;
 
     /* the reply of a backend beyond the node (forward() routed the request to it) */
@@ -75,7 +77,7 @@ int lb_nodeport(struct __sk_buff *skb) {
             svc = svc_lookup(&k, 0, t.dport, t.proto, LB_SCOPE_INTERNAL);
     }
     if (!svc || !(svc->flags & SVC_F_EXTERNAL))
-        return TC_ACT_OK; /* not a service of ours: the node's own traffic */
+        return TC_ACT_UNSPEC; /* not a service of ours: the device's next program, or the stack */
     cb_reset(skb, 0, 0, ID_WORLD, 0);
 
     struct lb4_ct_key fk = {.saddr = t.saddr, .daddr = t.daddr, .sport = t.sport, .dport = t.dport,
