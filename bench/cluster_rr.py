@@ -93,11 +93,14 @@ def main() -> None:
     parser.add_argument("--mode", choices=sorted(TARGETS), default="tunnel")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra agent configuration, e.g. bpf.events.trace.enabled=false")
     args = parser.parse_args()
     probe = rrprobe()
     routing = ("--set", "routingMode=tunnel") if args.mode == "tunnel" else (
         "--set", "routingMode=native", "--set", "autoDirectNodeRoutes=true",
         "--set", "ipv4NativeRoutingCIDR=10.212.0.0/16")
+    routing += tuple(arg for kv in args.set for arg in ("--set", kv))
     lab = ClusterLab(Path(tempfile.mkdtemp(prefix="pylium-bench-")), 2, extra=routing)
     servers = []
     try:

@@ -235,6 +235,37 @@ def test_traces_are_aggregated_per_connection_at_medium(dp, events):
     assert seen == [["NEW"], [], [], [], [], [], ["ESTABLISHED"], []]
 
 
+def test_a_closed_connection_leaves_the_monitor_and_its_last_ack_is_not_a_new_one(dp, events):
+    """At medium the state of a TCP connection goes when it closes (the second FIN, or a RST):
+    under connection churn inserts then reuse freed entries instead of evicting from a full map."""
+    def a_to_b(sport: int, flags: int, data: bytes = b"") -> bytes:
+        return ether(HOST_A, MAC_A, 0x0800) + ipv4(POD_A, POD_B, tcp(sport, 80, flags) + data, proto=6)
+
+    def b_to_a(sport: int, flags: int, data: bytes = b"") -> bytes:
+        return ether(MAC_A, HOST_A, 0x0800) + ipv4(POD_B, POD_A, tcp(80, sport, flags) + data, proto=6)
+
+    def reported(attach: str, packet: bytes) -> list[str]:
+        run(dp, attach, packet)
+        return [monitor.TRACE_REASONS[r["trace_reason"]] for r in events() if r["type"] == monitor.MSG_TRACE]
+
+    syn, syn_ack, ack, psh_ack, fin_ack, rst = 0x02, 0x12, 0x10, 0x18, 0x11, 0x04
+    port = 41100
+    key = flow_key(a_to_b(port, syn))[0]
+    steps = [("from-container", a_to_b(port, syn)), ("to-container", b_to_a(port, syn_ack)),
+             ("from-container", a_to_b(port, psh_ack, b"GET")), ("to-container", b_to_a(port, psh_ack, b"OK")),
+             ("from-container", a_to_b(port, fin_ack)), ("to-container", b_to_a(port, fin_ack))]
+    seen = [reported(attach, packet) for attach, packet in steps]
+    assert seen == [["NEW"], ["REPLY"], [], [], ["ESTABLISHED"], ["REPLY"]], "each direction's FIN is reported"
+    assert dp.maps["trace_flows"].get(key) is None, "gone after the second FIN"
+    assert reported("from-container", a_to_b(port, ack)) == [], "the last ACK is no new connection"
+    assert dp.maps["trace_flows"].get(key) is None
+    # a segment with payload of a connection the monitor does not know (started before it) is one
+    assert reported("from-container", a_to_b(port, psh_ack, b"more")) == ["NEW"]
+    assert dp.maps["trace_flows"].get(key) is not None
+    assert reported("to-container", b_to_a(port, rst)) == ["REPLY"], "a RST is reported, then the state goes"
+    assert dp.maps["trace_flows"].get(key) is None
+
+
 def test_a_reply_is_recognised_from_the_opposite_direction(dp, events):
     outside = "192.0.2.50"
     request = ether(HOST_A, MAC_A, 0x0800) + ipv4(POD_A, outside, udp(5353, 53), proto=17)
