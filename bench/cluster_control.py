@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,7 +120,8 @@ def identities(count: int) -> bool:
 def cluster() -> bool:
     from test_cluster import FRONT_BACK  # the seed's frontend/backend policy
 
-    lab = ClusterLab(Path(tempfile.mkdtemp(prefix="pylium-bench-")), 3, lease_ttl="5s")
+    workdir = Path(tempfile.mkdtemp(prefix="pylium-bench-"))
+    lab = ClusterLab(workdir, 3, lease_ttl="5s")
     server = None
     try:
         lab.manifests.joinpath("app.yaml").write_text(FRONT_BACK)
@@ -165,6 +167,7 @@ def cluster() -> bool:
         if server is not None:
             server.kill()
         lab.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:

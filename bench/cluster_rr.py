@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,8 @@ def main() -> None:
         "--set", "routingMode=native", "--set", "autoDirectNodeRoutes=true",
         "--set", "ipv4NativeRoutingCIDR=10.212.0.0/16")
     routing += tuple(arg for kv in args.set for arg in ("--set", kv))
-    lab = ClusterLab(Path(tempfile.mkdtemp(prefix="pylium-bench-")), 2, extra=routing)
+    workdir = Path(tempfile.mkdtemp(prefix="pylium-bench-"))
+    lab = ClusterLab(workdir, 2, extra=routing)
     servers = []
     try:
         for node in lab.nodes:
@@ -126,6 +128,7 @@ def main() -> None:
         for s in servers:
             s.kill()
         lab.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     target = TARGETS[args.mode]
     print(f"{args.mode}: pinned to CPU 0, {args.rounds} alternating rounds of {args.seconds:g}s, medians")
     ok = True
