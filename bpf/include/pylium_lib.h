@@ -241,18 +241,15 @@ static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u
     __u64 *last = &s->last_report[d & 1];
     __u8 *seen = &s->flags_seen[d & 1];
     __u8 fresh_flags = flags & ~*seen;
-    /* the first packet of a direction, and below medium every packet, is reported */
     __u8 closing = tcp_aggregated && ((tcp_flags & 0x04) ||                   /* RST */
                                       ((tcp_flags & 0x01) && (s->flags_seen[!(d & 1)] & 0x01))); /* 2nd FIN */
-    if (*last && MONITOR_AGGREGATION >= AGGREGATE_MEDIUM && !fresh_flags && now - *last < MONITOR_INTERVAL_NS) {
-        if (closing)
-            trace_flows.delete(&k);
-        return;
+    /* the first packet of a direction, and below medium every packet, is reported */
+    if (!*last || MONITOR_AGGREGATION < AGGREGATE_MEDIUM || fresh_flags || now - *last >= MONITOR_INTERVAL_NS) {
+        *seen |= fresh_flags;
+        *last = now;
+        emit(skb, MSG_TRACE, obs, dir, is_reply ? TRACE_REASON_REPLY : TRACE_REASON_ESTABLISHED,
+             EVENT_F_REPLY_KNOWN | (is_reply ? EVENT_F_REPLY : 0), ifindex, file, line);
     }
-    *seen |= fresh_flags;
-    *last = now;
-    emit(skb, MSG_TRACE, obs, dir, is_reply ? TRACE_REASON_REPLY : TRACE_REASON_ESTABLISHED,
-         EVENT_F_REPLY_KNOWN | (is_reply ? EVENT_F_REPLY : 0), ifindex, file, line);
     if (closing)
         trace_flows.delete(&k);
 #endif
