@@ -95,6 +95,38 @@ def test_in_process_and_outside_subscribers_get_the_same_events(probe_agent, age
     assert [x[0] for x in outside_ticks] == list(range(outside_ticks[0][0], outside_ticks[0][0] + 500))
 
 
+def test_a_topic_nobody_subscribes_is_not_sent_until_someone_does(probe_agent, agent_dirs):
+    def proxied() -> float:
+        return _sample(_metrics(probe_agent), "pylium_bus_proxy_messages_total", side="frontend", direction="in")
+
+    def publish_quiet(n: int) -> list:
+        return agent_dirs.client.call("POST", "/v1/busprobe/publish", {"quiet": n})["seqs"]
+
+    before = proxied()
+    assert None not in publish_quiet(3000)
+    assert proxied() - before < 300  # health and other traffic only: the ticks stayed in the plugin
+    sub = _sub(agent_dirs.run_dir, "quiet.")
+    got = []
+    deadline = time.monotonic() + 10
+    while not got:  # until the subscription has travelled through the proxy
+        assert time.monotonic() < deadline, "the subscriber never received quiet.tick"
+        publish_quiet(1)
+        got = _recv(sub, lambda g: len(g) >= 1) if sub.poll(200) else []
+    seqs = publish_quiet(500)
+    ticks = _recv(sub, lambda g: len(g) >= 500)
+    assert [h["seq"] for _, h, _ in ticks] == seqs and [p["n"] for _, _, p in ticks] == list(range(500))
+    sub.close()
+    deadline = time.monotonic() + 10
+    while True:  # the last unsubscription reaches the publisher: sending stops again
+        publish_quiet(1)
+        time.sleep(0.1)
+        before = proxied()
+        publish_quiet(3000)
+        if proxied() - before < 300:
+            break
+        assert time.monotonic() < deadline, "quiet.tick still sent after its only subscriber left"
+
+
 def test_late_joiner_gets_replay_then_synced_then_live(probe_agent, agent_dirs):
     agent_dirs.client.call("POST", "/v1/busprobe/publish", {"items": 300})
     agent_dirs.client.call("POST", "/v1/busprobe/publish", {"items": 10, "value": 99})  # newer revisions

@@ -28,8 +28,12 @@ from pylium.core.bus.broker import NoService, RpcError, RpcTimeout  # noqa: F401
 
 Handler = Callable[[Any], Awaitable[Any]]
 YIELD_EVERY = 64  # messages handled between forced turns of the event loop
-_NOBLOCK_MORE = zmq.NOBLOCK | zmq.SNDMORE
+NOTICE_CHECK_NS = 1_000_000  # publishers look for unread subscription notices at most this often
+NOTICE_WAIT_SECONDS = 0.1  # and their notice reader looks again after this long
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _raw_get = zmq.backend.Socket.get  # skips pyzmq's enum wrapping: this runs on every publish
+_raw_send = zmq.backend.Socket.send  # and its checks for DRAFT options
+_SNDMORE = int(zmq.SNDMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 Spawn = Callable[[str, Callable[..., Awaitable[Any]]], None]
 
@@ -101,6 +105,11 @@ class Publisher:
         self._state: dict[str, dict[str, tuple[str, bytes, int]]] = {}  # family -> key -> (topic, payload, rev)
         self._owned: set[str] = set()
         self._last_rev = 0
+        # Prefixes some subscriber holds (the proxy reports each one's last unsubscription), and
+        # per topic whether any matches: what nobody receives is neither encoded nor sent.
+        self._subscribed: set[str] = set()
+        self._wanted: dict[str, bool] = {}
+        self._notices_checked = 0
         self.connected = anyio.Event()  # set once the proxy's first subscription arrived
         self._published = metrics.bus_published.labels(source)
         self._dropped = metrics.bus_dropped.labels(source, "publisher_queue_full")
@@ -113,14 +122,18 @@ class Publisher:
             raise ValueError(f"unknown state families: {sorted(unknown)}")
         self._owned.update(families)
 
-    def publish(self, event: ev.Event, revision: int | None = None) -> int | None:
+    def publish(self, event: ev.Event, revision: int | None = None, *, encoded: bytes | None = None) -> int | None:
         """Send now, never blocking. Returns the sequence number, or None when the queue to
-        the proxy is full (the message is dropped and counted)."""
+        the proxy is full (the message is dropped and counted). `encoded`: the event's payload
+        if the caller already has it (it must equal what the event encodes to)."""
         topic = getattr(type(event), "topic", None)
         et = self.registry.types.get(topic) if topic else None
         if et is None or not isinstance(event, et.model):
             raise TypeError(f"{type(event).__name__} is not a registered event type")
-        payload = ev.encode(event)
+        wanted = self.wants(topic)
+        payload = encoded
+        if payload is None and (wanted or et.kind == "state"):
+            payload = ev.encode(event)
         key = rev = None
         if et.kind == "state":
             key = str(getattr(event, et.key))
@@ -133,22 +146,43 @@ class Publisher:
                 family[key] = (topic, payload, rev)
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
+        if not wanted:
+            self._published.inc()
+            return seq
         header = ev.encode(ev.Header(v=ev.SCHEMA_VERSION, type=topic, source=self.source, node=self.node, seq=seq,
                                      time=time.time_ns(), key=key, rev=rev))
-        send = self._send_now.send
+        sock = self._send_now
         try:  # the high-water mark is checked on a message's first frame only
-            send(topic.encode(), _NOBLOCK_MORE)
+            _raw_send(sock, topic.encode(), _NOBLOCK_MORE)
         except zmq.Again:
             self._dropped.inc()
             return None
-        send(header, zmq.SNDMORE)
-        send(payload)
-        # A send can swallow the socket's edge-triggered "readable" signal that the replay
-        # reader waits on: if a notice is pending, let pyzmq wake it (as its own sends do).
-        if _raw_get(self._send_now, _EVENTS) & _POLLIN:
-            self._sock._schedule_remaining_events()
+        _raw_send(sock, header, _SNDMORE)
+        _raw_send(sock, payload)
+        self._notices_pending()
         self._published.inc()
         return seq
+
+    def wants(self, topic: str) -> bool:
+        """Would an event of this topic reach any subscriber now?"""
+        wanted = self._wanted.get(topic)
+        if wanted is None:
+            wanted = self._wanted[topic] = any(topic.startswith(p) for p in self._subscribed)
+        # Subscription notices not read yet may name this topic: yes, as libzmq would send it.
+        return wanted or self._notices_pending()
+
+    def _notices_pending(self) -> bool:
+        """Are subscription notices waiting to be read? A send can swallow the socket's
+        edge-triggered "readable" signal that the notice reader waits on, so a pending one is
+        handed to pyzmq to wake it. Asked at most once a millisecond: it takes libzmq's locks."""
+        now = time.monotonic_ns()
+        if now - self._notices_checked < NOTICE_CHECK_NS:
+            return False
+        self._notices_checked = now
+        if _raw_get(self._send_now, _EVENTS) & _POLLIN:
+            self._sock._schedule_remaining_events()
+            return True
+        return False
 
     def _next_rev(self, revision: int | None) -> int:
         # Automatic revisions follow the clock, so they keep growing across agent restarts.
@@ -158,10 +192,20 @@ class Publisher:
 
     async def _serve_replays(self) -> None:
         while True:
-            note = await self._sock.recv()
+            note = None
+            with anyio.move_on_after(NOTICE_WAIT_SECONDS):  # a signal swallowed by a send: look again
+                note = await self._sock.recv()
+            if note is None:
+                continue
             self.connected.set()
+            prefix = note[1:].decode(errors="replace")
+            if note[:1] == b"\x01":
+                self._subscribed.add(prefix)
+            else:
+                self._subscribed.discard(prefix)
+            self._wanted.clear()
             if note[:1] == b"\x01" and note[1:2] != b"\x00":  # \x00...: the bus's anchor, not a subscriber
-                await self._replay(note[1:].decode(errors="replace"))
+                await self._replay(prefix)
 
     async def _replay(self, prefix: str) -> None:
         for family in sorted(self._owned):
@@ -397,10 +441,16 @@ class BusClient:
         with anyio.fail_after(timeout):
             await self.publisher.connected.wait()
 
-    def publish(self, event: ev.Event, revision: int | None = None) -> int | None:
+    def publish(self, event: ev.Event, revision: int | None = None, *, encoded: bytes | None = None) -> int | None:
         """Publish an event of a registered type (validated); state events update this
-        plugin's replay cache. Never blocks; returns the sequence number or None if dropped."""
-        return self.publisher.publish(event, revision)
+        plugin's replay cache. Never blocks; returns the sequence number or None if dropped.
+        Nothing is sent while no subscriber's prefix matches the topic."""
+        return self.publisher.publish(event, revision, encoded=encoded)
+
+    def wants(self, topic: str) -> bool:
+        """Whether some subscriber would receive an event of `topic` now: what nobody receives
+        need not be built (publish() already skips sending it)."""
+        return self.publisher.wants(topic)
 
     def owns(self, *families: str) -> None:
         """Replay (and mark synced) these state families for new subscribers, even when empty."""

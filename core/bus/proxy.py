@@ -122,7 +122,9 @@ class BusCore:
         front.bind(PROXY_IN)
         front.bind(GATE_OUT)
         back = context.socket(zmq.XPUB)
-        back.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription reaches the publishers: replays
+        # Every subscription reaches the publishers (replays), and every unsubscription too, so
+        # the count in front (XSUB) falls to zero, and publishers hear of it, when the last goes.
+        back.setsockopt(zmq.XPUB_VERBOSER, 1)
         back.setsockopt(zmq.SNDHWM, s.subscriberQueue)
         back.setsockopt(zmq.LINGER, 0)
         back.bind(PROXY_OUT)

@@ -13,11 +13,17 @@ import time
 import uuid
 from typing import Callable
 
-from pylium.core.api_for_plugins import EVENT_HEADER, consts as m, drop_reason
+import msgspec
+
+from pylium.core.api_for_plugins import EVENT_HEADER, consts as m, drop_reason, events
 from pylium.plugins.observability.flow import (ICMP, IP, TCP, UDP, CiliumEventType, Endpoint, Ethernet, File, Flow,
                                                Interface, Layer4, Policy, TCPFlags)
 
 HEADER_SIZE = EVENT_HEADER.size
+_TS = struct.Struct("=Q")  # struct pylium_event: the time first, the captured length at 40
+_CAP_LEN = struct.Struct("=H")
+_IP = HEADER_SIZE + 14  # a captured IPv4 header
+_SYN_FIN_RST = 0x07
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _PORTS = struct.Struct("!HH")
@@ -57,6 +63,28 @@ class Clock:
         return f"{self._prefix}.{nanos:09d}Z"
 
 
+class Shape:
+    """Records of one connection direction at one observation point decode to flows that differ
+    only in time and uuid: the first flow stands for the others, with what consumers derive
+    from it once (`counts`: the plugin's metric and service-map keys; the JSON after time and uuid)."""
+
+    __slots__ = ("flow", "counts", "_tail")
+
+    def __init__(self, flow: Flow):
+        self.flow, self.counts, self._tail = flow, None, None
+
+    def payload(self, flow: Flow) -> bytes:
+        """The bus encoding of `flow`, one of this shape's: the first's bytes after its time and uuid."""
+        if self._tail is None:
+            whole, head = events.encode(self.flow), self._head(self.flow)
+            self._tail = whole[len(head):] if whole.startswith(head) else b""
+        return self._head(flow) + self._tail if self._tail else events.encode(flow)
+
+    @staticmethod
+    def _head(flow: Flow) -> bytes:
+        return f'{{"time":"{flow.time}","uuid":"{flow.uuid}"'.encode()
+
+
 class Decoder:
     """Turns raw records into Flows. `endpoint_by_id` / `endpoint_by_ip` are kept current by
     the plugin from endpoint events; `identity_of(ip)` answers for other addresses."""
@@ -86,25 +114,85 @@ class Decoder:
         self._ips: dict[bytes, IP] = {}
         self._l4s: dict[bytes, tuple] = {}
         self._udps: dict[bytes, tuple] = {}
+        self._shapes: dict[bytes, Shape] = {}
+        self._bases: dict[bytes, Flow] = {}  # header bytes -> what they decode to
+
+    def invalidate(self) -> None:
+        """Endpoints, identities, rule names or interfaces changed: flows are decoded afresh."""
+        self._shapes.clear()
+        self._bases.clear()
 
     @staticmethod
     def _flags_of(bits: int) -> tuple[TCPFlags, str]:
         flags = TCPFlags(**{n: True for i, n in enumerate(_TCP_FLAG_NAMES) if bits >> i & 1})
         return flags, f"TCP Flags: {tcp_flags(flags)}"
 
+    def decode_record(self, raw: bytes) -> tuple[Flow, Shape | None]:
+        """A record's flow and, for IPv4 TCP/UDP/ICMP that is no drop, its shape: a record of a
+        known shape costs a key and a copy with the new time and uuid, not a full decode."""
+        key = self._shape_key(raw)
+        if key is None:
+            return self.decode(raw), None
+        shape = self._shapes.get(key)
+        if shape is None:
+            flow = self.decode(raw)
+            self._store(self._shapes, key, Shape(flow))
+            return flow, self._shapes[key]
+        self._count += 1
+        return msgspec.structs.replace(shape.flow, time=self.clock.rfc3339(_TS.unpack_from(raw)[0]),
+                                       uuid=f"{self._uuid_prefix}{self._count:012x}"), shape
+
+    @staticmethod
+    def _shape_key(raw: bytes) -> bytes | None:
+        """Every byte decode() reads, except the time: the header's fields (without the hash and
+        lengths), the Ethernet header, the IPv4 addresses, protocol, TTL and fragment bits, the
+        ports and TCP flags (ICMP: type and code). None for what has no shape: drops (whether a
+        drop is a reply is looked up per packet) and TCP packets that open or close a
+        connection (at the default aggregation most TCP records are such, each one of a kind)."""
+        if raw[8] == m.MSG_DROP or raw[HEADER_SIZE + 12:_IP] != b"\x08\x00":
+            return None
+        end = HEADER_SIZE + _CAP_LEN.unpack_from(raw, 40)[0]
+        if end < _IP + 20 or raw[_IP + 6] & 0x1F or raw[_IP + 7]:
+            return None  # short, or a later fragment
+        l4, proto = _IP + (raw[_IP] & 0xF) * 4, raw[_IP + 9]
+        if proto == 6 and end >= l4 + 14:
+            if raw[l4 + 13] & _SYN_FIN_RST:
+                return None  # a connection's first or last packets: no others like them
+            ports = raw[l4:l4 + 4] + raw[l4 + 13:l4 + 14]
+        elif proto == 17 and end >= l4 + 4:
+            ports = raw[l4:l4 + 4]
+        elif proto == 1 and end >= l4 + 2:
+            ports = raw[l4:l4 + 2]
+        else:
+            return None
+        return raw[8:24] + raw[28:36] + raw[42:52] + raw[HEADER_SIZE:_IP + 1] + raw[_IP + 6:_IP + 10] + \
+            raw[_IP + 12:_IP + 20] + ports
+
     def decode(self, raw: bytes) -> Flow:
-        (ts, mtype, subtype, direction, reason, src_ep, dst_ep, flags, line, ifindex, _hash, src_id, dst_id,
-         _orig_len, cap_len, file_id, rule0, rule1) = EVENT_HEADER.unpack_from(raw)
+        (ts, mtype, subtype, _direction, _reason, src_ep, dst_ep, _flags, _line, _ifindex, _hash, src_id, dst_id,
+         _orig_len, cap_len, _file, _rule0, _rule1) = EVENT_HEADER.unpack_from(raw)
         self._count += 1
         packet = raw[HEADER_SIZE:HEADER_SIZE + cap_len]
         ethernet, ip, l4, summary = self._headers(packet)
         src_ip, dst_ip = (ip.source, ip.destination) if ip is not None else ("", "")
+        base = self._bases.get(raw[8:12] + raw[16:24] + raw[42:52])
+        if base is None:
+            base = self._base(raw)
+        more = {"is_reply": self.reply_of(packet)} if mtype == m.MSG_DROP and ip is not None else {}
+        return msgspec.structs.replace(
+            base, time=self.clock.rfc3339(ts), uuid=f"{self._uuid_prefix}{self._count:012x}",
+            ethernet=ethernet, IP=ip, l4=l4, source=self._endpoint(src_ep, src_ip, src_id),
+            destination=self._endpoint(dst_ep, dst_ip, dst_id), Summary=summary, **more)
+
+    def _base(self, raw: bytes) -> Flow:
+        """What a record's header alone says (all but time, packet and endpoints): the same for
+        every record of one kind from one place, so built once per kind."""
+        (_ts, mtype, subtype, direction, reason, _src_ep, _dst_ep, flags, line, ifindex, _hash, _src_id, _dst_id,
+         _orig_len, _cap_len, file_id, rule0, rule1) = EVENT_HEADER.unpack_from(raw)
         is_reply = bool(flags & m.EVENT_F_REPLY) if flags & m.EVENT_F_REPLY_KNOWN else None
         if mtype == m.MSG_DROP:
             desc = drop_reason(subtype)[0]
             point, trace_reason = "UNKNOWN_POINT", "TRACE_REASON_UNKNOWN"
-            if ip is not None:
-                is_reply = self.reply_of(packet)
         elif mtype == m.MSG_POLICY_VERDICT:
             desc, point, trace_reason = "DROP_REASON_UNKNOWN", "UNKNOWN_POINT", "TRACE_REASON_UNKNOWN"
         else:
@@ -120,17 +208,14 @@ class Decoder:
             allowed = mtype == m.MSG_POLICY_VERDICT and verdict != "AUDIT"
             side = "ingress" if direction == m.METRIC_INGRESS else "egress"
             decided = {f"{side}_{'allowed' if allowed else 'denied'}_by": rules}
-        return Flow(
-            time=self.clock.rfc3339(ts), uuid=f"{self._uuid_prefix}{self._count:012x}",
-            verdict=verdict, drop_reason=subtype if mtype == m.MSG_DROP else 0,
+        base = Flow(
+            time="", uuid="", verdict=verdict, drop_reason=subtype if mtype == m.MSG_DROP else 0,
             policy_match_type=subtype if mtype == m.MSG_POLICY_VERDICT else 0, **decided,
-            ethernet=ethernet, IP=ip, l4=l4, source=self._endpoint(src_ep, src_ip, src_id),
-            destination=self._endpoint(dst_ep, dst_ip, dst_id), Type="L3_L4", node_name=self.node_name,
-            event_type=self._event_type(mtype, subtype),
+            Type="L3_L4", node_name=self.node_name, event_type=self._event_type(mtype, subtype),
             traffic_direction=DIRECTIONS.get(direction, "TRAFFIC_DIRECTION_UNKNOWN"),
             trace_observation_point=point, trace_reason=trace_reason, drop_reason_desc=desc,
-            is_reply=is_reply,
-            interface=self._interface(ifindex), file=self._file(file_id, line), Summary=summary)
+            is_reply=is_reply, interface=self._interface(ifindex), file=self._file(file_id, line))
+        return self._store(self._bases, raw[8:12] + raw[16:24] + raw[42:52], base)
 
     def _headers(self, pkt: bytes) -> tuple[Ethernet | None, IP | None, Layer4 | None, str]:
         """Ethernet, IP and L4 of a captured packet. The objects repeat with the packets of a
@@ -245,3 +330,4 @@ class Decoder:
     def forget_interface(self, ifindex: int) -> None:
         self._interfaces.pop(ifindex, None)
         self.ifnames.pop(ifindex, None)
+        self.invalidate()

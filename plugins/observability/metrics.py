@@ -49,21 +49,27 @@ class HubbleMetrics:
         self._endpoints: set[str] = set()
 
     def count(self, flow: Flow) -> None:
-        et = flow.event_type
-        if self.flow_enabled:
-            subtype = OBSERVATION_POINTS.get(et.sub_type, ("",))[0] if et.type == MessageType.TRACE else ""
-            self.processed[(_TYPE_NAMES.get(et.type, "Unknown"), subtype, flow.verdict)] += 1
-        is_verdict = et.type == MessageType.POLICY_VERDICT
-        if self.policy_enabled and (is_verdict or flow.drop_reason in POLICY_DROPS):
-            action = {"FORWARDED": "forwarded", "AUDIT": "audit", "REDIRECTED": "redirected"}.get(flow.verdict,
-                                                                                                   "dropped")
-            match = POLICY_MATCH_TYPES.get(flow.policy_match_type, "none") if is_verdict else "none"
-            self.verdicts[(flow.traffic_direction.lower(), match, action)] += 1
+        for counter, key in self.keys(flow):
+            counter[key] += 1
         if flow.verdict == "DROPPED":
             if self.drop_enabled:
                 self.drops[(flow.drop_reason_desc, protocol_name(flow))] += 1
             if self.endpoint_drops:
                 self._count_endpoint_drop(flow)
+
+    def keys(self, flow: Flow) -> list[tuple[collections.Counter, tuple]]:
+        """The flow and policy counters a flow adds one to (drops count more: see count())."""
+        et, keys = flow.event_type, []
+        if self.flow_enabled:
+            subtype = OBSERVATION_POINTS.get(et.sub_type, ("",))[0] if et.type == MessageType.TRACE else ""
+            keys.append((self.processed, (_TYPE_NAMES.get(et.type, "Unknown"), subtype, flow.verdict)))
+        is_verdict = et.type == MessageType.POLICY_VERDICT
+        if self.policy_enabled and (is_verdict or flow.drop_reason in POLICY_DROPS):
+            action = {"FORWARDED": "forwarded", "AUDIT": "audit", "REDIRECTED": "redirected"}.get(flow.verdict,
+                                                                                                   "dropped")
+            match = POLICY_MATCH_TYPES.get(flow.policy_match_type, "none") if is_verdict else "none"
+            keys.append((self.verdicts, (flow.traffic_direction.lower(), match, action)))
+        return keys
 
     def _count_endpoint_drop(self, flow: Flow) -> None:
         # the endpoint whose traffic was dropped: the sender for egress, the receiver for ingress

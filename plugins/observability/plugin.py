@@ -26,7 +26,7 @@ from pylium.core.api_for_plugins import (ApiError, EVENT_HEADER, FlowKey, Health
                                          RingReader, consts, drop_reason, hookimpl)
 from pylium.plugins.observability import render
 from pylium.plugins.observability.config import ObservabilityConfig
-from pylium.plugins.observability.decode import Decoder
+from pylium.plugins.observability.decode import Decoder, Shape
 from pylium.plugins.observability.filters import FilterError, FlowFilter, compile_lists
 from pylium.plugins.observability.flow import Policy as FlowPolicy, Endpoint, Flow, FlowRecord, LostEvents
 from pylium.plugins.observability.metrics import HubbleMetrics, endpoint_name
@@ -116,7 +116,7 @@ class ObservabilityPlugin:
             dp = ctx.datapath
             self.observer = Observer(hubble.eventBufferCapacity, self._count_loss)
             self.service_map = ServiceMap(hubble.serviceMapMaxEdges)
-            self.remote = RemoteEndpoints(ctx.store, ctx.config.cluster.name, ctx.log)
+            self.remote = RemoteEndpoints(ctx.store, ctx.config.cluster.name, ctx.log, self._remote_changed)
             ctx.start_task("remote-endpoints", self.remote.run)
             self.decoder = Decoder(ctx.node_name, self.identity_of, dp.source_files, self.reply_of,
                                    self.remote.endpoint, lambda identity: self.remote.labels.get(identity, ()))
@@ -157,30 +157,46 @@ class ObservabilityPlugin:
         while True:
             await anyio.sleep(DRAIN_SECONDS)
             self._readable()
+            now = time.monotonic()
+            if now - self._identities_at > IDENTITY_CACHE_SECONDS:  # the ipcache may have changed
+                self._identities.clear()
+                self._identities_at = now
+                self.decoder.invalidate()  # flows of known shapes carry identities read earlier
 
     def _process(self) -> None:
         self._scheduled = False
         if self.reader is None:
             return
-        pending, decode, emit = self.pending, self.decoder.decode, self._emit
+        pending, decode, emit = self.pending, self.decoder.decode_record, self._emit
         for _ in range(min(BATCH, len(pending))):
             raw = pending.popleft()
             try:
-                flow = decode(raw)
+                flow, shape = decode(raw)
             except Exception as e:  # a record we cannot read is a lost event, never a crash
                 self.ctx.log.warning("undecodable datapath event", error=repr(e), size=len(raw))
                 self._count_loss("OBSERVER_EVENTS_QUEUE", 1)
                 continue
-            emit(flow, raw)
+            emit(flow, raw, shape)
         if pending and self.reader is not None:
             self._scheduled = True
             self._loop.call_soon(self._process)
 
-    def _emit(self, flow: Flow, raw: bytes) -> None:
+    def _emit(self, flow: Flow, raw: bytes, shape: Shape | None) -> None:
         self.observer.add(flow)
-        self.metrics.count(flow)
-        self.service_map.add(flow)
-        self.ctx.bus.publish(flow)
+        bus = self.ctx.bus
+        if shape is None:
+            self.metrics.count(flow)
+            self.service_map.add(flow)
+            bus.publish(flow)
+        else:  # what flows of this shape count is worked out once
+            if shape.counts is None:
+                shape.counts = (self.metrics.keys(flow), self.service_map.edge_of(flow))
+            keys, edge = shape.counts
+            for counter, key in keys:
+                counter[key] += 1
+            if edge is not None:
+                self.service_map.count(*edge)
+            bus.publish(flow, encoded=shape.payload(flow) if bus.wants("flow") else None)
         for follower in self.observer.monitor_followers:
             follower.offer((flow, raw))
 
@@ -231,6 +247,7 @@ class ObservabilityPlugin:
                     rules[int(number)] = FlowPolicy(name=policy or kind, namespace=namespace,
                                                     kind=kind if policy else "", revision=e.event.revision)
                 self.decoder.rules = rules
+                self.decoder.invalidate()
 
     async def _follow_endpoints(self) -> None:
         """Endpoint events keep the decoder's view of local endpoints current."""
@@ -254,14 +271,15 @@ class ObservabilityPlugin:
                     self.decoder.endpoint_by_ip[a.ip] = ep
                 if ev.host_ifindex:
                     self.decoder.ifnames[ev.host_ifindex] = ev.host_ifname
+                self.decoder.invalidate()
+
+    def _remote_changed(self) -> None:
+        if self.decoder is not None:
+            self.decoder.invalidate()
 
     def identity_of(self, ip: str) -> int:
         """Identity of an address that is no local endpoint: the ipcache's (longest prefix;
         it holds the node's own addresses as reserved:host), else reserved:world."""
-        now = time.monotonic()
-        if now - self._identities_at > IDENTITY_CACHE_SECONDS:
-            self._identities.clear()
-            self._identities_at = now
         identity = self._identities.get(ip)
         if identity is None:
             identity = ReservedIdentity.WORLD

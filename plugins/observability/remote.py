@@ -3,7 +3,7 @@ remote pod (namespace, name) and shows an identity's labels like a local one's."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 
@@ -12,8 +12,8 @@ from pylium.plugins.observability.flow import Endpoint
 
 
 class RemoteEndpoints:
-    def __init__(self, store: Any, cluster: str, log: Any):
-        self.cluster = cluster
+    def __init__(self, store: Any, cluster: str, log: Any, changed: Callable[[], None] = lambda: None):
+        self.cluster, self.changed = cluster, changed  # changed(): after every update
         self.labels: dict[int, tuple[str, ...]] = {}  # identity -> "source:key=value" labels
         self._pods: dict[str, dict] = {}  # address -> the cluster store's record (IP, ID, K8sNamespace, ...)
         self._cache: dict[str, Endpoint] = {}
@@ -35,6 +35,7 @@ class RemoteEndpoints:
         else:
             self.labels.pop(number, None)
         self._cache.clear()
+        self.changed()
 
     def _address(self, key: str, old: Any, new: Any) -> None:
         ip = key.removeprefix(store_keys.IPS)
@@ -43,6 +44,7 @@ class RemoteEndpoints:
         else:
             self._pods.pop(ip, None)
         self._cache.pop(ip, None)
+        self.changed()
 
     def endpoint(self, ip: str) -> Endpoint | None:
         """A pod of another node at `ip`, or None."""

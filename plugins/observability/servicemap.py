@@ -55,23 +55,31 @@ class ServiceMap:
         return name
 
     def add(self, flow: Flow) -> None:
+        edge = self.edge_of(flow)
+        if edge is not None:
+            self.count(*edge)
+
+    def edge_of(self, flow: Flow) -> tuple[tuple, str] | None:
+        """The edge (source, destination, port, protocol) a flow counts on, and its verdict."""
         point = flow.trace_observation_point
         if point.startswith("FROM_"):
-            return  # the same packet is counted where it is handed on (to-endpoint, to-stack)
+            return None  # the same packet is counted where it is handed on (to-endpoint, to-stack)
         src, dst = self._name(flow.source), self._name(flow.destination)
         l4 = (flow.l4.TCP or flow.l4.UDP) if flow.l4 is not None else None
         port = (l4.source_port if flow.is_reply else l4.destination_port) if l4 is not None else 0
         if flow.is_reply:
             src, dst = dst, src
-        key = (src, dst, port, protocol_name(flow))
+        return (src, dst, port, protocol_name(flow)), flow.verdict
+
+    def count(self, key: tuple, verdict: str) -> None:
         edge = self.edges.get(key)
         if edge is None:
             if len(self.edges) >= self.max_edges:
                 self.overflow += 1
                 return
-            edge = self.edges[key] = Edge(src, dst, port, key[3], 0, {})
+            edge = self.edges[key] = Edge(*key, 0, {})
         edge.flows += 1
-        edge.verdicts[flow.verdict] = edge.verdicts.get(flow.verdict, 0) + 1
+        edge.verdicts[verdict] = edge.verdicts.get(verdict, 0) + 1
 
     def snapshot(self) -> dict:
         edges = sorted(self.edges.values(), key=lambda e: (e.source, e.destination, e.port, e.protocol))

@@ -15,6 +15,12 @@ class ProbeTick(Event, frozen=True):
     text: str = ""
 
 
+class QuietTick(Event, frozen=True):
+    """A stream event outside the plugin's own subscription ("probe.")."""
+
+    n: int
+
+
 class ProbeItem(Event, frozen=True):
     """A test state object."""
 
@@ -31,6 +37,7 @@ class BusProbe:
     def pylium_declare(self, declare):
         declare.event_type("probe.tick", ProbeTick)
         declare.event_type("probe.item", ProbeItem, state_family="probe.item", key="name")
+        declare.event_type("quiet.tick", QuietTick)
         declare.api_route("POST", "/v1/busprobe/publish", self.publish)
         declare.api_route("GET", "/v1/busprobe/received", self.get_received)
         declare.api_route("POST", "/v1/busprobe/request", self.request)
@@ -63,6 +70,8 @@ class BusProbe:
         seqs = []
         for i in range(body.get("ticks", 0)):
             seqs.append(self.ctx.bus.publish(ProbeTick(n=i, text=body.get("text", ""))))
+        for i in range(body.get("quiet", 0)):
+            seqs.append(self.ctx.bus.publish(QuietTick(n=i)))
         for i in range(body.get("items", 0)):
             self.ctx.bus.publish(ProbeItem(name=f"item-{i}", value=body.get("value", i)))
         return {"seqs": seqs}
