@@ -66,13 +66,15 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_pin:
         os.sched_setaffinity(0, {args.cpu})  # inherited by the echo server, the agent and the client
-    endpoint = f"ipc://{tempfile.mkdtemp()}/echo.sock"
-    ready = mp.Event()
-    server = mp.Process(target=raw_echo_server, args=(endpoint, ready), daemon=True)
-    server.start()
-    ready.wait()
-    raw = percentiles(round_trips(endpoint, args.requests, None))
-    server.terminate()
+    with tempfile.TemporaryDirectory(prefix="pylium-bench-") as where:
+        endpoint = f"ipc://{where}/echo.sock"
+        ready = mp.Event()
+        server = mp.Process(target=raw_echo_server, args=(endpoint, ready), daemon=True)
+        server.start()
+        ready.wait()
+        raw = percentiles(round_trips(endpoint, args.requests, None))
+        server.terminate()
+        server.join()
     with bench_agent() as (client, run_dir):
         ours = percentiles(round_trips(f"ipc://{run_dir}/rpc.sock", args.requests, b"bench.echo"))
     placement = "unpinned" if args.no_pin else f"all pinned to CPU {args.cpu}"

@@ -79,14 +79,15 @@ def run_subscriber(endpoint, decode, prefix):
 
 
 def raw_baseline(frames: list[bytes], seconds: float) -> dict:
-    endpoint = f"ipc://{tempfile.mkdtemp()}/raw.sock"
-    pub = mp.Process(target=raw_publisher, args=(endpoint, frames, seconds))
-    pub.start()
-    time.sleep(0.2)
-    sub, results = run_subscriber(endpoint, False, b"")
-    r = results.get()
-    pub.join()
-    sub.join()
+    with tempfile.TemporaryDirectory(prefix="pylium-bench-") as where:
+        endpoint = f"ipc://{where}/raw.sock"
+        pub = mp.Process(target=raw_publisher, args=(endpoint, frames, seconds))
+        pub.start()
+        time.sleep(0.2)
+        sub, results = run_subscriber(endpoint, False, b"")
+        r = results.get()
+        pub.join()
+        sub.join()
     return r
 
 

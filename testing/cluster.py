@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pylium.testing.etcd import Etcd
-from pylium.testing.lab import BIN, BPF_TEST_ROOT, AgentDirs, AgentProcess, Pod, launch_agent, sh
+from pylium.testing.lab import BIN, BPF_TEST_ROOT, AgentDirs, AgentProcess, Pod, launch_agent, remove_bpf_root, sh
 
 UNDERLAY = "10.251.0."  # node i: .(i + 1); the underlay's own address (and etcd): .254
 POD_CIDR = "10.212.0.0/16"
@@ -169,7 +168,7 @@ class ClusterLab:
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", ns, check=False)
-        shutil.rmtree(self.bpf_root, ignore_errors=True)
+        remove_bpf_root(self.bpf_root)
         deadline = time.monotonic() + 5
         while any(ns in sh("ip", "netns", "list").stdout for ns in self.namespaces) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -5,6 +5,7 @@ addresses inside these namespaces are used."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,13 @@ from pylium.core.cli.client import AgentUnreachable, Client
 BIN = Path(sys.executable).parent  # pylium-agent, pylium, pylium-cni of this environment
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BPF_TEST_ROOT = Path("/sys/fs/bpf/pylium-test")
+
+
+def remove_bpf_root(path: Path) -> None:
+    """A lab's pins, and their shared parent once no other lab uses it."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        BPF_TEST_ROOT.rmdir()
 POD_CIDR = "10.210.0.0/16"
 NODE_IP, OUTSIDE_IP = "10.250.0.1", "10.250.0.2"
 
@@ -232,7 +240,7 @@ class Lab:
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", ns, check=False)
-        shutil.rmtree(self.bpf_root, ignore_errors=True)
+        remove_bpf_root(self.bpf_root)
         deadline = time.monotonic() + 5  # namespace teardown is asynchronous in the kernel
         while any(ns in sh("ip", "netns", "list").stdout for ns in self.namespaces) and time.monotonic() < deadline:
             time.sleep(0.05)

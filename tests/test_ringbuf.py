@@ -11,7 +11,7 @@ from pylium.testing.lab import require_datapath, skip_or_fail
 
 # A socket filter that writes one record per run: its length is the packet's (after the
 # Ethernet header) mod 64, its first byte that length.
-SOURCE = r"""
+SOURCE = rb"""
 BPF_RINGBUF_OUTPUT(records, 1);
 int emit(struct __sk_buff *skb) {
     struct { u8 b[64]; } d = {};
@@ -32,7 +32,7 @@ def emitter():
 
     bpf = BPF(text=SOURCE)
     try:
-        yield bpf.load_func("emit", BPF.SOCKET_FILTER).fd, bpf["records"].map_fd
+        yield bpf.load_func(b"emit", BPF.SOCKET_FILTER).fd, bpf[b"records"].map_fd
     finally:
         bpf.cleanup()
 

@@ -136,8 +136,7 @@ class Decoder:
         shape = self._shapes.get(key)
         if shape is None:
             flow = self.decode(raw)
-            self._store(self._shapes, key, Shape(flow))
-            return flow, self._shapes[key]
+            return flow, self._store(self._shapes, key, Shape(flow))
         self._count += 1
         return msgspec.structs.replace(shape.flow, time=self.clock.rfc3339(_TS.unpack_from(raw)[0]),
                                        uuid=f"{self._uuid_prefix}{self._count:012x}"), shape
