@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn
 
+from pylium.plugins.policy import l7
+
 NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
 NAMESPACE_LABELS_PREFIX = "k8s:io.cilium.k8s.namespace.labels."
 POLICY_NAME_LABEL = "io.cilium.k8s.policy.name"
@@ -137,9 +139,12 @@ _NAMED_PORT = re.compile(r"[a-z][-a-z0-9]{0,14}")
 _NAMESPACE_KEY = NAMESPACE_LABEL.removeprefix("k8s:")
 _NAMESPACE_LABELS_KEY = NAMESPACE_LABELS_PREFIX.removeprefix("k8s:")
 _PEERS = ("Endpoints", "CIDR", "CIDRSet", "Entities")  # after "from" / "to"
-_L7_FIELDS = {"rules": "L7 rules (HTTP, DNS) are not supported yet", "listener": "listener is not supported",
-              "serverNames": "serverNames is not supported", "terminatingTLS": "terminatingTLS is not supported",
-              "originatingTLS": "originatingTLS is not supported"}
+_L7_FIELDS = {"listener": "listener is not supported", "serverNames": "serverNames is not supported",
+              "terminatingTLS": "terminatingTLS is not supported", "originatingTLS": "originatingTLS is not supported"}
+_L7_UNSUPPORTED = {"kafka": "kafka rules are not supported", "l7proto": "l7proto rules are not supported",
+                   "l7": "l7proto rules are not supported"}
+L7_NOT_YET = "L7 rules (HTTP, DNS) are not supported yet"
+FQDN_NOT_YET = "toFQDNs (DNS-based policy) is not supported yet"
 
 
 def parse_policy(doc: dict, origin: str = "") -> Policy:
@@ -275,7 +280,9 @@ def _cilium_peer(value: Any, path: str, side: str, deny: bool, namespace: str) -
     if fqdns and doc.get("toFQDNs") is not None:
         if present:
             _fail(_join(path, "toFQDNs"), f"toFQDNs cannot be combined with {present[0]} in one element")
-        _fail(_join(path, "toFQDNs"), "toFQDNs (DNS-based policy) is not supported yet")
+        for at, item in _elements(doc, "toFQDNs", path):
+            _dns_rule(item, at)
+        _fail(_join(path, "toFQDNs"), FQDN_NOT_YET)
     port_rules, icmp_rules = _elements(doc, "toPorts", path), _elements(doc, "icmps", path)
     if port_rules and icmp_rules:  # as in Cilium: the two cannot share an element
         _fail(_join(path, "icmps"), "icmps cannot be combined with toPorts: write them in separate elements")
@@ -303,13 +310,68 @@ def _cilium_ports(port_rules: list[tuple[str, Any]], deny: bool) -> tuple[PortRa
     ranges, any_port = [], False
     for at, item in port_rules:
         # deny rules have ports only: anything else there is an unknown field
-        doc = _fields(item, at, ("ports",), {} if deny else _L7_FIELDS)
+        doc = _fields(item, at, ("ports",) if deny else ("ports", "rules"), {} if deny else _L7_FIELDS)
         ports = _elements(doc, "ports", at)
         if len(ports) > MAX_PORTS:
             _fail(_join(at, "ports"), f"at most {MAX_PORTS} ports are allowed, got {len(ports)}")
         any_port = any_port or not ports
-        ranges += [_port_range(port, port_at, "ANY", PROTOCOLS) for port_at, port in ports]
+        port_ranges = [_port_range(port, port_at, "ANY", PROTOCOLS) for port_at, port in ports]
+        if doc.get("rules") is not None:
+            _l7_rules(doc["rules"], _join(at, "rules"), port_ranges)
+        ranges += port_ranges
     return () if any_port else tuple(ranges)
+
+
+def _l7_rules(value: Any, path: str, ports: list[PortRange]) -> None:
+    """Checked in full, so a policy learns every mistake; then refused: no proxy enforces them yet."""
+    doc = _fields(value, path, ("http", "dns"), _L7_UNSUPPORTED)
+    http, dns = _elements(doc, "http", path), _elements(doc, "dns", path)
+    if http and dns:
+        _fail(path, "http and dns rules cannot share a port rule: write them in separate toPorts elements")
+    if http:
+        other = next((p for p in ports if p.protocol not in ("TCP", "ANY")), None)
+        if other is not None:
+            _fail(_join(path, "http"), f"HTTP rules need TCP, but port {other.port or '(any)'} is {other.protocol}")
+    for at, item in http:
+        _http_rule(item, at)
+    for at, item in dns:
+        _dns_rule(item, at)
+    _fail(path, L7_NOT_YET)
+
+
+def _l7_value(make: Callable, path: str, *args) -> Any:
+    try:
+        return make(*args)
+    except ValueError as e:
+        _fail(path, str(e))
+
+
+def _http_rule(value: Any, path: str) -> l7.HttpRule:
+    doc = _fields(value, path, ("method", "path", "host", "headers", "headerMatches"))
+    regexes = {key: _l7_value(l7.full_match, _join(path, key), _expect(doc[key], str, "a string", _join(path, key)),
+                              key)
+               for key in ("method", "path", "host") if doc.get(key) is not None}
+    headers = tuple(_l7_value(l7.header, at, _expect(item, str, "a string", at))
+                    for at, item in _elements(doc, "headers", path))
+    matches = []
+    for at, item in _elements(doc, "headerMatches", path):
+        m = _fields(item, at, ("name", "value", "mismatch"), {"secret": "secret is not supported"})
+        matches.append(_l7_value(l7.header_match, at, _expect(_required(m, "name", at), str, "a string", at),
+                                 _expect(_opt(m, "value", ""), str, "a string", _join(at, "value")),
+                                 _expect(_opt(m, "mismatch", ""), str, "a string", _join(at, "mismatch"))))
+    return l7.HttpRule(**regexes, headers=headers, header_matches=tuple(matches))
+
+
+def _dns_rule(value: Any, path: str) -> l7.DnsRule:
+    doc = _fields(value, path, ("matchName", "matchPattern"))
+    name, pattern = doc.get("matchName"), doc.get("matchPattern")
+    if (name is None) == (pattern is None):
+        _fail(path, "needs exactly one of matchName and matchPattern")
+    if name is not None:
+        return _l7_value(l7.match_name, _join(path, "matchName"), _expect(name, str, "a string",
+                                                                         _join(path, "matchName")))
+    return _l7_value(l7.match_pattern, _join(path, "matchPattern"), _expect(pattern, str, "a string",
+                                                                           _join(path, "matchPattern")))
 
 
 def _icmps(value: Any, path: str) -> list[Icmp]:
