@@ -3,6 +3,8 @@ matchPattern), checked against the cases Cilium documents."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pylium.plugins.policy import l7
@@ -67,7 +69,7 @@ def test_dns_names_and_patterns(rule, query, allowed):
 @pytest.mark.parametrize(("make", "text", "message"), [
     (l7.match_name, "bad name", "not a DNS name"),
     (l7.match_name, "a" * 256, "at most 255"),
-    (l7.match_pattern, "a.**.com", '"**." only at the start'),
+    (l7.match_pattern, "a.**.com", '"**." is allowed only at the start'),
     (l7.match_pattern, "{a,b}.com", "only letters"),
     (l7.match_pattern, "a+.com", "only letters"),
     (lambda t: l7.full_match(t, "path"), "/a(", 'path "/a(" is not a valid regular expression'),
@@ -76,3 +78,31 @@ def test_dns_names_and_patterns(rule, query, allowed):
 def test_bad_rules_say_what_is_wrong(make, text, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("*", r"\*").replace("+", r"\+")):
         make(text)
+
+
+def test_more_dns_pattern_forms():
+    assert l7.match_pattern("a**b.com").allows("axyzb.com")  # a run of stars is one star
+    assert l7.match_pattern("**").allows("a.b.c") and l7.match_pattern("*.").allows("x")
+    assert not l7.match_pattern("*.example.com").allows("bad!name.example.com")
+    for bad in ("a..com", ".com"):
+        with pytest.raises(ValueError, match="only letters"):
+            l7.match_pattern(bad)
+
+
+def test_hostile_names_and_patterns_cost_no_time():
+    started = time.monotonic()
+    with pytest.raises(ValueError):
+        l7.match_name("a" * 60 + "!")
+    rule = l7.match_pattern("*a*a*a*a*a*a*a*a*a*a.com")
+    assert not rule.allows("a" * 60 + "b.com")
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_header_match_without_a_value_asks_for_presence():
+    rule = http(header_matches=[("X-Token", "", "")])
+    assert allows(rule, headers={"x-token": "abc"}) and not allows(rule)
+
+
+def test_a_pattern_of_stars_and_dots_keeps_its_labels():
+    rule = l7.match_pattern("*.*")
+    assert rule.allows("a.b") and not rule.allows("a") and not rule.allows("a.b.c")

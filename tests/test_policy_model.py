@@ -168,12 +168,18 @@ BAD_CILIUM = [
      "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret", "not supported"),
     ({"ingress": [{"toPorts": [{"rules": {"http": [{"headerMatches": [{"name": "x", "mismatch": "DROP"}]}]}}]}]},
      "spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0]", "LOG, ADD, DELETE, REPLACE"),
-    ({"ingress": [{"toPorts": [{"rules": {"http": [{}], "dns": [{"matchName": "a"}]}}]}]},
-     "spec.ingress[0].toPorts[0].rules", "cannot share a port rule"),
+    ({"egress": [{"toPorts": [{"ports": [{"port": 80}], "rules": {"http": [{}], "dns": [{"matchName": "a"}]}}]}]},
+     "spec.egress[0].toPorts[0].rules", "cannot share a port rule"),
+    ({"ingress": [{"toPorts": [{"ports": [{"port": 53}], "rules": {"dns": [{"matchName": "a"}]}}]}]},
+     "spec.ingress[0].toPorts[0].rules.dns", "DNS rules apply to egress only"),
+    ({"ingress": [{"toPorts": [{"rules": {"http": [{}]}}]}]}, "spec.ingress[0].toPorts[0].rules",
+     "L7 rules need ports"),
+    ({"ingress": [{"toPorts": [{"ports": [{"port": 80, "endPort": 90}], "rules": {"http": [{}]}}]}]},
+     "spec.ingress[0].toPorts[0].rules", "no endPort"),
     ({"ingress": [{"toPorts": [{"rules": {"kafka": [{}]}}]}]}, "spec.ingress[0].toPorts[0].rules.kafka",
      "kafka rules are not supported"),
     ({"egress": [{"toPorts": [{"ports": [{"port": 53}], "rules": {"dns": [{"matchPattern": "a.**.example.com"}]}}]}]},
-     "spec.egress[0].toPorts[0].rules.dns[0].matchPattern", '"**." only at the start'),
+     "spec.egress[0].toPorts[0].rules.dns[0].matchPattern", '"**." is allowed only at the start'),
     ({"egress": [{"toPorts": [{"rules": {"dns": [{"matchName": "a.com", "matchPattern": "*"}]}}]}]},
      "spec.egress[0].toPorts[0].rules.dns[0]", "exactly one of matchName and matchPattern"),
     ({"egress": [{"toPorts": [{"ports": [{"port": 53}], "rules": {"dns": [{"matchPattern": "*.example.com"}]}}]}]},
@@ -344,3 +350,10 @@ def test_garbage_inside_a_valid_policy_parses_or_raises_policy_error(data, garba
         parse_policy(doc)
     except PolicyError:
         pass
+
+
+def test_empty_l7_rules_leave_a_plain_port_rule():
+    spec = {"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": 80, "protocol": "TCP"}],
+                                                              "rules": {}}]}]}
+    rule = parse_policy(cnp(spec)).rules[0]
+    assert [(p.port, p.protocol) for p in rule.ingress[0].ports] == [(80, "TCP")]

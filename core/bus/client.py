@@ -110,6 +110,7 @@ class Publisher:
         self._subscribed: set[str] = set()
         self._wanted: dict[str, bool] = {}
         self._notices_checked = 0
+        self._unread_notices = False
         self.connected = anyio.Event()  # set once the proxy's first subscription arrived
         self._published = metrics.bus_published.labels(source)
         self._dropped = metrics.bus_dropped.labels(source, "publisher_queue_full")
@@ -169,7 +170,7 @@ class Publisher:
         if wanted is None:
             wanted = self._wanted[topic] = any(topic.startswith(p) for p in self._subscribed)
         # Subscription notices not read yet may name this topic: yes, as libzmq would send it.
-        return wanted or self._notices_pending()
+        return wanted or self._unread_notices or self._notices_pending()
 
     def _notices_pending(self) -> bool:
         """Are subscription notices waiting to be read? A send can swallow the socket's
@@ -180,6 +181,7 @@ class Publisher:
             return False
         self._notices_checked = now
         if _raw_get(self._send_now, _EVENTS) & _POLLIN:
+            self._unread_notices = True  # until the reader has them: every topic counts as wanted
             self._sock._schedule_remaining_events()
             return True
         return False
@@ -198,13 +200,24 @@ class Publisher:
             if note is None:
                 continue
             self.connected.set()
-            prefix = note[1:].decode(errors="replace")
-            if note[:1] == b"\x01":
-                self._subscribed.add(prefix)
-            else:
-                self._subscribed.discard(prefix)
+            notes = [note]
+            while True:  # every notice waiting now counts before any replay (replays take turns)
+                try:
+                    notes.append(self._send_now.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            self._unread_notices = False
+            replays = []
+            for note in notes:
+                prefix = note[1:].decode(errors="replace")
+                if note[:1] == b"\x01":
+                    self._subscribed.add(prefix)
+                    if note[1:2] != b"\x00":  # \x00...: the bus's anchor, not a subscriber
+                        replays.append(prefix)
+                else:
+                    self._subscribed.discard(prefix)
             self._wanted.clear()
-            if note[:1] == b"\x01" and note[1:2] != b"\x00":  # \x00...: the bus's anchor, not a subscriber
+            for prefix in replays:
                 await self._replay(prefix)
 
     async def _replay(self, prefix: str) -> None:

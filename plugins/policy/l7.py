@@ -17,8 +17,10 @@ from dataclasses import dataclass
 MAX_NAME = 255
 HEADER_MISMATCH_ACTIONS = ("", "LOG", "ADD", "DELETE", "REPLACE")
 _LABEL = "[-a-zA-Z0-9_]"
-_MATCH_NAME = re.compile(rf"({_LABEL}+\.?)+")
-_MATCH_PATTERN = re.compile(rf"(\*\*\.)?[-a-zA-Z0-9_.*]+")
+# No nested repetition: Python's re backtracks, and a policy must not stall the agent.
+_MATCH_NAME = re.compile(rf"{_LABEL}+(\.{_LABEL}+)*\.?")
+_MATCH_PATTERN = re.compile(r"[-a-zA-Z0-9_*]+(\.[-a-zA-Z0-9_*]+)*\.?")
+_QUERY = re.compile(rf"({_LABEL}+\.)*")
 
 
 def fqdn(name: str) -> str:
@@ -29,32 +31,66 @@ def fqdn(name: str) -> str:
 
 @dataclass(frozen=True)
 class DnsRule:
-    """One matchName or matchPattern."""
+    """One matchName or matchPattern, as labels: `*` in a label matches any run of characters
+    of that label (matched without backtracking), `any_prefix` one or more leading labels."""
 
     text: str  # as written
-    regex: re.Pattern
+    labels: tuple[str, ...] = ()  # lower-case, without the final empty label
+    any_prefix: bool = False  # "**." : one or more labels before `labels`
+    everything: bool = False  # a lone "*"
 
     def allows(self, query: str) -> bool:
-        return self.regex.fullmatch(fqdn(query)) is not None
+        name = fqdn(query)
+        if not _QUERY.fullmatch(name):
+            return False
+        if self.everything:
+            return True
+        labels = name.split(".")[:-1]
+        if self.any_prefix:
+            if len(labels) <= len(self.labels):
+                return False
+            labels = labels[len(labels) - len(self.labels):]
+        return len(labels) == len(self.labels) and all(map(_glob, self.labels, labels))
+
+
+def _glob(pattern: str, text: str) -> bool:
+    """`*` matches any run of characters; linear backtracking to the last star only."""
+    p = t = 0
+    star, resume = -1, 0
+    while t < len(text):
+        if p < len(pattern) and pattern[p] == text[t]:
+            p, t = p + 1, t + 1
+        elif p < len(pattern) and pattern[p] == "*":
+            star, resume, p = p, t, p + 1
+        elif star >= 0:
+            resume += 1
+            p, t = star + 1, resume
+        else:
+            return False
+    return pattern[p:].strip("*") == ""
 
 
 def match_name(name: str) -> DnsRule:
     if len(name) > MAX_NAME or not _MATCH_NAME.fullmatch(name):
         raise ValueError(f'matchName "{name}" is not a DNS name (letters, digits, "-", "_" and dots, '
                          f"at most {MAX_NAME} characters)")
-    return DnsRule(name, re.compile(re.escape(fqdn(name))))
+    return DnsRule(name, tuple(fqdn(name).split(".")[:-1]))
 
 
 def match_pattern(pattern: str) -> DnsRule:
-    if len(pattern) > MAX_NAME or not _MATCH_PATTERN.fullmatch(pattern) or "**" in pattern.removeprefix("**."):
-        raise ValueError(f'matchPattern "{pattern}": only letters, digits, "-", "_", dots and "*" are allowed, '
-                         f'and "**." only at the start')
-    if pattern == "*":
-        return DnsRule(pattern, re.compile(rf"({_LABEL}+\.)+"))
-    body, prefix = fqdn(pattern), ""
-    if body.startswith("**."):
-        body, prefix = body[3:], rf"({_LABEL}+\.)+"
-    return DnsRule(pattern, re.compile(prefix + re.escape(body).replace(r"\*", f"{_LABEL}*")))
+    def bad(why: str) -> ValueError:
+        return ValueError(f'matchPattern "{pattern}": {why}')
+
+    if len(pattern) > MAX_NAME or not _MATCH_PATTERN.fullmatch(pattern):
+        raise bad(f'only letters, digits, "-", "_", dots and "*" are allowed, at most {MAX_NAME} characters')
+    if set(pattern.rstrip(".")) == {"*"}:  # "*", "**", "*.": every name
+        return DnsRule(pattern, everything=True)
+    first, _, rest = pattern.partition(".")
+    any_prefix = len(first) > 1 and not first.strip("*")  # "**.": one or more labels
+    labels = fqdn(rest if any_prefix else pattern).split(".")[:-1]
+    if any(len(label) > 1 and not label.strip("*") for label in labels):
+        raise bad('"**." is allowed only at the start')
+    return DnsRule(pattern, tuple(re.sub(r"\*+", "*", label) for label in labels), any_prefix)
 
 
 def full_match(text: str, what: str) -> re.Pattern:
@@ -87,7 +123,9 @@ class HttpRule:
         for name, value in self.headers:
             if name not in headers or (value is not None and headers[name] != value):
                 return False
-        return all(m.mismatch or headers.get(m.name) == m.value for m in self.header_matches)
+        # no value: the header must be present; a mismatch action lets the request through
+        return all(m.mismatch or (m.name in headers if not m.value else headers.get(m.name) == m.value)
+                   for m in self.header_matches)
 
 
 def header(text: str) -> tuple[str, str | None]:

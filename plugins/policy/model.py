@@ -291,7 +291,7 @@ def _cilium_peer(value: Any, path: str, side: str, deny: bool, namespace: str) -
     cidrs += tuple(_cidr_set(item, at, ("cidrGroupRef", "cidrGroupSelector"))
                    for at, item in _elements(doc, peers[2], path))
     entities = tuple(_choice(item, at, ENTITIES, "entity") for at, item in _elements(doc, peers[3], path))
-    ports = _cilium_ports(port_rules, deny)
+    ports = _cilium_ports(port_rules, deny, side)
     icmps = tuple(icmp for at, item in icmp_rules for icmp in _icmps(item, at))
     if not (present or port_rules or icmp_rules):
         return PeerRule(empty=True)
@@ -306,7 +306,7 @@ def _peer_selector(value: Any, path: str, namespace: str) -> Selector:
     return _selector(requirements)
 
 
-def _cilium_ports(port_rules: list[tuple[str, Any]], deny: bool) -> tuple[PortRange, ...]:
+def _cilium_ports(port_rules: list[tuple[str, Any]], deny: bool, side: str) -> tuple[PortRange, ...]:
     ranges, any_port = [], False
     for at, item in port_rules:
         # deny rules have ports only: anything else there is an unknown field
@@ -317,25 +317,31 @@ def _cilium_ports(port_rules: list[tuple[str, Any]], deny: bool) -> tuple[PortRa
         any_port = any_port or not ports
         port_ranges = [_port_range(port, port_at, "ANY", PROTOCOLS) for port_at, port in ports]
         if doc.get("rules") is not None:
-            _l7_rules(doc["rules"], _join(at, "rules"), port_ranges)
+            _l7_rules(doc["rules"], _join(at, "rules"), port_ranges, side)
         ranges += port_ranges
     return () if any_port else tuple(ranges)
 
 
-def _l7_rules(value: Any, path: str, ports: list[PortRange]) -> None:
-    """Checked in full, so a policy learns every mistake; then refused: no proxy enforces them yet."""
+def _l7_rules(value: Any, path: str, ports: list[PortRange], side: str) -> None:
+    """Checked in full, so a policy learns every mistake; then refused: no proxy enforces them
+    yet. `rules: {}` has no L7 rule: the port rule is plain L4."""
     doc = _fields(value, path, ("http", "dns"), _L7_UNSUPPORTED)
     http, dns = _elements(doc, "http", path), _elements(doc, "dns", path)
-    if http and dns:
-        _fail(path, "http and dns rules cannot share a port rule: write them in separate toPorts elements")
-    if http:
-        other = next((p for p in ports if p.protocol not in ("TCP", "ANY")), None)
-        if other is not None:
-            _fail(_join(path, "http"), f"HTTP rules need TCP, but port {other.port or '(any)'} is {other.protocol}")
     for at, item in http:
         _http_rule(item, at)
     for at, item in dns:
         _dns_rule(item, at)
+    if not (http or dns):
+        return
+    if http and dns:
+        _fail(path, "http and dns rules cannot share a port rule: write them in separate toPorts elements")
+    if dns and side == "from":
+        _fail(_join(path, "dns"), "DNS rules apply to egress only")
+    if not ports or any(not p.port or p.end_port for p in ports):
+        _fail(path, "L7 rules need ports, each a single port (no port 0, no endPort)")
+    other = next((p for p in ports if p.protocol not in ("TCP", "ANY")), None)
+    if http and other is not None:
+        _fail(_join(path, "http"), f"HTTP rules need TCP, but port {other.port} is {other.protocol}")
     _fail(path, L7_NOT_YET)
 
 
@@ -350,7 +356,7 @@ def _http_rule(value: Any, path: str) -> l7.HttpRule:
     doc = _fields(value, path, ("method", "path", "host", "headers", "headerMatches"))
     regexes = {key: _l7_value(l7.full_match, _join(path, key), _expect(doc[key], str, "a string", _join(path, key)),
                               key)
-               for key in ("method", "path", "host") if doc.get(key) is not None}
+               for key in ("method", "path", "host") if doc.get(key) not in (None, "")}  # "": any
     headers = tuple(_l7_value(l7.header, at, _expect(item, str, "a string", at))
                     for at, item in _elements(doc, "headers", path))
     matches = []
