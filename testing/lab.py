@@ -22,15 +22,16 @@ from pylium.core.cli.client import AgentUnreachable, Client
 BIN = Path(sys.executable).parent  # pylium-agent, pylium, pylium-cni of this environment
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BPF_TEST_ROOT = Path("/sys/fs/bpf/pylium-test")
-
-
-def remove_bpf_root(path: Path) -> None:
-    """A lab's pins, and their shared parent once no other lab uses it."""
-    shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        BPF_TEST_ROOT.rmdir()
 POD_CIDR = "10.210.0.0/16"
 NODE_IP, OUTSIDE_IP = "10.250.0.1", "10.250.0.2"
+
+
+def remove_bpf_root(path: Path | None = None) -> None:
+    """A lab's pins (`path`), and their shared parent once nothing else uses it."""
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        BPF_TEST_ROOT.rmdir()
 
 
 @dataclass

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from typing import Any
 
 import pytest
 
-from pylium.testing.lab import BPF_TEST_ROOT, Lab, require_datapath, skip_or_fail
+from pylium.testing.lab import BPF_TEST_ROOT, Lab, remove_bpf_root, require_datapath, skip_or_fail
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     """The fixtures' BPF directories are removed one by one; their parent goes last."""
-    with contextlib.suppress(OSError):
-        BPF_TEST_ROOT.rmdir()
+    remove_bpf_root()
 
 
 def _need_datapath() -> None:

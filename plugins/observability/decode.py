@@ -20,8 +20,8 @@ from pylium.plugins.observability.flow import (ICMP, IP, TCP, UDP, CiliumEventTy
                                                Interface, Layer4, Policy, TCPFlags)
 
 HEADER_SIZE = EVENT_HEADER.size
-_TS = struct.Struct("=Q")  # struct pylium_event: the time first, the captured length at 40
-_CAP_LEN = struct.Struct("=H")
+_TS = struct.Struct("=Q")  # struct pylium_event starts with the time
+_CAP_LEN = struct.Struct("=H")  # the captured length, at offset 40
 _IP = HEADER_SIZE + 14  # a captured IPv4 header
 _SYN_FIN_RST = 0x07
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
@@ -174,9 +174,10 @@ class Decoder:
         packet = raw[HEADER_SIZE:HEADER_SIZE + cap_len]
         ethernet, ip, l4, summary = self._headers(packet)
         src_ip, dst_ip = (ip.source, ip.destination) if ip is not None else ("", "")
-        base = self._bases.get(raw[8:12] + raw[16:24] + raw[42:52])
+        kind = raw[8:12] + raw[16:24] + raw[42:52]  # the header's fields _base() reads
+        base = self._bases.get(kind)
         if base is None:
-            base = self._base(raw)
+            base = self._store(self._bases, kind, self._base(raw))
         more = {"is_reply": self.reply_of(packet)} if mtype == m.MSG_DROP and ip is not None else {}
         return msgspec.structs.replace(
             base, time=self.clock.rfc3339(ts), uuid=f"{self._uuid_prefix}{self._count:012x}",
@@ -185,7 +186,7 @@ class Decoder:
 
     def _base(self, raw: bytes) -> Flow:
         """What a record's header alone says (all but time, packet and endpoints): the same for
-        every record of one kind from one place, so built once per kind."""
+        every record of one kind from one place, so decode() builds it once per kind."""
         (_ts, mtype, subtype, direction, reason, _src_ep, _dst_ep, flags, line, ifindex, _hash, _src_id, _dst_id,
          _orig_len, _cap_len, file_id, rule0, rule1) = EVENT_HEADER.unpack_from(raw)
         is_reply = bool(flags & m.EVENT_F_REPLY) if flags & m.EVENT_F_REPLY_KNOWN else None
@@ -207,14 +208,14 @@ class Decoder:
             allowed = mtype == m.MSG_POLICY_VERDICT and verdict != "AUDIT"
             side = "ingress" if direction == m.METRIC_INGRESS else "egress"
             decided = {f"{side}_{'allowed' if allowed else 'denied'}_by": rules}
-        base = Flow(
+        return Flow(
             time="", uuid="", verdict=verdict, drop_reason=subtype if mtype == m.MSG_DROP else 0,
             policy_match_type=subtype if mtype == m.MSG_POLICY_VERDICT else 0, **decided,
             Type="L3_L4", node_name=self.node_name, event_type=self._event_type(mtype, subtype),
             traffic_direction=DIRECTIONS.get(direction, "TRAFFIC_DIRECTION_UNKNOWN"),
             trace_observation_point=point, trace_reason=trace_reason, drop_reason_desc=desc,
             is_reply=is_reply, interface=self._interface(ifindex), file=self._file(file_id, line))
-        return self._store(self._bases, raw[8:12] + raw[16:24] + raw[42:52], base)
+        return base
 
     def _headers(self, pkt: bytes) -> tuple[Ethernet | None, IP | None, Layer4 | None, str]:
         """Ethernet, IP and L4 of a captured packet. The objects repeat with the packets of a
@@ -329,4 +330,3 @@ class Decoder:
     def forget_interface(self, ifindex: int) -> None:
         self._interfaces.pop(ifindex, None)
         self.ifnames.pop(ifindex, None)
-        self.invalidate()

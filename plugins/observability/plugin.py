@@ -260,6 +260,7 @@ class ObservabilityPlugin:
                 for ip in [ip for ip, x in self.decoder.endpoint_by_ip.items() if x is old]:
                     del self.decoder.endpoint_by_ip[ip]
                 self.decoder.forget_interface(ev.host_ifindex)
+                self.decoder.invalidate()  # known flows name the old endpoint (no await until it is set)
                 if e.topic == "endpoint.deleted":
                     if old is not None:
                         self.metrics.forget_endpoint(endpoint_name(old))
@@ -271,7 +272,6 @@ class ObservabilityPlugin:
                     self.decoder.endpoint_by_ip[a.ip] = ep
                 if ev.host_ifindex:
                     self.decoder.ifnames[ev.host_ifindex] = ev.host_ifname
-                self.decoder.invalidate()
 
     def _remote_changed(self) -> None:
         if self.decoder is not None:
