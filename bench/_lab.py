@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,10 @@ def node_with_agent(*agent_args: str):
         proc.wait(30)
         log.close()
         for ns in reversed(made):
+            # processes that outlive the agent (the L7 proxy, servers) would keep the namespace
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(bpf_root, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)

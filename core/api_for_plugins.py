@@ -40,6 +40,7 @@ _EXPORTS = {
     "RpcError": "pylium.core.bus.client",
     "NoService": "pylium.core.bus.client",
     "RpcTimeout": "pylium.core.bus.client",
+    "BusPaths": "pylium.core.bus.proxy",
     # state
     "Manifests": "pylium.core.state.manifests",
     "ClusterStore": "pylium.core.state.store",
@@ -70,6 +71,8 @@ _EXPORTS = {
     "PinnedMap": "pylium.core.datapath.maps",
     "Source": "pylium.core.datapath.ipcache",
     "IpcacheKey": "pylium.core.datapath.structs",
+    "EndpointKey": "pylium.core.datapath.structs",
+    "CORE_MAPS": "pylium.core.datapath.structs",
     "FlowKey": "pylium.core.datapath.structs",
     "EVENT_HEADER": "pylium.core.datapath.structs",
     "RingReader": "pylium.core.datapath.ringbuf",

@@ -77,7 +77,17 @@ int to_container(struct __sk_buff *skb) {
     struct lxc_info *lxc = lxc_by_ifindex.lookup(&ifindex);
     if (!lxc)
         return TC_ACT_OK;
+    __u32 magic = skb->mark & MARK_MAGIC_MASK;
+    if (magic == MARK_MAGIC_INGRESS_PROXY || magic == MARK_MAGIC_EGRESS_PROXY) {
+        /* an L7 proxy's upstream connection: the identity it speaks for is in the mark */
+        __u32 identity = (skb->mark >> 16) | ((skb->mark & 0xff) << 16);
+        cb_reset(skb, 0, lxc->ep_id, identity, lxc->identity);
+        skb->cb[CB_FLAGS] |= CB_F_TC_EGRESS | (magic == MARK_MAGIC_INGRESS_PROXY ? CB_F_FROM_PROXY : 0);
+        TRACE(skb, TRACE_FROM_PROXY, METRIC_INGRESS);
+        return to_chain(skb, 0);
+    }
     cb_reset(skb, 0, lxc->ep_id, stack_source_identity(skb), lxc->identity);
+    skb->cb[CB_FLAGS] |= CB_F_TC_EGRESS;
     TRACE(skb, TRACE_FROM_STACK, METRIC_INGRESS);
     return to_chain(skb, 0);
 }

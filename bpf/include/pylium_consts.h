@@ -26,7 +26,17 @@
 #define CB_DST_ID 4    /* destination security identity */
 
 #define PYLIUM_CB_MAGIC 0xd1500000
-#define CB_F_LOCAL 0x1 /* delivered from another local endpoint: finish with redirect_peer */
+#define CB_F_LOCAL 0x1      /* delivered from another local endpoint: finish with redirect_peer */
+#define CB_F_FROM_PROXY 0x2 /* sent by this node's ingress proxy, which decided on it: no redirect */
+#define CB_F_TC_EGRESS 0x4  /* the stages run at tc egress (from the stack): no socket can be assigned */
+
+/* ---- skb->mark: L7 proxy redirection (Cilium's values) ------------------------------------ */
+#define MARK_MAGIC_MASK 0x0f00
+#define MARK_MAGIC_TO_PROXY 0x0200      /* assigned to a proxy socket: routed locally (PROXY_ROUTE_TABLE) */
+#define MARK_MAGIC_INGRESS_PROXY 0x0a00 /* sent by the ingress proxy: its peer's identity in the other bits */
+#define MARK_MAGIC_EGRESS_PROXY 0x0b00  /* sent by the egress proxy: the pod's identity in the other bits */
+#define PROXY_ROUTE_TABLE 2004          /* local 0.0.0.0/0 dev lo: packets marked to-proxy stay on the node */
+#define PROXY_RULE_PREF 9               /* ip rule fwmark MARK_MAGIC_TO_PROXY/MARK_MAGIC_MASK lookup PROXY_ROUTE_TABLE */
 
 /* ---- Drop reasons: Cilium's numbers; comment: flow.proto DropReason name: monitor text ---- */
 #define DROP_INVALID_SOURCE_MAC 130 /* INVALID_SOURCE_MAC: Invalid source mac */

@@ -301,6 +301,58 @@ class PolicyChanged(Event):
     rules: dict[str, str]  # rule id -> "Kind/namespace/name"
 
 
+class HttpHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    key: str
+    value: str
+
+
+class HttpInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    code: int = 0  # responses: the status
+    method: str = ""
+    url: str = ""
+    protocol: str = ""  # HTTP/1.1
+    headers: list[HttpHeader] = []
+
+
+class DnsInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    query: str = ""  # the name asked for, with its final dot
+    ips: list[str] = []  # responses: A and AAAA answers
+    ttl: int = 0  # responses: the smallest TTL of those answers
+    cnames: list[str] = []
+    rcode: int = 0
+    qtypes: list[str] = []  # A, AAAA ...
+    rrtypes: list[str] = []  # the answer's record types
+    observation_source: str = "proxy"
+
+
+@stream("l7", owner="policy")
+class L7Record(Event):
+    """One request or response an L7 proxy handled (published by the proxy process while an
+    agent is there to take it): the connection's ends with their identities, the verdict
+    (FORWARDED, DROPPED, ERROR), the HTTP or DNS fields, the W3C trace id of a `traceparent`
+    header and the ids of the rules that decided. Flows of type L7 are made of these."""
+
+    node: str
+    kind: Literal["REQUEST", "RESPONSE"]
+    verdict: Literal["FORWARDED", "DROPPED", "ERROR"]
+    time: int  # nanoseconds since the Unix epoch
+    proxy: Literal["http", "dns"]
+    direction: Literal["INGRESS", "EGRESS"]
+    endpoint: int  # the local endpoint whose policy applies
+    source_ip: str
+    source_port: int
+    source_identity: int
+    destination_ip: str
+    destination_port: int
+    destination_identity: int
+    latency_ns: int = 0  # responses: since the request
+    transport: Literal["TCP", "UDP"] = "TCP"
+    http: HttpInfo | None = None
+    dns: DnsInfo | None = None
+    trace_id: str = ""
+    rule_ids: list[int] = []
+
+
 # ============================================================================================
 # Services (load balancing)
 # ============================================================================================

@@ -21,6 +21,14 @@ CB_SRC_ID = 3  # source security identity
 CB_DST_ID = 4  # destination security identity
 PYLIUM_CB_MAGIC = 0xd1500000
 CB_F_LOCAL = 0x1  # delivered from another local endpoint: finish with redirect_peer
+CB_F_FROM_PROXY = 0x2  # sent by this node's ingress proxy, which decided on it: no redirect
+CB_F_TC_EGRESS = 0x4  # the stages run at tc egress (from the stack): no socket can be assigned
+MARK_MAGIC_MASK = 0x0f00
+MARK_MAGIC_TO_PROXY = 0x0200  # assigned to a proxy socket: routed locally (PROXY_ROUTE_TABLE)
+MARK_MAGIC_INGRESS_PROXY = 0x0a00  # sent by the ingress proxy: its peer's identity in the other bits
+MARK_MAGIC_EGRESS_PROXY = 0x0b00  # sent by the egress proxy: the pod's identity in the other bits
+PROXY_ROUTE_TABLE = 2004  # local 0.0.0.0/0 dev lo: packets marked to-proxy stay on the node
+PROXY_RULE_PREF = 9  # ip rule fwmark MARK_MAGIC_TO_PROXY/MARK_MAGIC_MASK lookup PROXY_ROUTE_TABLE
 DROP_INVALID_SOURCE_MAC = 130  # INVALID_SOURCE_MAC: Invalid source mac
 DROP_INVALID_DESTINATION_MAC = 131  # INVALID_DESTINATION_MAC: Invalid destination mac
 DROP_INVALID_SOURCE_IP = 132  # INVALID_SOURCE_IP: Invalid source ip
@@ -172,6 +180,8 @@ class CbFlag(IntFlag):
     """Bits of skb->cb[CB_FLAGS]."""
 
     LOCAL = CB_F_LOCAL
+    FROM_PROXY = CB_F_FROM_PROXY
+    TC_EGRESS = CB_F_TC_EGRESS
 
 
 class Cb(IntEnum):

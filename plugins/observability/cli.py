@@ -39,6 +39,10 @@ _FILTERS = [  # (option names, flag, help); every one may be repeated
     (("--traffic-direction",), "traffic-direction", "ingress or egress."),
     (("--node-name",), "node-name", "Flows observed on this node."),
     (("--uuid",), "uuid", "The flow with this UUID."),
+    (("--http-status",), "http-status", "L7 flows with this HTTP status: a code (404) or a class (4+, 40+)."),
+    (("--http-method",), "http-method", "L7 flows of this HTTP method (GET, POST ...)."),
+    (("--http-path",), "http-path", "L7 flows whose URL path matches this regular expression."),
+    (("--dns-query",), "dns-query", "L7 flows whose DNS query name matches this regular expression."),
 ]
 _OPTION_FLAGS = {name: flag for names, flag, _ in _FILTERS for name in names}
 

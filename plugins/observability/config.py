@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from pylium.core.api_for_plugins import Section
 
-HUBBLE_METRICS = ("drop", "flow", "policy")
+HUBBLE_METRICS = ("drop", "flow", "policy", "httpV2", "dns")
 
 
 class EndpointDropsSettings(Section):
@@ -20,7 +20,9 @@ class HubbleMetricsSettings(Section):
     enabled: list[str] = Field(default_factory=lambda: list(HUBBLE_METRICS),
                                description="Hubble metrics to serve on the agent's metrics port: drop "
                                            "(hubble_drop_total), flow (hubble_flows_processed_total), policy "
-                                           "(hubble_policy_verdicts_total). "
+                                           "(hubble_policy_verdicts_total), httpV2 (hubble_http_requests_total, "
+                                           "hubble_http_request_duration_seconds), dns (hubble_dns_queries_total, "
+                                           "hubble_dns_responses_total). "
                                            "hubble_lost_events_total is always served.")
     endpointDrops: EndpointDropsSettings = Field(default_factory=EndpointDropsSettings)
 

@@ -181,8 +181,8 @@ class Decoder:
         more = {"is_reply": self.reply_of(packet)} if mtype == m.MSG_DROP and ip is not None else {}
         return msgspec.structs.replace(
             base, time=self.clock.rfc3339(ts), uuid=f"{self._uuid_prefix}{self._count:012x}",
-            ethernet=ethernet, IP=ip, l4=l4, source=self._endpoint(src_ep, src_ip, src_id),
-            destination=self._endpoint(dst_ep, dst_ip, dst_id), Summary=summary, **more)
+            ethernet=ethernet, IP=ip, l4=l4, source=self.endpoint(src_ep, src_ip, src_id),
+            destination=self.endpoint(dst_ep, dst_ip, dst_id), Summary=summary, **more)
 
     def _base(self, raw: bytes) -> Flow:
         """What a record's header alone says (all but time, packet and endpoints): the same for
@@ -282,7 +282,7 @@ class Decoder:
         cache[key] = value
         return value
 
-    def _endpoint(self, ep_id: int, ip: str, identity: int) -> Endpoint | None:
+    def endpoint(self, ep_id: int, ip: str, identity: int) -> Endpoint | None:
         if ep_id:
             ep = self.endpoint_by_id.get(ep_id)
             if ep is not None:

@@ -10,8 +10,10 @@ deny list."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Callable
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -54,6 +56,10 @@ class FlowFilter(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True)
     reply: list[bool] = []
     node_name: list[str] = []
     ip_version: list[str] = []  # IPv4 | IPv6
+    http_status_code: list[str] = []  # "200", or "4+" for every 4xx
+    http_method: list[str] = []
+    http_path: list[str] = []  # regular expressions, matched anywhere in the URL's path
+    dns_query: list[str] = []  # regular expressions, matched anywhere in the query name
 
 
 class FilterError(ValueError):
@@ -221,7 +227,45 @@ def compile_filter(f: FlowFilter) -> Callable[[Flow], bool]:
     if f.ip_version:
         versions = {"IPv6" if "6" in v else "IPv4" for v in f.ip_version}
         checks.append(lambda fl: fl.IP is not None and fl.IP.ipVersion in versions)
+    checks.extend(_http_checks(f))
     return lambda flow: all(c(flow) for c in checks)
+
+
+def _http(flow: Flow):
+    return flow.l7.http if flow.l7 is not None else None
+
+
+def _http_checks(f: FlowFilter) -> list[Callable[[Flow], bool]]:
+    checks = []
+    if f.http_status_code:
+        exact, prefixes = set(), []
+        for code in f.http_status_code:
+            if re.fullmatch(r"[1-5]\d\d", code):
+                exact.add(int(code))
+            elif re.fullmatch(r"[1-5](\d\+|\+)", code):
+                prefixes.append(code[:-1])
+            else:
+                raise FilterError(f"HTTP status {code!r}: give a code (404) or a class (4+, 40+)")
+        checks.append(lambda fl: _http(fl) is not None and _http(fl).code > 0 and (
+            _http(fl).code in exact or any(str(_http(fl).code).startswith(p) for p in prefixes)))
+    if f.http_method:
+        methods = {m.upper() for m in f.http_method}
+        checks.append(lambda fl: _http(fl) is not None and _http(fl).method in methods)
+    if f.http_path:
+        try:
+            paths = [re.compile(p) for p in f.http_path]
+        except re.error as e:
+            raise FilterError(f"HTTP path {e.pattern!r} is not a regular expression: {e}") from None
+        checks.append(lambda fl: _http(fl) is not None and any(
+            p.search(urlsplit(_http(fl).url).path) for p in paths))
+    if f.dns_query:
+        try:
+            names = [re.compile(q) for q in f.dns_query]
+        except re.error as e:
+            raise FilterError(f"DNS query {e.pattern!r} is not a regular expression: {e}") from None
+        checks.append(lambda fl: fl.l7 is not None and fl.l7.dns is not None and any(
+            q.search(fl.l7.dns.query) for q in names))
+    return checks
 
 
 def compile_lists(allow: list[FlowFilter], deny: list[FlowFilter]) -> Callable[[Flow], bool]:
@@ -249,7 +293,8 @@ ONE_SIDED = {"from-pod": "source_pod", "to-pod": "destination_pod", "from-namesp
              "to-port": "destination_port", "from-identity": "source_identity", "to-identity": "destination_identity",
              "protocol": "protocol", "verdict": "verdict", "drop-reason-desc": "drop_reason_desc",
              "traffic-direction": "traffic_direction", "node-name": "node_name", "uuid": "uuid",
-             "type": "event_type"}
+             "type": "event_type", "http-status": "http_status_code", "http-method": "http_method",
+             "http-path": "http_path", "dns-query": "dns_query"}
 
 
 def _value(flag: str, value: str):

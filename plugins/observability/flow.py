@@ -97,6 +97,45 @@ class Policy(msgspec.Struct, **_OPTS):
     kind: str = ""
 
 
+class HTTPHeader(msgspec.Struct, **_OPTS):
+    key: str = ""
+    value: str = ""
+
+
+class HTTP(msgspec.Struct, **_OPTS):
+    code: int = 0
+    method: str = ""
+    url: str = ""
+    protocol: str = ""
+    headers: tuple[HTTPHeader, ...] = ()
+
+
+class DNS(msgspec.Struct, **_OPTS):
+    query: str = ""
+    ips: tuple[str, ...] = ()
+    ttl: int = 0
+    cnames: tuple[str, ...] = ()
+    observation_source: str = ""
+    rcode: int = 0
+    qtypes: tuple[str, ...] = ()
+    rrtypes: tuple[str, ...] = ()
+
+
+class Layer7(msgspec.Struct, **_OPTS):
+    type: str = "UNKNOWN_L7_TYPE"  # REQUEST | RESPONSE
+    latency_ns: int = 0
+    dns: DNS | None = None
+    http: HTTP | None = None
+
+
+class TraceParent(msgspec.Struct, **_OPTS):
+    trace_id: str = ""
+
+
+class TraceContext(msgspec.Struct, **_OPTS):
+    parent: TraceParent | None = None
+
+
 class Flow(Event, frozen=True, omit_defaults=True, gc=False):
     """One observed packet (or aggregated connection report), as Hubble's Flow."""
 
@@ -124,6 +163,8 @@ class Flow(Event, frozen=True, omit_defaults=True, gc=False):
     egress_allowed_by: tuple[Policy, ...] = ()
     ingress_denied_by: tuple[Policy, ...] = ()
     egress_denied_by: tuple[Policy, ...] = ()
+    l7: Layer7 | None = None
+    trace_context: TraceContext | None = None
     Summary: str = ""
 
 

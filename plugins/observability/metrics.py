@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from pylium.core.api_for_plugins import (OBSERVATION_POINTS, POLICY_MATCH_TYPES, DropReason, MessageType, consts,
                                          drop_reason)
@@ -17,6 +17,9 @@ LOST_SOURCES = ("PERF_EVENT_RING_BUFFER", "OBSERVER_EVENTS_QUEUE", "HUBBLE_RING_
 OTHER = "other"
 
 POLICY_DROPS = (DropReason.POLICY, DropReason.POLICY_DENY)
+DNS_RCODES = {0: "No Error", 1: "Format Error", 2: "Server Failure", 3: "Non-Existent Domain", 4: "Not Implemented",
+              5: "Query Refused"}  # Hubble's rcode label values
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # Prometheus' defaults
 
 
 def protocol_name(flow: Flow) -> str:
@@ -47,6 +50,40 @@ class HubbleMetrics:
         self.by_endpoint: collections.Counter = collections.Counter()
         self.verdicts: collections.Counter = collections.Counter()
         self._endpoints: set[str] = set()
+        self.http_enabled = "httpV2" in enabled
+        self.dns_enabled = "dns" in enabled
+        self.dns_queries: collections.Counter = collections.Counter()
+        self.dns_responses: collections.Counter = collections.Counter()
+        self.http_requests: collections.Counter = collections.Counter()
+        self.http_durations: dict[tuple, list[int]] = {}  # (method, reporter) -> bucket counts, then the sum
+        self.l7_policy: collections.Counter = collections.Counter()  # cilium_policy_l7_total
+
+    def count_l7(self, flow: Flow) -> None:
+        """L7 flows: the proxy's policy counters, and HTTP requests by their response."""
+        l7 = flow.l7
+        if l7 is None:
+            return
+        if l7.dns is not None:
+            self._count_dns(flow, l7)
+            return
+        if l7.http is None:
+            return
+        if l7.type == "REQUEST":
+            self.l7_policy[("received", "envoy")] += 1
+            self.l7_policy[("forwarded" if flow.verdict == "FORWARDED" else "denied", "envoy")] += 1
+            return
+        if not self.http_enabled:
+            return
+        reporter = "server" if flow.traffic_direction == "INGRESS" else "client"
+        http = l7.http
+        self.http_requests[(http.method, http.protocol, str(http.code), reporter)] += 1
+        counts = self.http_durations.setdefault((http.method, reporter), [0] * (len(DURATION_BUCKETS) + 1) + [0])
+        seconds = l7.latency_ns / 1e9
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                counts[i] += 1
+        counts[len(DURATION_BUCKETS)] += 1  # +Inf
+        counts[-1] += l7.latency_ns  # the sum, in nanoseconds
 
     def count(self, flow: Flow) -> None:
         for counter, key in self.keys(flow):
@@ -56,6 +93,18 @@ class HubbleMetrics:
                 self.drops[(flow.drop_reason_desc, protocol_name(flow))] += 1
             if self.endpoint_drops:
                 self._count_endpoint_drop(flow)
+
+    def _count_dns(self, flow: Flow, l7) -> None:
+        dns = l7.dns
+        qtypes = ",".join(dns.qtypes)
+        if l7.type == "REQUEST":
+            self.l7_policy[("received", "fqdn")] += 1
+            denied = flow.verdict == "DROPPED"
+            self.l7_policy[("denied" if denied else "forwarded", "fqdn")] += 1
+            if self.dns_enabled:
+                self.dns_queries[("Policy denied" if denied else "", qtypes, "0")] += 1
+        elif self.dns_enabled:
+            self.dns_responses[(DNS_RCODES.get(dns.rcode, str(dns.rcode)), qtypes, str(len(dns.ips)))] += 1
 
     def keys(self, flow: Flow) -> list[tuple[collections.Counter, tuple]]:
         """The flow and policy counters a flow adds one to (drops count more: see count())."""
@@ -113,6 +162,32 @@ class HubbleMetrics:
             for labels, n in self.verdicts.items():
                 v.add_metric(list(labels), n)
             yield v
+        l7 = CounterMetricFamily("cilium_policy_l7", "Number of total L7 requests/responses",
+                                 labels=["rule", "proxy_type"])
+        for labels, n in self.l7_policy.items():
+            l7.add_metric(list(labels), n)
+        yield l7
+        if self.http_enabled:
+            r = CounterMetricFamily("hubble_http_requests", "Count of HTTP requests",
+                                    labels=["method", "protocol", "status", "reporter"])
+            for labels, n in self.http_requests.items():
+                r.add_metric(list(labels), n)
+            yield r
+            h = HistogramMetricFamily("hubble_http_request_duration_seconds", "Quantiles of HTTP request duration",
+                                      labels=["method", "reporter"])
+            for labels, counts in self.http_durations.items():
+                buckets = [(str(b), counts[i]) for i, b in enumerate(DURATION_BUCKETS)]
+                buckets.append(("+Inf", counts[len(DURATION_BUCKETS)]))
+                h.add_metric(list(labels), buckets, counts[-1] / 1e9)
+            yield h
+        if self.dns_enabled:
+            for name, doc, counter in (("hubble_dns_queries", "Number of DNS queries observed", self.dns_queries),
+                                       ("hubble_dns_responses", "Number of DNS responses observed",
+                                        self.dns_responses)):
+                m = CounterMetricFamily(name, doc, labels=["rcode", "qtypes", "ips_returned"])
+                for labels, n in counter.items():
+                    m.add_metric(list(labels), n)
+                yield m
         if self.endpoint_drops:
             e = CounterMetricFamily("pylium_endpoint_drop_count",
                                     "Dropped packets per endpoint (opt-in, at most maxEndpoints endpoints, the "

@@ -29,6 +29,7 @@ from pylium.plugins.observability.config import ObservabilityConfig
 from pylium.plugins.observability.decode import Decoder, Shape
 from pylium.plugins.observability.filters import FilterError, FlowFilter, compile_lists
 from pylium.plugins.observability.flow import Policy as FlowPolicy, Endpoint, Flow, FlowRecord, LostEvents
+from pylium.plugins.observability.l7flows import l7_flow
 from pylium.plugins.observability.metrics import HubbleMetrics, endpoint_name
 from pylium.plugins.observability.observer import Follower, Observer
 from pylium.plugins.observability.remote import RemoteEndpoints
@@ -125,6 +126,7 @@ class ObservabilityPlugin:
             self._loop = asyncio.get_running_loop()
             ctx.start_task("endpoints", self._follow_endpoints)
             ctx.start_task("policy", self._follow_policy)
+            ctx.start_task("l7", self._follow_l7)
             ctx.start_task("kernel-losses", self._watch_kernel_losses, dp.maps["events_lost"])
             ctx.start_task("drain-timer", self._drain_timer)
             self._loop.add_reader(self.reader.fileno(), self._readable)
@@ -197,8 +199,9 @@ class ObservabilityPlugin:
             if edge is not None:
                 self.service_map.count(*edge)
             bus.publish(flow, encoded=shape.payload(flow) if bus.wants("flow") else None)
-        for follower in self.observer.monitor_followers:
-            follower.offer((flow, raw))
+        if raw:  # (L7 flows have no datapath record for the monitor)
+            for follower in self.observer.monitor_followers:
+                follower.offer((flow, raw))
 
     def _count_loss(self, source: str, count: int) -> None:
         """Losses are counted and also appear in the flow stream, the bus and the monitor."""
@@ -248,6 +251,16 @@ class ObservabilityPlugin:
                                                     kind=kind if policy else "", revision=e.event.revision)
                 self.decoder.rules = rules
                 self.decoder.invalidate()
+
+    async def _follow_l7(self) -> None:
+        """The L7 proxy's records become flows of type L7."""
+        async with self.ctx.bus.subscribe("l7") as events:
+            async for e in events:
+                if e.topic != "l7" or e.event.node != self.ctx.node_name:
+                    continue
+                flow = l7_flow(e.event, self.decoder.endpoint)
+                self.metrics.count_l7(flow)
+                self._emit(flow, b"", None)
 
     async def _follow_endpoints(self) -> None:
         """Endpoint events keep the decoder's view of local endpoints current."""

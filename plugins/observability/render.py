@@ -49,6 +49,10 @@ def description(flow: dict) -> str:
     """What happened: the observation point, the drop reason's text, or the policy verdict."""
     from pylium.core.api_for_plugins import POLICY_MATCH_TYPES, drop_reason
 
+    l7 = flow.get("l7")
+    if l7 is not None:  # Hubble: <protocol>-<type>, and where DNS was seen
+        kind = "http" if "http" in l7 else "dns" if "dns" in l7 else "l7"
+        return f"{kind}-{l7.get('type', 'unknown').lower()}" + (" proxy" if kind == "dns" else "")
     if flow.get("verdict") == "DROPPED":
         return drop_reason(flow.get("drop_reason", 0))[1]
     et = flow.get("event_type") or {}

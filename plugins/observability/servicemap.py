@@ -2,9 +2,12 @@
 
 A workload is a pod's `app` label (or `app.kubernetes.io/name`, `k8s-app`), else its pod name,
 within its namespace; addresses outside the cluster are `world`, the node is `host`. Replies
-count on the edge of the connection they answer."""
+count on the edge of the connection they answer. L7 flows make HTTP and DNS edges; an HTTP
+edge also counts its requests by method, path and status."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -12,6 +15,7 @@ from pylium.plugins.observability.flow import Endpoint, Flow
 from pylium.plugins.observability.metrics import protocol_name
 
 _APP_LABELS = ("k8s:app", "k8s:app.kubernetes.io/name", "k8s:k8s-app")
+MAX_HTTP_KEYS = 100  # distinct requests remembered per HTTP edge
 
 
 def workload(ep: Endpoint | None) -> str:
@@ -35,6 +39,7 @@ class Edge(msgspec.Struct):
     protocol: str
     flows: int = 0
     verdicts: dict[str, int] = {}
+    http: dict[str, int] = {}  # HTTP edges: "METHOD /path STATUS" -> responses
 
 
 class ServiceMap:
@@ -55,9 +60,30 @@ class ServiceMap:
         return name
 
     def add(self, flow: Flow) -> None:
+        if flow.l7 is not None:
+            self._add_l7(flow)
+            return
         edge = self.edge_of(flow)
         if edge is not None:
             self.count(*edge)
+
+    def _add_l7(self, flow: Flow) -> None:
+        """An HTTP or DNS edge, counted once per exchange (on the response, which carries its
+        outcome; a denied DNS query has none, so DNS requests that were dropped count too)."""
+        l7 = flow.l7
+        if l7.type != "RESPONSE" and not (l7.dns is not None and flow.verdict == "DROPPED"):
+            return
+        key, verdict = self.edge_of(flow)
+        protocol = "HTTP" if l7.http is not None else "DNS"
+        edge = self.count((*key[:3], protocol), verdict)
+        if edge is not None and l7.http is not None and (len(edge.http) < MAX_HTTP_KEYS or
+                                                         self._http_key(l7.http) in edge.http):
+            detail = self._http_key(l7.http)
+            edge.http[detail] = edge.http.get(detail, 0) + 1
+
+    @staticmethod
+    def _http_key(http) -> str:
+        return f"{http.method} {urlsplit(http.url).path} {http.code}"
 
     def edge_of(self, flow: Flow) -> tuple[tuple, str] | None:
         """The edge (source, destination, port, protocol) a flow counts on, and its verdict."""
@@ -71,15 +97,16 @@ class ServiceMap:
             src, dst = dst, src
         return (src, dst, port, protocol_name(flow)), flow.verdict
 
-    def count(self, key: tuple, verdict: str) -> None:
+    def count(self, key: tuple, verdict: str) -> Edge | None:
         edge = self.edges.get(key)
         if edge is None:
             if len(self.edges) >= self.max_edges:
                 self.overflow += 1
-                return
-            edge = self.edges[key] = Edge(*key, 0, {})
+                return None
+            edge = self.edges[key] = Edge(*key, 0, {}, {})
         edge.flows += 1
         edge.verdicts[verdict] = edge.verdicts.get(verdict, 0) + 1
+        return edge
 
     def snapshot(self) -> dict:
         edges = sorted(self.edges.values(), key=lambda e: (e.source, e.destination, e.port, e.protocol))
@@ -94,6 +121,7 @@ def to_dot(snapshot: dict) -> str:
         lines.append(f'  "{n}";')
     for e in snapshot["edges"]:
         verdicts = " ".join(f"{k.lower()}={v}" for k, v in sorted(e["verdicts"].items()))
+        verdicts += "".join(f"\\n{k} x{v}" for k, v in sorted(e.get("http", {}).items()))
         where = f"{e['port']}/{e['protocol']}" if e["port"] else e["protocol"]
         color = ', color="red"' if "DROPPED" in e["verdicts"] else ""
         lines.append(f'  "{e["source"]}" -> "{e["destination"]}" [label="{where} {verdicts}"{color}];')

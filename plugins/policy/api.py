@@ -149,6 +149,7 @@ class PolicyApi:
         if not port.isdigit() or int(port) > 65535 or proto_name.upper() not in protos:
             raise ApiError(400, f"policy trace: --dport {port_text!r} must be PORT[/TCP|UDP|SCTP]")
         proto = protos[proto_name.upper()]
+        http = _trace_request(body)
         provisional = {}
         if src_id is None:
             src_id = TRACE_IDENTITIES["src"]
@@ -165,9 +166,18 @@ class PolicyApi:
             deciding = (entry.rule_ids if entry else
                         ep_policy.default_by[direction] if reason == DropReason.POLICY else [])
             rules = [self.rule_names.get(r, str(r)) for r in deciding]
-            steps.append({"direction": DIRECTIONS[direction], "endpoint": subject, "verdict": verdict,
-                          "enforced": ep_policy.enforce[direction], "drop_reason": reason,
-                          "rules": rules, "selected_by": [self.rule_names[r] for r in ep_policy.selected_by[direction]]})
+            step = {"direction": DIRECTIONS[direction], "endpoint": subject, "verdict": verdict,
+                    "enforced": ep_policy.enforce[direction], "drop_reason": reason,
+                    "rules": rules, "selected_by": [self.rule_names[r] for r in ep_policy.selected_by[direction]]}
+            if entry is not None and entry.proxy_port and verdict == "allowed":
+                step["proxy_port"] = entry.proxy_port
+                if http is not None:  # the request, as the proxy decides it
+                    allowed, ids = ep_policy.decide_http(direction, peer, int(port), *http)
+                    step["l7"] = {"verdict": "allowed" if allowed else "denied",
+                                  "rules": [self.rule_names.get(r, str(r)) for r in ids]}
+                    if not allowed:
+                        verdict = "denied"
+            steps.append(step)
             if verdict == "denied":
                 final = "denied"
         return {"verdict": final, "src_identity": src_id, "dst_identity": dst_id, "steps": steps}
@@ -280,3 +290,19 @@ def _port_text(key: Key) -> str:
     bits = key.prefixlen - 80
     last = key.port + (1 << (16 - bits)) - 1
     return f"{key.port}/{proto}" if last == key.port else f"{key.port}-{last}/{proto}"
+
+
+def _trace_request(body: dict) -> tuple[str, str, str, dict[str, str]] | None:
+    """The HTTP request of a trace (method, path, host, headers), if one was given."""
+    if not any(body.get(k) for k in ("http_method", "http_path", "http_host", "http_headers")):
+        return None
+    headers = {}
+    for text in body.get("http_headers") or []:
+        name, sep, value = str(text).partition(":")
+        if not sep or not name.strip():
+            raise ApiError(400, f"policy trace: --http-header {text!r} must be Name: value")
+        headers[name.strip().lower()] = value.strip()
+    path = str(body.get("http_path") or "/")
+    if not path.startswith("/"):
+        raise ApiError(400, f"policy trace: --http-path {path!r} must start with /")
+    return str(body.get("http_method") or "GET").upper(), path, str(body.get("http_host") or ""), headers

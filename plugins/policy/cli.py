@@ -103,15 +103,21 @@ def policy_wait(client, revision: int, timeout: float) -> None:
 @click.option("--dst-labels", "-d", multiple=True, help="Destination labels (key=value, repeatable).")
 @click.option("--dst-identity", type=int, help="Destination: a security identity.")
 @click.option("--dport", default="0/ANY", show_default=True, help="Destination port and protocol: 80/TCP.")
+@click.option("--http-method", help="L7: an HTTP request with this method (GET when only other --http-* are given).")
+@click.option("--http-path", help="L7: the request's path (with any query string), e.g. /api/x.")
+@click.option("--http-host", help="L7: the request's Host header.")
+@click.option("--http-header", "http_headers", multiple=True, help="L7: a request header, Name: value (repeatable).")
 @output_option
 @click.pass_obj
 def policy_trace(client, src_endpoint, src_labels, src_identity, dst_endpoint, dst_labels, dst_identity,
-                 dport: str, output: str) -> None:
+                 dport: str, http_method, http_path, http_host, http_headers, output: str) -> None:
     """Would SRC reach DST on --dport? The verdict of egress and ingress policy and the rules
-    that decide it, computed by the code that fills the BPF maps. Exit 1 when denied."""
+    that decide it, computed by the code that fills the BPF maps; with --http-* options also
+    whether the L7 proxy lets that request through. Exit 1 when denied."""
     body = {"src_endpoint": src_endpoint, "src_labels": list(src_labels) or None, "src_identity": src_identity,
             "dst_endpoint": dst_endpoint, "dst_labels": list(dst_labels) or None, "dst_identity": dst_identity,
-            "dport": dport}
+            "dport": dport, "http_method": http_method, "http_path": http_path, "http_host": http_host,
+            "http_headers": list(http_headers) or None}
     answer = client.call("POST", "/v1/policy/trace", {k: v for k, v in body.items() if v is not None})
 
     def show(a):
@@ -120,6 +126,12 @@ def policy_trace(client, src_endpoint, src_labels, src_identity, dst_endpoint, d
             rules = ", ".join(step["rules"]) or ("default deny" if step["verdict"] != "allowed"
                                                  and step["enforced"] else "not enforced")
             click.echo(f"  {step['direction']:7} of {step['endpoint']}: {step['verdict'].upper()} ({rules})")
+            if "proxy_port" in step:
+                click.echo(f"    redirected to the L7 proxy (port {step['proxy_port']})")
+            if "l7" in step:
+                l7 = step["l7"]
+                click.echo(f"    HTTP {http_method or 'GET'} {http_path or '/'}: {l7['verdict'].upper()} "
+                           f"({', '.join(l7['rules']) or 'no L7 rule matches'})")
         click.echo(f"Final verdict: {a['verdict'].upper()}")
 
     emit(answer, output, show)
@@ -203,3 +215,27 @@ def endpoint_config(client, endpoint_id: int, options: tuple[str, ...]) -> None:
         body[key] = value
     answer = client.call("POST", f"/v1/policy/endpoints/{endpoint_id}/config", body)
     click.echo(f"Endpoint {answer['id']}: PolicyAuditMode={answer['PolicyAuditMode']}")
+
+
+@click.group()
+def fqdn() -> None:
+    """DNS-based policy (toFQDNs): what pods looked up."""
+
+
+@fqdn.group("cache")
+def fqdn_cache() -> None:
+    """The names pods looked up and the addresses toFQDNs allows for them."""
+
+
+@fqdn_cache.command("list")
+@click.option("-e", "--endpoint", help="Only lookups of this endpoint id.")
+@click.option("-p", "--matchpattern", help="Only names matching this pattern (toFQDNs matchPattern syntax).")
+@output_option
+@click.pass_obj
+def fqdn_cache_list(client, endpoint, matchpattern, output: str) -> None:
+    """Cached lookups: endpoint, source, name, TTL, expiration and addresses (as cilium-dbg)."""
+    query = urllib.parse.urlencode({k: v for k, v in (("endpoint", endpoint), ("matchpattern", matchpattern)) if v})
+    rows = client.get("/v1/fqdn/cache" + (f"?{query}" if query else ""))
+    emit(rows, output, lambda rs: print_table(
+        ["Endpoint", "Source", "FQDN", "TTL", "ExpirationTime", "IPs"],
+        [[r["endpoint-id"], r["source"], r["fqdn"], r["ttl"], r["expiration-time"], ",".join(r["ips"])] for r in rs]))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pylium.core.api_for_plugins import Section, parse_duration
 from pylium.plugins.policy.identity import DEFAULT_LABEL_FILTER
@@ -44,6 +44,65 @@ class PolicyBpfSettings(Section):
         return v
 
 
+class ProxySettings(Section):
+    portRangeMin: int = Field(10000, ge=1024, le=65535, description="Lowest port the L7 proxies listen on "
+                                                                   "(Cilium's --proxy-portrange-min).")
+    portRangeMax: int = Field(20000, ge=1024, le=65535, description="Highest proxy port "
+                                                                   "(Cilium's --proxy-portrange-max).")
+    http403Message: str = Field("Access denied", description="Body of the 403 answer to a request L7 policy "
+                                                             "denies (a CRLF is appended; Cilium's --http-403-msg).")
+    maxRequestBytes: int = Field(65536, ge=1024, le=16 << 20, description="Largest request line plus headers "
+                                                                        "the HTTP proxy accepts; larger gets "
+                                                                        "431 and the connection closes.")
+
+
+class DnsProxySettings(Section):
+    rejectResponseCode: str = Field("refused", description="Answer to a query DNS policy denies: refused "
+                                                           "(REFUSED) or nameError (NXDOMAIN).")
+    minTtl: int = Field(0, ge=0, description="Shortest time (seconds) an address looked up stays allowed by "
+                                            "toFQDNs; 0 keeps the answer's TTL (Cilium's --tofqdns-min-ttl).")
+    proxyResponseMaxDelay: str = Field("100ms", description="How long a DNS answer waits for the agent to "
+                                                            "allow its addresses (toFQDNs) before it goes to the "
+                                                            "pod anyway.")
+
+    @field_validator("rejectResponseCode")
+    @classmethod
+    def _rcode(cls, v: str) -> str:
+        if v not in ("refused", "nameError"):
+            raise ValueError("must be refused or nameError")
+        return v
+
+    @field_validator("proxyResponseMaxDelay")
+    @classmethod
+    def _delay(cls, v: str) -> str:
+        if parse_duration(v) <= 0:
+            raise ValueError("must be a positive duration, for example 100ms")
+        return v
+
+
+class TracingConfig(Section):
+    enabled: bool = Field(False, description="Export one span per request the L7 proxy handles (parented to the "
+                                             "caller's W3C traceparent) through the OpenTelemetry SDK.")
+    exporter: str = Field("otlp", description="otlp (OTLP over HTTP/protobuf: Jaeger, Tempo, collectors) or "
+                                              "zipkin (Zipkin JSON v2).")
+    endpoint: str = Field("", description="Where spans go; empty: http://localhost:4318/v1/traces (otlp) or "
+                                          "http://localhost:9411/api/v2/spans (zipkin).")
+
+    @field_validator("exporter")
+    @classmethod
+    def _exporter(cls, v: str) -> str:
+        if v not in ("otlp", "zipkin"):
+            raise ValueError("must be otlp or zipkin")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
 class PolicyConfig(Section):
     aliases = {"policyEnforcement": "policyEnforcementMode"}  # the seed article's spelling
 
@@ -58,6 +117,16 @@ class PolicyConfig(Section):
                            "traffic instead of keeping its previous policy.")
     policy: PolicySettings = Field(default_factory=PolicySettings)
     bpf: PolicyBpfSettings = Field(default_factory=PolicyBpfSettings)
+    proxy: ProxySettings = Field(default_factory=ProxySettings)
+    dnsProxy: DnsProxySettings = Field(default_factory=DnsProxySettings)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    @model_validator(mode="after")
+    def _port_range(self):
+        if self.proxy.portRangeMin > self.proxy.portRangeMax:
+            raise ValueError(f"proxy.portRangeMin {self.proxy.portRangeMin} is above proxy.portRangeMax "
+                             f"{self.proxy.portRangeMax}")
+        return self
 
     @field_validator("policyEnforcementMode")
     @classmethod

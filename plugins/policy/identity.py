@@ -216,3 +216,13 @@ class IdentityAllocator:
             return self.known[number], False
         number = self._cidrs[prefix] = MIN_LOCAL + len(self._cidrs)
         return self._remember(number, cidr_labels(prefix), "node_local"), True
+
+    def local(self, labels: dict[str, str]) -> Identity:
+        """A node-local identity for other generated label sets (fqdn:<selector>): the same
+        number for the same labels, from the same range as CIDR identities."""
+        key = "local:" + label_key(labels)
+        number = self._cidrs.get(key)
+        if number is None:
+            number = self._cidrs[key] = MIN_LOCAL + len(self._cidrs)
+            return self._remember(number, dict(labels), "node_local")
+        return self.known[number]

@@ -114,6 +114,7 @@ class HttpRule:
     host: re.Pattern | None = None
     headers: tuple[tuple[str, str | None], ...] = ()  # (lower-case name, exact value or None: present)
     header_matches: tuple[HeaderMatch, ...] = ()
+    spec: str = "{}"  # the rule as written (JSON): what the proxy process is given
 
     def allows(self, method: str, path: str, host: str, headers: Mapping[str, str]) -> bool:
         """`headers` with lower-case names."""

@@ -33,7 +33,7 @@ class PolicyEndpoint(ct.Structure):
 
 class CtEntry(ct.Structure):
     _fields_ = [("last_seen", ct.c_uint64), ("origin", ct.c_uint8), ("passed", ct.c_uint8), ("needed", ct.c_uint8),
-                ("pad", ct.c_uint8), ("revision", ct.c_uint32 * 2), ("pad2", ct.c_uint32)]
+                ("pad", ct.c_uint8), ("revision", ct.c_uint32 * 2), ("proxy_port", ct.c_uint16), ("pad2", ct.c_uint16)]
 
 
 class PolicySettings(ct.Structure):

@@ -9,7 +9,9 @@ A selector key without a source matches any source (Cilium's `any:`).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -62,6 +64,8 @@ class PortRange:
     port: int  # 0: any port
     end_port: int = 0  # 0: just `port`
     protocol: str = "ANY"  # TCP, UDP, SCTP, ANY
+    http: tuple[l7.HttpRule, ...] | None = None  # L7: requests the proxy lets through (None: no L7 rules)
+    dns: tuple[l7.DnsRule, ...] | None = None  # L7: names the DNS proxy lets pods look up (None: no L7 rules)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class PeerRule:
     ports: tuple[PortRange, ...] = ()  # empty: any port (unless icmps are given)
     icmps: tuple[Icmp, ...] = ()
     empty: bool = False  # `{}`: selects nothing (Cilium's way to write default deny)
+    fqdns: tuple[l7.DnsRule, ...] = ()  # toFQDNs: addresses pods looked up under these names
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,6 @@ _L7_FIELDS = {"listener": "listener is not supported", "serverNames": "serverNam
               "terminatingTLS": "terminatingTLS is not supported", "originatingTLS": "originatingTLS is not supported"}
 _L7_UNSUPPORTED = {"kafka": "kafka rules are not supported", "l7proto": "l7proto rules are not supported",
                    "l7": "l7proto rules are not supported"}
-L7_NOT_YET = "L7 rules (HTTP, DNS) are not supported yet"
-FQDN_NOT_YET = "toFQDNs (DNS-based policy) is not supported yet"
 
 
 def parse_policy(doc: dict, origin: str = "") -> Policy:
@@ -277,12 +280,12 @@ def _cilium_peer(value: Any, path: str, side: str, deny: bool, namespace: str) -
     fqdns = side == "to" and not deny
     doc = _fields(value, path, peers + ["toPorts", "icmps"] + (["toFQDNs"] if fqdns else []), unsupported)
     present = [key for key in peers if doc.get(key) is not None]
+    names = ()
     if fqdns and doc.get("toFQDNs") is not None:
         if present:
             _fail(_join(path, "toFQDNs"), f"toFQDNs cannot be combined with {present[0]} in one element")
-        for at, item in _elements(doc, "toFQDNs", path):
-            _dns_rule(item, at)
-        _fail(_join(path, "toFQDNs"), FQDN_NOT_YET)
+        names = tuple(_dns_rule(item, at) for at, item in _elements(doc, "toFQDNs", path))
+        present = ["toFQDNs"]
     port_rules, icmp_rules = _elements(doc, "toPorts", path), _elements(doc, "icmps", path)
     if port_rules and icmp_rules:  # as in Cilium: the two cannot share an element
         _fail(_join(path, "icmps"), "icmps cannot be combined with toPorts: write them in separate elements")
@@ -295,7 +298,8 @@ def _cilium_peer(value: Any, path: str, side: str, deny: bool, namespace: str) -
     icmps = tuple(icmp for at, item in icmp_rules for icmp in _icmps(item, at))
     if not (present or port_rules or icmp_rules):
         return PeerRule(empty=True)
-    return PeerRule(l3=bool(present), endpoints=endpoints, cidrs=cidrs, entities=entities, ports=ports, icmps=icmps)
+    return PeerRule(l3=bool(present), endpoints=endpoints, cidrs=cidrs, entities=entities, ports=ports, icmps=icmps,
+                    fqdns=names)
 
 
 def _peer_selector(value: Any, path: str, namespace: str) -> Selector:
@@ -317,22 +321,21 @@ def _cilium_ports(port_rules: list[tuple[str, Any]], deny: bool, side: str) -> t
         any_port = any_port or not ports
         port_ranges = [_port_range(port, port_at, "ANY", PROTOCOLS) for port_at, port in ports]
         if doc.get("rules") is not None:
-            _l7_rules(doc["rules"], _join(at, "rules"), port_ranges, side)
+            http, dns = _l7_rules(doc["rules"], _join(at, "rules"), port_ranges, side)
+            port_ranges = [dataclasses.replace(p, http=http, dns=dns) for p in port_ranges]
         ranges += port_ranges
     return () if any_port else tuple(ranges)
 
 
-def _l7_rules(value: Any, path: str, ports: list[PortRange], side: str) -> None:
-    """Checked in full, so a policy learns every mistake; then refused: no proxy enforces them
-    yet. `rules: {}` has no L7 rule: the port rule is plain L4."""
+def _l7_rules(value: Any, path: str, ports: list[PortRange], side: str) -> tuple[tuple | None, tuple | None]:
+    """The HTTP and DNS rules of a port rule (None: none; `rules: {}` leaves the port rule
+    plain L4)."""
     doc = _fields(value, path, ("http", "dns"), _L7_UNSUPPORTED)
     http, dns = _elements(doc, "http", path), _elements(doc, "dns", path)
-    for at, item in http:
-        _http_rule(item, at)
-    for at, item in dns:
-        _dns_rule(item, at)
+    http_rules = tuple(_http_rule(item, at) for at, item in http)
+    dns_rules = tuple(_dns_rule(item, at) for at, item in dns)
     if not (http or dns):
-        return
+        return None, None
     if http and dns:
         _fail(path, "http and dns rules cannot share a port rule: write them in separate toPorts elements")
     if dns and side == "from":
@@ -342,7 +345,10 @@ def _l7_rules(value: Any, path: str, ports: list[PortRange], side: str) -> None:
     other = next((p for p in ports if p.protocol not in ("TCP", "ANY")), None)
     if http and other is not None:
         _fail(_join(path, "http"), f"HTTP rules need TCP, but port {other.port} is {other.protocol}")
-    _fail(path, L7_NOT_YET)
+    other = next((p for p in ports if p.protocol not in ("TCP", "UDP", "ANY")), None)
+    if dns and other is not None:
+        _fail(_join(path, "dns"), f"DNS rules need UDP or TCP, but port {other.port} is {other.protocol}")
+    return (http_rules or None), (dns_rules or None)
 
 
 def _l7_value(make: Callable, path: str, *args) -> Any:
@@ -365,7 +371,8 @@ def _http_rule(value: Any, path: str) -> l7.HttpRule:
         matches.append(_l7_value(l7.header_match, at, _expect(_required(m, "name", at), str, "a string", at),
                                  _expect(_opt(m, "value", ""), str, "a string", _join(at, "value")),
                                  _expect(_opt(m, "mismatch", ""), str, "a string", _join(at, "mismatch"))))
-    return l7.HttpRule(**regexes, headers=headers, header_matches=tuple(matches))
+    return l7.HttpRule(**regexes, headers=headers, header_matches=tuple(matches),
+                       spec=json.dumps(doc, sort_keys=True))
 
 
 def _dns_rule(value: Any, path: str) -> l7.DnsRule:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import ctypes as ct
 import dataclasses
+import ipaddress
 import json
 import time
 from pathlib import Path
@@ -17,18 +18,23 @@ from typing import Any
 
 import anyio
 
-from pylium.core.api_for_plugins import (EndpointContribution, Health, PluginManifests, Slot, Source, events, hookimpl,
-                                         parse_duration)
+from pylium.core.api_for_plugins import (ApiError, EndpointContribution, Health, PluginManifests, Slot, Source, events,
+                                         hookimpl, parse_duration)
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.api import POLICY_KINDS, PolicyApi
 from pylium.plugins.policy.config import PolicyConfig
+from pylium.plugins.policy.fqdn import FqdnCache
 from pylium.plugins.policy.identity import Identity, IdentityAllocator, LabelFilter
+from pylium.plugins.policy.l7 import match_pattern
 from pylium.plugins.policy.metrics import PolicyCollector
 from pylium.plugins.policy.model import Policy, PolicyError, parse_policy
+from pylium.plugins.policy.proxy import supervisor
+from pylium.plugins.policy.proxy.policy import snapshot
 from pylium.plugins.policy.resolve import ALLOW_LOCALHOST_RULE, EGRESS, INGRESS, EndpointPolicy, Key, Resolver
 
 STAGES = (Slot.FROM_POLICY, Slot.TO_POLICY)
 CIDR = "cidr"  # ipcache owner: identities of peers policies name by address
+FQDN = "fqdn"  # ipcache owner: addresses pods looked up under names toFQDNs selects
 
 
 class PolicyPlugin(PolicyApi):
@@ -53,6 +59,11 @@ class PolicyPlugin(PolicyApi):
         self._lock: anyio.Lock | None = None
         self._realized_event: anyio.Event | None = None
         self._dirty: anyio.Event | None = None
+        self.proxy_ports: dict[str, int] = {}
+        self.proxy: supervisor.ProxyProcess | None = None
+        self._l7_wanted = False
+        self.fqdns: FqdnCache | None = None
+        self._fqdn_ips: dict[str, int] = {}  # address -> its fqdn identity in the ipcache
 
     # ---- hooks ------------------------------------------------------------------------------
 
@@ -68,6 +79,7 @@ class PolicyPlugin(PolicyApi):
         declare.bpf_stage(Slot.TO_POLICY, "bpf/policy.c", "policy_ingress")
         declare.endpoint_fields("identity")
         declare.ipcache_owner(CIDR, Source.GENERATED)
+        declare.ipcache_owner(FQDN, Source.GENERATED)
         declare.api_routes(
             ("GET", "/v1/policy", self.api_get), ("POST", "/v1/policy", self.api_import),
             ("DELETE", "/v1/policy", self.api_delete), ("POST", "/v1/policy/validate", self.api_validate),
@@ -75,7 +87,8 @@ class PolicyPlugin(PolicyApi):
             ("GET", "/v1/identity", self.api_identities), ("GET", "/v1/identity/{id}", self.api_identity),
             ("GET", "/v1/bpf/policy", self.api_bpf_policy), ("GET", "/v1/bpf/ct", self.api_bpf_ct),
             ("GET", "/v1/policy/endpoints", self.api_endpoints),
-            ("POST", "/v1/policy/endpoints/{id}/config", self.api_endpoint_config))
+            ("POST", "/v1/policy/endpoints/{id}/config", self.api_endpoint_config),
+            ("POST", "/v1/fqdn/observe", self.api_fqdn_observe), ("GET", "/v1/fqdn/cache", self.api_fqdn_cache))
 
     @hookimpl
     def pylium_status_details(self, ctx):
@@ -96,6 +109,12 @@ class PolicyPlugin(PolicyApi):
         settings = maps.PolicySettings(ct_tcp_timeout_ns=int(parse_duration(bpf.ctTcpTimeout) * 1e9),
                                        ct_any_timeout_ns=int(parse_duration(bpf.ctAnyTimeout) * 1e9))
         ctx.bpf_maps["policy_settings"].put(ct.c_uint32(0), settings)
+        proxy_cfg = ctx.settings.proxy
+        self.proxy_ports = supervisor.allocate_ports(ctx.plugin_state_dir, proxy_cfg.portRangeMin,
+                                                     proxy_cfg.portRangeMax)
+        self.proxy = supervisor.ProxyProcess(ctx.node_name, ctx.run_dir, ctx.plugin_state_dir,
+                                             ctx.bpf_dir.parent.parent, proxy_cfg.maxRequestBytes, ctx.log)
+        self.fqdns = FqdnCache(ctx.plugin_state_dir, ctx.settings.dnsProxy.minTtl)
         self._read_pinned()
         self._load_imported()
         audit_file = ctx.plugin_state_dir / "endpoint_audit.json"
@@ -109,6 +128,8 @@ class PolicyPlugin(PolicyApi):
         ctx.start_task("regenerate", self._regenerator)
         ctx.start_task("prune", self._prune_after_restore)
         await self.regenerate()
+        ctx.start_task("l7-proxy", self._supervise_proxy)
+        ctx.start_task("fqdn-expiry", self._expire_fqdns)
         ctx.set_health(Health.OK)
         try:
             yield
@@ -137,6 +158,9 @@ class PolicyPlugin(PolicyApi):
                 self._save_endpoint_audit()
             old = self.realized.pop(endpoint.id, None)
             self._forget(endpoint.id, old.entries if old else self._pinned.pop(endpoint.id, ()))
+            self._sync_proxy()
+            if self.fqdns.forget_endpoint(endpoint.id):
+                self._dirty.set()  # its lookups no longer allow anything
 
     def _forget(self, ep_id: int, keys) -> None:
         rules = self.ctx.bpf_maps["policy_rules"]
@@ -159,6 +183,7 @@ class PolicyPlugin(PolicyApi):
                                                                self.endpoint_audit.get(endpoint.id, False)),
                         self.revision)
             self._bypass_when_open()
+            self._sync_proxy()
         if new:
             self._dirty.set()
         return EndpointContribution(identity=endpoint.identity)
@@ -301,7 +326,88 @@ class PolicyPlugin(PolicyApi):
         cfg = self.ctx.settings
         identities = {**self.identities.known, **extra} if extra else self.identities.known
         return Resolver(list(self.policies.values()), identities, self.policy_ids,
-                        cfg.policyEnforcementMode, cfg.policyAuditMode, cfg.policy.allowLocalhost == "always")
+                        cfg.policyEnforcementMode, cfg.policyAuditMode, cfg.policy.allowLocalhost == "always",
+                        self.proxy_ports)
+
+    # ---- the L7 proxy -----------------------------------------------------------------------
+
+    def _sync_proxy(self) -> None:
+        """Give the proxy the L7 policy of every endpoint that has some (before the caller's
+        policy counts as realized, it is in the file; the proxy re-reads it on SIGHUP)."""
+        endpoints = {ep_id: ([a["ip"] for a in self.endpoints[ep_id].addresses], self.endpoints[ep_id].identity,
+                             policy)
+                     for ep_id, policy in self.realized.items() if ep_id in self.endpoints}
+        dns = self.ctx.settings.dnsProxy
+        doc = snapshot(endpoints, self.proxy_ports, self.ctx.settings.proxy.http403Message,
+                       {"dnsRejectRcode": 3 if dns.rejectResponseCode == "nameError" else 5,
+                        "dnsMaxDelay": parse_duration(dns.proxyResponseMaxDelay),
+                        "tracing": self.ctx.settings.tracing.model_dump()})
+        self._l7_wanted = bool(doc["endpoints"])
+        if supervisor.write_policy(self.ctx.plugin_state_dir, doc):
+            self.proxy.reload()
+
+    def _apply_fqdns(self) -> None:
+        """Each cached address gets the identity of the toFQDNs selectors its names match (in
+        the ipcache, before policies are computed); addresses no selector wants leave it."""
+        selectors = list({name.text: name for policy in self.policies.values() for rule in policy.rules
+                          for element in rule.egress for name in element.fqdns}.values())
+        wanted = {}
+        for ip, names in self.fqdns.addresses().items():
+            labels = self.fqdns.labels_of(names, selectors)
+            if labels:
+                wanted[ip] = self.identities.local(labels).id
+        for ip in set(self._fqdn_ips) - set(wanted):
+            self.ctx.ipcache.release(ip, FQDN)
+        for ip, identity in wanted.items():
+            if self._fqdn_ips.get(ip) != identity:
+                self.ctx.ipcache.upsert(ip, identity, FQDN)
+        self._fqdn_ips = wanted
+
+    async def api_fqdn_observe(self, req):
+        """The DNS proxy saw `name` answered with `ips`: allow them (toFQDNs) now, before the
+        answer reaches the pod."""
+        body = req.body if isinstance(req.body, dict) else {}
+        try:
+            endpoint, name, ttl = int(body["endpoint"]), str(body["name"]), int(body["ttl"])
+            ips = [str(ipaddress.ip_address(ip)) for ip in body["ips"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ApiError(400, f"fqdn observe: {e}") from None
+        if self.fqdns.observe(endpoint, name, ips, ttl):  # new addresses: allow them before the answer goes
+            self.revision += 1
+            await self.regenerate()
+        return {"revision": self.realized_revision}
+
+    async def api_fqdn_cache(self, req):
+        rows = [lookup.row() for lookup in self.fqdns.lookups.values()]
+        endpoint, pattern = req.query.get("endpoint"), req.query.get("matchpattern")
+        if endpoint:
+            rows = [r for r in rows if str(r["endpoint-id"]) == endpoint]
+        if pattern:
+            try:
+                rule = match_pattern(pattern)
+            except ValueError as e:
+                raise ApiError(400, str(e)) from None
+            rows = [r for r in rows if rule.allows(r["fqdn"])]
+        return sorted(rows, key=lambda r: (r["endpoint-id"], r["fqdn"]))
+
+    async def _expire_fqdns(self) -> None:
+        while True:
+            await anyio.sleep(1.0)
+            if self.fqdns.expire():
+                self.revision += 1
+                await self.regenerate()
+
+    async def _supervise_proxy(self) -> None:
+        """Run the proxy while some endpoint has L7 rules (and once started, keep it: connections
+        through it outlive policy changes); start it again when it dies."""
+        routed = False
+        while True:
+            if self._l7_wanted or self.proxy.pid() is not None:
+                if not routed:
+                    await anyio.to_thread.run_sync(supervisor.install_routes)
+                    routed = True
+                self.proxy.ensure()
+            await anyio.sleep(0.2 if self._l7_wanted and self.proxy.pid() is None else 1.0)
 
     def _cidr_peers(self, key: tuple, prefixes: set[str]) -> None:
         """The CIDR peers a policy names are identities in the ipcache while some policy names
@@ -324,12 +430,14 @@ class PolicyPlugin(PolicyApi):
 
     async def regenerate(self) -> None:
         async with self._lock:
+            self._apply_fqdns()
             revision = self.revision
             resolver = self._resolver()
             for ep_id, endpoint in list(self.endpoints.items()):
                 wanted = resolver.endpoint(self._subject_labels(endpoint), self.endpoint_audit.get(ep_id, False))
                 self._write(ep_id, wanted, revision)
             self._bypass_when_open()
+            self._sync_proxy()
             self.realized_revision = revision
             self.ctx.bus.publish(events.PolicyChanged(node=self.ctx.node_name, revision=revision,
                                                rules={str(k): v for k, v in self.rule_names.items()}))

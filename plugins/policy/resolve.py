@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 from pylium.core.api_for_plugins import DropReason
 from pylium.plugins.policy import maps
 from pylium.plugins.policy.identity import ID_HOST, ID_WORLD, Identity
+from pylium.plugins.policy.l7 import DnsRule, HttpRule, match_pattern
 from pylium.plugins.policy.model import NAMESPACE_LABEL, CidrSet, PeerRule, Policy, PortRange, Selector
 
 PROTOCOLS = {"TCP": (6,), "UDP": (17,), "SCTP": (132,), "ANY": (6, 17, 132)}
 _KEY = struct.Struct("=IHBBIBB")  # struct policy_key up to the port (host order), then the port (network)
-_ENTRY = struct.Struct("<BBHII")  # struct policy_entry
+_ENTRY = struct.Struct("<BB2sII")  # struct policy_entry (the proxy port in network order)
 MATCH_L3_ONLY, MATCH_L3_L4, MATCH_L4_ONLY, MATCH_ALL = 1, 2, 3, 4
 INGRESS, EGRESS = 0, 1
 DIRECTIONS = ("ingress", "egress")
 ENTITY_IDS = {"host": {1}, "init": {5}, "ingress": {8}, "unmanaged": {3}, "remote-node": {6}, "health": {4},
               "kube-apiserver": {7}, "none": set()}
 ALLOW_LOCALHOST_RULE = 1  # rule id of the implicit "local host may reach its pods" entry
+ANY_NAME = match_pattern("*")
 
 
 def selector_matches(selector: Selector, labels: dict[str, str]) -> bool:
@@ -84,11 +86,25 @@ class Entry:
     audit: bool = False
     match: int = MATCH_ALL
     rule_ids: list[int] = field(default_factory=list)
+    http: tuple[HttpRule, ...] | None = None  # L7: the requests allowed, checked by the proxy (None: no L7)
+    dns: tuple[DnsRule, ...] | None = None  # L7: the names pods may look up, checked by the DNS proxy
+    proxy_port: int = 0  # where the datapath sends the connections (with `http` or `dns`)
 
     def packed(self) -> bytes:
         rules = (self.rule_ids + [0, 0])[:2]
-        return _ENTRY.pack((maps.F_DENY if self.deny else 0) | (maps.F_AUDIT if self.audit else 0), self.match, 0,
-                           *rules)
+        return _ENTRY.pack((maps.F_DENY if self.deny else 0) | (maps.F_AUDIT if self.audit else 0), self.match,
+                           self.proxy_port.to_bytes(2, "big"), *rules)
+
+    def add_l7(self, http: tuple[HttpRule, ...] | None, dns: tuple[DnsRule, ...] | None, proxy_port: int) -> None:
+        """Merge another allow of the same key: L7 rules add up; an allow without L7 rules allows
+        every request (the connection still goes through the proxy, so it is seen)."""
+        if self.http is not None or http is not None:
+            self.http = tuple(dict.fromkeys((self.http or (HttpRule(),)) + (http or (HttpRule(),))))
+        elif self.dns is not None or dns is not None:
+            self.dns = tuple(dict.fromkeys((self.dns or (ANY_NAME,)) + (dns or (ANY_NAME,))))
+        else:
+            return
+        self.proxy_port = self.proxy_port or proxy_port
 
     def bpf(self) -> maps.PolicyEntry:
         return maps.PolicyEntry.from_buffer_copy(self.packed())
@@ -102,6 +118,7 @@ class EndpointPolicy:
     entries: dict[Key, Entry] = field(default_factory=dict)
     selected_by: list[list[int]] = field(default_factory=lambda: [[], []])  # rule ids per direction
     default_by: list[list[int]] = field(default_factory=lambda: [[], []])  # rules putting it in default deny
+    l7: bool = False  # some entry sends connections to an L7 proxy
 
     @property
     def open(self) -> bool:
@@ -137,12 +154,41 @@ class EndpointPolicy:
         return "allowed", None, 0  # not enforced
 
 
+    def decide_http(self, direction: int, peer: int, port: int, method: str, path: str, host: str,
+                    headers: dict[str, str]) -> tuple[bool | None, list[int]]:
+        """An HTTP request on a TCP connection the datapath redirects to the proxy: (allowed,
+        deciding rule ids), reading the entries the way the BPF stage picks them (the longest
+        for the peer, the longest for any peer); None when no L7 rule applies."""
+        found = [e for _, e in filter(None, (self._longest(direction, peer, 6, port),
+                                              self._longest(direction, 0, 6, port)))]
+        if not any(e.http is not None for e in found) or any(e.deny for e in found):
+            return None, []
+        return self._first_allowing(found, lambda e: any(r.allows(method, path, host, headers) for r in e.http or ()))
+
+    def decide_dns(self, peer: int, proto: int, port: int, name: str) -> tuple[bool | None, list[int]]:
+        """A DNS query of this endpoint to server `peer`: (allowed, deciding rule ids), as
+        decide_http."""
+        found = [e for _, e in filter(None, (self._longest(1, peer, proto, port), self._longest(1, 0, proto, port)))]
+        if not any(e.dns is not None for e in found) or any(e.deny for e in found):
+            return None, []
+        return self._first_allowing(found, lambda e: any(r.allows(name) for r in e.dns or ()))
+
+    @staticmethod
+    def _first_allowing(found: list[Entry], allows) -> tuple[bool, list[int]]:
+        for entry in found:
+            if (entry.http is None and entry.dns is None) or allows(entry):
+                return True, entry.rule_ids
+        return False, [i for e in found for i in e.rule_ids]
+
+
 class Resolver:
     """Policies + known identities -> EndpointPolicy for an endpoint's labels."""
 
     def __init__(self, policies: list[Policy], identities: dict[int, Identity], policy_ids: dict[tuple, int],
-                 mode: str = "default", audit: bool = False, allow_localhost: bool = True):
+                 mode: str = "default", audit: bool = False, allow_localhost: bool = True,
+                 proxy_ports: dict[str, int] | None = None):
         self.policies = policies
+        self.proxy_ports = proxy_ports or {}  # listener ("http-ingress", "http-egress") -> port
         self.identities = identities
         self.policy_ids = policy_ids
         self.mode = mode
@@ -196,6 +242,9 @@ class Resolver:
             out |= self._selected(selector)
         for cidr in rule.cidrs:
             out |= self._cidr(cidr)
+        for name in rule.fqdns:  # addresses looked up under the name (identities labelled fqdn:<selector>)
+            label = f"fqdn:{name.text}"
+            out |= {n for n, i in self.identities.items() if label in i.labels}
         for entity in rule.entities:
             ids = self._entity(entity)
             if ids is None:
@@ -206,14 +255,15 @@ class Resolver:
     # ---- entries --------------------------------------------------------------------------
 
     @staticmethod
-    def _l4_keys(direction: int, identity: int, rule: PeerRule) -> list[Key]:
+    def _l4_keys(direction: int, identity: int, rule: PeerRule) -> list[tuple[Key, PortRange | None]]:
+        """The trie keys of a rule element, each with the port rule it comes from."""
         if not rule.ports and not rule.icmps:
-            return [Key(direction, identity, 0, 0, maps.PREFIX_ANY_PROTO)]
+            return [(Key(direction, identity, 0, 0, maps.PREFIX_ANY_PROTO), None)]
         keys = []
         for pr in rule.ports:
-            keys.extend(_port_keys(direction, identity, pr))
+            keys.extend((key, pr) for key in _port_keys(direction, identity, pr))
         for icmp in rule.icmps:
-            keys.append(Key(direction, identity, 1 if icmp.family == 4 else 58, icmp.type << 8, 88))
+            keys.append((Key(direction, identity, 1 if icmp.family == 4 else 58, icmp.type << 8, 88), None))
         return keys
 
     def endpoint(self, labels: dict[str, str], endpoint_audit: bool = False) -> EndpointPolicy:
@@ -256,6 +306,7 @@ class Resolver:
             covering = [d for k, d in denies.items() if k.covers(key)]
             result.entries[key] = min(covering, key=lambda d: d.audit) if covering else entry
         result.entries.update(denies)
+        result.l7 = any(e.proxy_port for e in result.entries.values())
         return result
 
     def _selecting(self, labels: dict[str, str]):
@@ -275,16 +326,26 @@ class Resolver:
             return
         peers = self.peers(element)
         for identity in sorted(peers) if peers is not None else [0]:
-            for key in self._l4_keys(direction, identity, element):
+            for key, pr in self._l4_keys(direction, identity, element):
+                http = pr.http if pr is not None and not deny else None
+                dns = pr.dns if pr is not None and not deny else None
+                if (http is not None and key.proto != 6) or (dns is not None and key.proto not in (6, 17)):
+                    continue  # L7 rules allow only what their proxy speaks on the port
+                listener = f"http-{DIRECTIONS[direction]}" if http is not None else "dns-egress" if dns else ""
+                proxy_port = self.proxy_ports.get(listener, 0)
                 entry = into.get(key)
                 if entry is None:
                     l4 = key.prefixlen > maps.PREFIX_ANY_PROTO
                     match = (MATCH_L3_L4 if l4 else MATCH_L3_ONLY) if identity else (MATCH_L4_ONLY if l4 else MATCH_ALL)
-                    into[key] = Entry(deny=deny, audit=audit, match=match, rule_ids=[pid])
+                    into[key] = Entry(deny=deny, audit=audit, match=match, rule_ids=[pid], http=http, dns=dns,
+                                      proxy_port=proxy_port)
                 else:
                     entry.audit = entry.audit and audit  # audited only if every deciding rule is
                     if pid not in entry.rule_ids:
                         entry.rule_ids.append(pid)
+                    if not deny:
+                        entry.add_l7(http, dns, proxy_port or self.proxy_ports.get(
+                            f"http-{DIRECTIONS[direction]}" if entry.http is not None else "dns-egress", 0))
 
 
 def _port_keys(direction: int, identity: int, pr: PortRange) -> list[Key]:

@@ -71,10 +71,77 @@ static __always_inline __u32 destination_identity(struct __sk_buff *skb, __u16 *
     return info ? info->identity : ID_WORLD;
 }
 
+#define POLICY_TO_PROXY 1000 /* enforce(): the packet was assigned to a proxy socket */
+
+/* Hand a packet to the local L7 proxy listening on `port` (Cilium's BPF TPROXY): the
+ * connection's own socket when the proxy has accepted it already, else the listener (bound to
+ * loopback, IP_TRANSPARENT). The packet is not rewritten: the proxy reads the original
+ * destination from its socket. Only at tc ingress: the kernel assigns sockets nowhere else. */
+static __always_inline int to_proxy(struct __sk_buff *skb, struct flow_key *t, __be16 port, __u8 dir) {
+    if (skb->cb[CB_FLAGS] & CB_F_TC_EGRESS)
+        return DROP(skb, DROP_PROXY_REDIRECTION_NOT_SUPPORTED_FOR_PROTOCOL, dir);
+    struct bpf_sock_tuple tuple = {};
+    __u32 len;
+    if (t->family == 4) {
+        __builtin_memcpy(&tuple.ipv4.saddr, t->saddr, 4);
+        __builtin_memcpy(&tuple.ipv4.daddr, t->daddr, 4);
+        tuple.ipv4.sport = t->sport;
+        tuple.ipv4.dport = t->dport;
+        len = sizeof(tuple.ipv4);
+    } else {
+        __builtin_memcpy(tuple.ipv6.saddr, t->saddr, 16);
+        __builtin_memcpy(tuple.ipv6.daddr, t->daddr, 16);
+        tuple.ipv6.sport = t->sport;
+        tuple.ipv6.dport = t->dport;
+        len = sizeof(tuple.ipv6);
+    }
+    struct bpf_sock *sk = 0;
+    if (t->proto == IPPROTO_TCP) {
+        sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+        if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+            bpf_sk_release(sk);
+            sk = 0;
+        }
+    }
+    if (!sk) { /* the listener: loopback first, then any address */
+        __builtin_memset(&tuple, 0, sizeof(tuple));
+        if (t->family == 4) {
+            tuple.ipv4.daddr = bpf_htonl(0x7f000001);
+            tuple.ipv4.dport = port;
+        } else {
+            tuple.ipv6.daddr[3] = bpf_htonl(1);
+            tuple.ipv6.dport = port;
+        }
+        if (t->proto == IPPROTO_TCP)
+            sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+        else
+            sk = bpf_sk_lookup_udp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+        if (!sk) {
+            if (t->family == 4)
+                tuple.ipv4.daddr = 0;
+            else
+                tuple.ipv6.daddr[3] = 0;
+            if (t->proto == IPPROTO_TCP)
+                sk = bpf_skc_lookup_tcp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+            else
+                sk = bpf_sk_lookup_udp(skb, &tuple, len, BPF_F_CURRENT_NETNS, 0);
+        }
+    }
+    if (!sk)
+        return DROP(skb, DROP_SOCKET_LOOKUP_FAILED, dir);
+    int err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err)
+        return DROP(skb, DROP_SOCKET_ASSIGN_FAILED, dir);
+    skb->mark = MARK_MAGIC_TO_PROXY;
+    TRACE(skb, TRACE_TO_PROXY, dir);
+    return POLICY_TO_PROXY;
+}
+
 /* Decide on a packet at one endpoint's check (`check`: CT_CHECK_EGRESS of the sender or
  * CT_CHECK_INGRESS of the receiver). Packets of known connections are decided by the
  * connection table alone; only new ones look up who the peer is and the rules. Returns
- * TC_ACT_OK to go on, else the drop verdict. */
+ * TC_ACT_OK to go on, POLICY_TO_PROXY when an L7 proxy takes the packet, else the drop verdict. */
 static __always_inline int enforce(struct __sk_buff *skb, __u8 check) {
     __u8 egress = check == CT_CHECK_EGRESS;
     __u8 dir = egress ? METRIC_EGRESS : METRIC_INGRESS;
@@ -100,7 +167,9 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 check) {
             return TC_ACT_OK; /* neighbour discovery: IPv6 does not work without it */
     }
     __u8 proto = k.proto;
+    struct flow_key packet = k; /* as sent: the proxy's socket lookup needs it */
     __u8 d = flow_normalize(&k);
+    int proxied = !(skb->cb[CB_FLAGS] & CB_F_FROM_PROXY); /* the proxy's own packets are not redirected again */
 
     __u32 zero = 0;
     struct policy_settings *cfg = policy_settings.lookup(&zero);
@@ -116,6 +185,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 check) {
         if (pass) {
             if (now - ct->last_seen > 1000000000ULL) /* refresh at most once a second: fewer writes */
                 ct->last_seen = now;
+            if (ct->proxy_port && ct->origin == d && proxied)
+                return to_proxy(skb, &packet, ct->proxy_port, dir);
             return TC_ACT_OK;
         }
     } else {
@@ -165,8 +236,11 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 check) {
         }
         POLICY_VERDICT(skb, deny.match, dir, EVENT_F_AUDIT, deny.rule_ids[0], deny.rule_ids[1]);
     } else if (allowed) {
+        if (!proxied)
+            allow.proxy_port = 0;
         if (!ct || ct->origin != d || !(ct->passed & check)) /* a new connection: report it */
-            POLICY_VERDICT(skb, allow.match, dir, EVENT_F_ALLOWED, allow.rule_ids[0], allow.rule_ids[1]);
+            POLICY_VERDICT(skb, allow.match, dir, EVENT_F_ALLOWED | (allow.proxy_port ? EVENT_F_REDIRECT : 0),
+                           allow.rule_ids[0], allow.rule_ids[1]);
     } else if (flags & POLICY_ENFORCE) {
         if (!(flags & (POLICY_AUDIT | POLICY_AUDIT_DEFAULT))) {
             if (ct)
@@ -183,20 +257,26 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 check) {
             ct->revision[1] = revision;
         else
             ct->revision[0] = revision;
+        ct->proxy_port = allow.proxy_port;
         ct->last_seen = now;
     } else {
-        struct ct_entry fresh = {.last_seen = now, .origin = d, .passed = check, .needed = needed};
+        struct ct_entry fresh = {.last_seen = now, .origin = d, .passed = check, .needed = needed,
+                                 .proxy_port = allow.proxy_port};
         if (egress)
             fresh.revision[1] = revision;
         else
             fresh.revision[0] = revision;
         policy_ct.update(&k, &fresh);
     }
+    if (allow.proxy_port)
+        return to_proxy(skb, &packet, allow.proxy_port, dir);
     return TC_ACT_OK;
 }
 
 int policy_egress(struct __sk_buff *skb) {
     int verdict = enforce(skb, CT_CHECK_EGRESS);
+    if (verdict == POLICY_TO_PROXY)
+        return TC_ACT_OK; /* up the node's stack to the proxy's socket */
     if (verdict != TC_ACT_OK)
         return verdict;
     return from_chain(skb, SLOT_FROM_POLICY + 1);
@@ -204,6 +284,8 @@ int policy_egress(struct __sk_buff *skb) {
 
 int policy_ingress(struct __sk_buff *skb) {
     int verdict = enforce(skb, CT_CHECK_INGRESS);
+    if (verdict == POLICY_TO_PROXY)
+        return TC_ACT_OK; /* up the node's stack to the proxy's socket */
     if (verdict != TC_ACT_OK)
         return verdict;
     return to_chain(skb, SLOT_TO_POLICY + 1);

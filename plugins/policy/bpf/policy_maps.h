@@ -59,7 +59,8 @@ struct ct_entry {
     __u8 needed; /* CT_CHECK_* the connection must pass for replies to pass */
     __u8 pad;
     __u32 revision[2]; /* endpoint policy revision at the last check: [0] ingress, [1] egress */
-    __u32 pad2;
+    __be16 proxy_port; /* L7: the first direction's packets go to this proxy port (0: none) */
+    __u16 pad2;
 };
 
 struct policy_settings {
