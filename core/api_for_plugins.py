@@ -26,6 +26,7 @@ _EXPORTS = {
     "ApiError": "pylium.core.plugin_api",
     "ApiRequest": "pylium.core.plugin_api",
     "EndpointError": "pylium.core.plugin_api",
+    "crash_point": "pylium.core.faults",
     # configuration
     "Section": "pylium.core.config",
     "ConfigError": "pylium.core.config",

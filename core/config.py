@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,14 +94,18 @@ class DebugSettings(Section):
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a Go-style duration ("5s", "500ms", "1m30s")."""
+    """Seconds from a number or a Go-style duration ("5s", "500ms", "1m30s"): a finite number."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a duration: {value!r} (write for example 5s, 500ms or 1m)")
-    return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+        seconds = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
+    else:
+        text = str(value).strip()
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"not a duration: {value!r} (write for example 5s, 500ms or 1m)")
+        seconds = sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    if not math.isfinite(seconds):  # NaN, inf, 1e999s: accepted here, they would fail where used
+        raise ValueError("not a duration: not a finite number of seconds")
+    return seconds
 
 
 def _duration_text(value: Any) -> str:
@@ -285,13 +290,19 @@ def load_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise ConfigError([f"{p}: cannot read config file: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{p}: not UTF-8 text (byte {e.start})"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line per problem
         raise ConfigError([f"{p}{where}: invalid YAML: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{p}: invalid YAML: nested too deeply"]) from None
+    except ValueError as e:  # YAML that no Python value holds: the date 2001-13-01, a 5000-digit number
+        raise ConfigError([f"{p}: invalid YAML value: {e}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -300,13 +311,18 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_set_value(text: str) -> Any:
-    """Interpret a `--set` value the way Helm does: scalars typed, `{a,b}` as a list."""
+    """Interpret a `--set` value the way Helm does: scalars typed, `{a,b}` as a list of them."""
     if text.startswith("{") and text.endswith("}"):
         inner = text[1:-1].strip()
-        return [parse_set_value(v.strip()) for v in inner.split(",")] if inner else []
+        return [_set_scalar(v.strip()) for v in inner.split(",")] if inner else []
+    return _set_scalar(text)
+
+
+def _set_scalar(text: str) -> Any:
+    """Typed as YAML types it; text that YAML cannot read stays text."""
     try:
         return yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: 2001-13-01 is no date
         return text
 
 
@@ -492,9 +508,15 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _key_text(key: Any) -> str:
+    """A key as written, quoted if it holds characters that would break the problem's line."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
+
+
 def _format_error(model: type[BaseModel], raw: RawConfig, err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
-    path = "".join(f"[{p}]" if isinstance(p, int) else (("." if i else "") + str(p)) for i, p in enumerate(loc))
+    path = "".join(f"[{p}]" if isinstance(p, int) else (("." if i else "") + _key_text(p)) for i, p in enumerate(loc))
     origin = ""
     top = ".".join(str(p) for p in loc if not isinstance(p, int))
     if top in raw.aliased_from:

@@ -147,6 +147,20 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncIterator[None] | AsyncContextMan
     """
 
 
+@hookspec
+def pylium_cleanup(ctx: PluginContext) -> list[str] | None:
+    """``pylium-agent --cleanup``: the node leaves pylium for good; remove what this plugin put
+    in the kernel or started outside the BPF directory (iptables chains, devices, routes, ip
+    rules, helper processes), for this node only (another node's agent may share the kernel).
+    Return what was removed, a line each (``["iptables chain PYLIUM-MASQ-1a2b3c4d"]``).
+
+    Called with no agent running (the directories are locked), in reverse start order, without
+    a bus or datapath: ``ctx`` has the settings, node name and directories. Must be idempotent
+    (a second run finds nothing) and tolerate a half-started node. The core then detaches the
+    node's programs from every device and removes its BPF directory; the state directory stays.
+    """
+
+
 # ============================================================================================
 # Endpoints: called in start order (unplug: reverse order), awaited one after the other
 # ============================================================================================

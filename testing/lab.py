@@ -201,8 +201,8 @@ class Lab:
     def exec(self, ns: str, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout)
 
-    def node(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        return sh("nsenter", f"--net=/var/run/netns/{self.node_ns}", *cmd, check=check)
+    def node(self, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return sh("nsenter", f"--net=/var/run/netns/{self.node_ns}", *cmd, check=check, **kw)
 
     def cni(self, command: str, env: dict, conf: dict | str, in_node: bool = True) -> subprocess.CompletedProcess:
         """Run the CNI plugin (self.cni_plugin: the Python one by default) as a runtime would."""

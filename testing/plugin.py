@@ -31,12 +31,18 @@ def pylium_stage():
     made: list[StageHarness] = []
 
     def make(plugin: Any, sets: list[str] = ()) -> StageHarness:
-        made.append(StageHarness(plugin, BPF_TEST_ROOT / f"stage-{uuid.uuid4().hex[:8]}", sets=sets))
+        root = BPF_TEST_ROOT / f"stage-{uuid.uuid4().hex[:8]}"
+        try:
+            made.append(StageHarness(plugin, root, sets=sets))
+        except BaseException:
+            remove_bpf_root(root)  # a refused plugin leaves no pins either
+            raise
         return made[-1]
 
     yield make
     for harness in made:
         harness.close()
+    remove_bpf_root()
 
 
 @pytest.fixture

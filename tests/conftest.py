@@ -11,6 +11,8 @@ import pytest
 
 from helpers import BIN, AgentDirs, AgentProcess
 
+pytest_plugins = ("pylium.testing.leakcheck",)  # every module must leave the machine as it found it
+
 
 @pytest.fixture
 def agent_dirs(tmp_path: Path) -> AgentDirs:

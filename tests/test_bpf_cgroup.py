@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import anyio
 import pytest
 import structlog
 
-from pylium.testing.lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
+from pylium.testing.lab import BPF_TEST_ROOT, remove_bpf_root, require_datapath, skip_or_fail
 
 from pylium.core.datapath import libbpf
 from pylium.core.datapath.datapath import Datapath
@@ -54,7 +53,7 @@ def env(tmp_path):
         os.close(cg)
         cgroup.rmdir()
         dp.close()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_bpf_root(root)
 
 
 def connect_from(cgroup: Path) -> None:

@@ -5,7 +5,6 @@ pins, attached nowhere."""
 from __future__ import annotations
 
 import ctypes as ct
-import shutil
 import socket
 import struct
 import uuid
@@ -15,7 +14,7 @@ import anyio
 import pytest
 import structlog
 
-from pylium.testing.lab import BPF_TEST_ROOT, require_datapath, skip_or_fail
+from pylium.testing.lab import BPF_TEST_ROOT, remove_bpf_root, require_datapath, skip_or_fail
 from pylium.testing.packets import SkBuff, arp_request, checksum, ether, icmp_echo, ipv4, ipv6, mac, tcp, udp
 
 from pylium.core.datapath import libbpf
@@ -66,7 +65,7 @@ def dp():
         yield datapath
     finally:
         datapath.close()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_bpf_root(root)
 
 
 def run(dp, attach: str, packet: bytes, ifindex: int = IFINDEX_A):

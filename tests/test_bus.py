@@ -135,7 +135,9 @@ def test_late_joiner_gets_replay_then_synced_then_live(probe_agent, agent_dirs):
     items = {h["key"]: (h["rev"], p["value"]) for t, h, p in got if t == "probe.item"}
     assert len(items) == 300
     assert all(v == 99 for k, (_, v) in items.items() if int(k.split("-")[1]) < 10)
-    assert all(h["replay"] for t, h, _ in got if t in ("probe.item", "plugin.health"))
+    for family in ("probe.item", "plugin.health"):  # replays, then synced; live ones (health ticks) after
+        synced_at = next(i for i, (t, _, _) in enumerate(got) if t == f"{family}.synced")
+        assert all(h["replay"] for t, h, _ in got[:synced_at] if t == family)
     synced = {t: p for t, h, p in got if t.endswith(".synced")}
     assert synced["probe.item.synced"] == {"family": "probe.item", "count": 300}
     assert synced["plugin.health.synced"]["count"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,5 +120,13 @@ def test_a_real_agent_calls_every_hook_as_documented(lab, tmp_path):
         ("restore", 1), ("restore", 2), ("unplug", 2), ("update", 1)]
     update = [r for r in records if r["hook"] == "update"][-1]
     assert update["changed"] == ["labels"] and "unspec:x=y" in update["labels"]
+
+    lab.agents[-1].stop()  # the node leaves: --cleanup calls every plugin, in reverse start order
+    cleaned = lab.node(*lab.agent_args("--cleanup"), env={**os.environ, "PYTHONPATH": str(site)})
+    lines = cleaned.stdout.splitlines()
+    assert "removed epwatch's records of nothing" in lines
+    assert lines.index("removed epwatch's records of nothing") < lines.index("removed device pylium_host"), \
+        "epwatch (started after connectivity) is cleaned up before it"
+    records = _hook_records(lab)
     specified = {name.removeprefix("pylium_").removeprefix("endpoint_") for name in HOOKS}
     assert {r["hook"] for r in records} == specified, "every hook of the contract was called"

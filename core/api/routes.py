@@ -27,7 +27,7 @@ def _json(data, status: int = 200) -> web.Response:
 async def _body(request: web.Request, model):
     try:
         return msgspec.json.decode(await request.read(), type=model)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
         raise EndpointError("bad_request", f"request body: {e}") from None
 
 

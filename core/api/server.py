@@ -49,7 +49,7 @@ def _plugin_handler(route: ApiRoute, agent: Agent):
         if request.can_read_body:
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # nested deeper than the interpreter's limit too
                 raise ApiError(400, "request body is not valid JSON") from None
         transport = request.transport
 

@@ -165,6 +165,7 @@ class BusCore:
 
         keys = Path(s.tcp.keysDir)
         public, secret = load_or_create_server_keys(keys)
+        self.log.debug("bus CURVE key pair", public_key=public.decode(), secret_key_file=str(keys / "server.key_secret"))
         authorized = Path(s.tcp.authorizedKeysDir) if s.tcp.authorizedKeysDir else keys / "authorized_keys"
         authorized.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._auth = ThreadAuthenticator(self.ctx, log=_QuietLog())

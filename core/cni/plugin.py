@@ -97,7 +97,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 def load_config(stdin: str) -> dict:
     try:
         conf = json.loads(stdin)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json can read
         raise CniError(ERR_DECODE, "network configuration on stdin is not valid JSON", str(e)) from None
     if not isinstance(conf, dict):
         raise CniError(ERR_DECODE, "network configuration must be a JSON object")
@@ -114,10 +114,19 @@ def load_config(stdin: str) -> dict:
     return conf
 
 
+def _object(value, path: str) -> dict:
+    """An optional JSON object of the configuration (absent: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CniError(ERR_INVALID_CONFIG, f"{path} must be an object", f"got {type(value).__name__}")
+    return value
+
+
 def cni_labels(conf: dict) -> dict[str, str]:
     """Labels by the CNI convention `args.cni.labels: [{"key": k, "value": v}]`."""
     labels = {}
-    items = ((conf.get("args") or {}).get("cni") or {}).get("labels") or []
+    items = _object(_object(conf.get("args"), "args").get("cni"), "args.cni").get("labels") or []
     if not isinstance(items, list):
         raise CniError(ERR_INVALID_CONFIG, "args.cni.labels must be a list of {key, value}")
     for i, item in enumerate(items):
@@ -232,7 +241,7 @@ def run(env: dict, stdin: str) -> dict | None:
         conf = json.loads(stdin) if env.get("CNI_COMMAND") != "VERSION" else {}
         if isinstance(conf, dict) and isinstance(conf.get("socketPath"), str):
             socket_path = conf["socketPath"]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass  # run_async reports it
     client = Client(socket_path, timeout=120)
 
@@ -254,12 +263,12 @@ def run(env: dict, stdin: str) -> dict | None:
 
 
 def error_output(e: CniError, stdin: str) -> dict:
-    version = "1.1.0"
     try:
-        version = json.loads(stdin).get("cniVersion") or version
-    except (ValueError, AttributeError):
-        pass
-    return {"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details}
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested too deep
+        version = None
+    return {"cniVersion": version if isinstance(version, str) and version else "1.1.0", "code": e.code,
+            "msg": e.msg, "details": e.details}
 
 
 def main() -> None:

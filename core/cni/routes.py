@@ -76,7 +76,7 @@ def add_routes(app: web.Application, endpoints: Callable[[], EndpointManager],
         if request.method == "POST":
             try:
                 body = msgspec.json.decode(await request.read())
-            except msgspec.DecodeError as e:
+            except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
                 raise EndpointError("bad_request", f"request body: {e}") from None
         try:
             return _json(await cni_call(request.method, request.path, body))

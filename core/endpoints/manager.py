@@ -28,6 +28,7 @@ import msgspec
 from pylium.core.bus import events as ev
 from pylium.core.bus.client import BusClient, NoService, RpcError
 from pylium.core.endpoints.maps import EndpointMaps
+from pylium.core.faults import crash_point
 from pylium.core.endpoints.model import Endpoint, EndpointContribution
 from pylium.core.endpoints.store import EndpointStore
 from pylium.core.plugin_api import EndpointError
@@ -126,6 +127,7 @@ class EndpointManager:
                     requested_mtu=mtu, created=time.time(),
                     labels={**self._pod_labels(k8s_namespace, k8s_pod_name), **(labels or {})}))
                 # a crash from here on is cleaned up at the next start
+            crash_point("endpoint-recorded")
             try:
                 ep = await self._build(ep)
             except BaseException as e:
@@ -141,6 +143,7 @@ class EndpointManager:
                 raise
             self.log.info("endpoint created", endpoint=ep.id, container=container_id, ifname=ifname,
                           addresses=[a["ip"] for a in ep.addresses], host_ifname=ep.host_ifname)
+            crash_point("endpoint-ready")
             return ep
 
     def _free_id(self) -> int:
@@ -154,10 +157,13 @@ class EndpointManager:
         ep = self._set(ep.replace(state="regenerating"), save=False)
         answer = await self._request("ipam.allocate", {"owner": {"container_id": ep.container_id,
                                                                  "interface": ep.ifname}, "pool": ep.pool})
+        crash_point("address-allocated")
         ep = self._set(ep.replace(pool=answer["pool"], addresses=answer["addresses"]))
         for name in self.plugins.order:
             ep = await self._contribute("pylium_endpoint_plug", name, ep)
+        crash_point("endpoint-plugged")
         self._program(ep)
+        crash_point("endpoint-programmed")
         ep = self._set(ep.replace(state="ready"))
         self._publish(ep.event(ev.EndpointCreated))
         return ep

@@ -52,6 +52,13 @@ def _documents(path: Path) -> list[dict]:
             out.extend(i for i in d["items"] if isinstance(i, dict))
         elif isinstance(d, dict):
             out.append(d)
+    for n, d in enumerate(out, 1):  # the index keys on these: anything else is the file's error
+        meta = d.get("metadata")
+        fields = {"kind": d.get("kind"), **({"metadata.name": meta.get("name"), "metadata.namespace":
+                                              meta.get("namespace")} if isinstance(meta, dict) else {})}
+        for name, value in fields.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"object {n}: {name} must be a string, not {type(value).__name__}")
     return out
 
 
@@ -125,7 +132,7 @@ class Manifests:
             self._signature[path] = sig
             try:
                 docs = _documents(path)
-            except (OSError, ValueError, msgspec.DecodeError, yaml.YAMLError) as e:
+            except (OSError, ValueError, RecursionError, msgspec.DecodeError, yaml.YAMLError) as e:
                 self.problems[path] = str(e).splitlines()[0]
                 self.log.error("manifest not loaded; its previous version stays in force", file=str(path),
                                error=self.problems[path])

@@ -30,11 +30,12 @@ def apply(node: str, family: int, blocks: list[str], cluster_cidrs: list[str], e
         subprocess.run([tool, "-w", "5", "-t", "nat", "-A", *jump], check=True, capture_output=True, text=True)
 
 
-def remove(node: str, family: int) -> None:
+def remove(node: str, family: int) -> bool:
+    """Remove this node's chain and its jump (another node's stay); False when there was none."""
     tool = "iptables" if family == 4 else "ip6tables"
     chain = chain_name(node)
     jump = ["POSTROUTING", "-m", "comment", "--comment", COMMENT, "-j", chain]
     while subprocess.run([tool, "-w", "5", "-t", "nat", "-D", *jump], capture_output=True).returncode == 0:
         pass
     subprocess.run([tool, "-w", "5", "-t", "nat", "-F", chain], capture_output=True)
-    subprocess.run([tool, "-w", "5", "-t", "nat", "-X", chain], capture_output=True)
+    return subprocess.run([tool, "-w", "5", "-t", "nat", "-X", chain], capture_output=True).returncode == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pylium.core.api_for_plugins import EndpointError, netns as ns_util
+from pylium.core.api_for_plugins import EndpointError, crash_point, netns as ns_util
 
 IFA_F_NODAD = 0x02
 
@@ -101,6 +101,7 @@ async def plug(*, netns: str, ifname: str, host_name: str, mtu: int, addresses: 
     problem = await _batch([], node_cmds)
     if problem:
         raise EndpointError("internal", f"creating {host_name}: {problem}")
+    crash_point("veth-created")
     problem = await _batch(["nsenter", f"--net={netns}"], pod_cmds)
     if problem:
         if "File exists" in problem and "Command failed -:1" in problem:  # line 1 is the rename
@@ -273,6 +274,23 @@ def delete_node_route(cidr: str) -> None:
         except NetlinkError as e:
             if e.code != errno.ESRCH:
                 raise
+
+
+def remove_node_state(devices: list[str]) -> list[str]:
+    """Cleanup: the routes to other nodes' pod CIDRs and `devices` (those that exist)."""
+    done = []
+    with IPRoute() as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, proto=ROUTE_PROTO):
+                cidr = f"{route.get_attr('RTA_DST')}/{route['dst_len']}"
+                ipr.route("del", family=family, dst=cidr, proto=ROUTE_PROTO)
+                done.append(f"route {cidr}")
+        for name in devices:
+            idx = _index(ipr, name)
+            if idx is not None:
+                ipr.link("del", index=idx)
+                done.append(f"device {name}")
+    return done
 
 
 def device_of(ip: str) -> str | None:

@@ -77,6 +77,13 @@ class ConnectivityPlugin:
         finally:
             self.ctx = None  # devices, routes, maps and rules stay: the datapath outlives the agent
 
+    @hookimpl
+    def pylium_cleanup(self, ctx):
+        done = [f"iptables chain {masquerade.chain_name(ctx.node_name)} (IPv{family})" for family in (4, 6)
+                if masquerade.remove(ctx.node_name, family)]
+        host = ctx.settings.connectivity.hostDevice
+        return done + netlink.remove_node_state([host, *TUNNEL_DEVICES.values()])
+
     async def refresh_blocks(self) -> None:
         """Follow IPAM's pools: gateway addresses on the host device, the local-blocks map and
         the masquerade chain. Cheap when nothing changed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import reprlib
 import socket
 from dataclasses import dataclass, field
 
@@ -81,6 +82,11 @@ class EndpointSlice:
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
 
 
+def _show(value) -> str:
+    """A value in a message: its repr, shortened however large or deeply nested it is."""
+    return reprlib.repr(value)
+
+
 def _mapping(value, path: str) -> dict:
     if value is None:
         return {}
@@ -99,42 +105,59 @@ def _list(value, path: str) -> list:
 
 def _port(value, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ModelError(path, f"{value!r} is not a port (1-65535)")
+        raise ModelError(path, f"{_show(value)} is not a port (1-65535)")
     return value
 
 
 def _protocol(value, path: str) -> str:
     value = "TCP" if value is None else value
-    if value not in PROTOCOLS:
-        raise ModelError(path, f"{value!r} is not a protocol (TCP, UDP, SCTP)")
+    if not isinstance(value, str) or value not in PROTOCOLS:
+        raise ModelError(path, f"{_show(value)} is not a protocol (TCP, UDP, SCTP)")
     return value
 
 
 def _ip(value, path: str) -> tuple[int, str]:
     """(4 or 6, the address in its canonical form)."""
-    if isinstance(value, str):
-        try:
-            socket.inet_pton(socket.AF_INET, value)  # the common case, without ipaddress' cost
-            return 4, value
-        except OSError:
-            pass
+    if not isinstance(value, str):  # ipaddress would take a number (True: 0.0.0.1)
+        raise ModelError(path, f"{_show(value)} is not an IP address")
+    try:
+        socket.inet_pton(socket.AF_INET, value)  # the common case, without ipaddress' cost
+        return 4, value
+    except (OSError, ValueError):  # ValueError: a NUL in the text
+        pass
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
-        raise ModelError(path, f"{value!r} is not an IP address") from None
+        raise ModelError(path, f"{_show(value)} is not an IP address") from None
     return address.version, str(address)
 
 
 def _v4(values: list, path: str) -> tuple[str, ...]:
     """IPv4 addresses of a list (IPv6 ones are checked, then left to a later version)."""
-    return tuple(a for i, v in enumerate(values) for version, a in [_ip(v, f"{path}[{i}]")] if version == 4)
+    return _v4_at([(f"{path}[{i}]", v) for i, v in enumerate(values)])
+
+
+def _v4_at(items: list[tuple[str, object]]) -> tuple[str, ...]:
+    """The IPv4 ones of (path, address) pairs, each address checked."""
+    return tuple(a for path, v in items for version, a in [_ip(v, path)] if version == 4)
+
+
+def _target_port(value, path: str) -> int | str:
+    """targetPort: a port number (or its digits as a string) or the name of a port."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):  # "²".isdigit() too
+        if not PORT_NAME.fullmatch(value) or len(value) > 15:
+            raise ModelError(path, f"{_show(value)} is neither a port nor a port name")
+        return value
+    if isinstance(value, str) and len(value) <= 5:  # longer: no port, and int() may refuse it
+        value = int(value)
+    return _port(value, path)
 
 
 def _bool(value, default: bool, path: str) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise ModelError(path, f"{value!r} is not true or false")
+        raise ModelError(path, f"{_show(value)} is not true or false")
     return value
 
 
@@ -143,7 +166,10 @@ def _meta(doc: dict) -> tuple[str, str]:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise ModelError("metadata.name", "required")
-    return meta.get("namespace") or "default", name
+    namespace = meta.get("namespace") or "default"
+    if not isinstance(namespace, str):
+        raise ModelError("metadata.namespace", f"{_show(namespace)} is not a namespace name")
+    return namespace, name
 
 
 def parse_service(doc: dict, node_port_range: tuple[int, int]) -> Service:
@@ -151,7 +177,7 @@ def parse_service(doc: dict, node_port_range: tuple[int, int]) -> Service:
     spec = _mapping(doc.get("spec"), "spec")
     kind = spec.get("type") or "ClusterIP"
     if kind not in SERVICE_TYPES:
-        raise ModelError("spec.type", f"{kind!r} is not one of {', '.join(SERVICE_TYPES)}")
+        raise ModelError("spec.type", f"{_show(kind)} is not one of {', '.join(SERVICE_TYPES)}")
     ips = _list(spec.get("clusterIPs"), "spec.clusterIPs") or (
         [spec["clusterIP"]] if spec.get("clusterIP") not in (None, "") else [])
     if ips in (["None"], []):
@@ -171,22 +197,17 @@ def parse_service(doc: dict, node_port_range: tuple[int, int]) -> Service:
         pname = p.get("name") or ""
         if len(raw_ports) > 1 and not pname:
             raise ModelError(f"{path}.name", "required when a service has more than one port")
-        if pname and (not isinstance(pname, str) or not PORT_NAME.match(pname)):
-            raise ModelError(f"{path}.name", f"{pname!r} is not a port name (lower-case letters, digits, '-')")
+        if pname and (not isinstance(pname, str) or not PORT_NAME.fullmatch(pname)):
+            raise ModelError(f"{path}.name", f"{_show(pname)} is not a port name (lower-case letters, digits, '-')")
         if pname in names:
-            raise ModelError(f"{path}.name", f"duplicate port name {pname!r}")
+            raise ModelError(f"{path}.name", f"duplicate port name {_show(pname)}")
         names.add(pname)
         proto = _protocol(p.get("protocol"), f"{path}.protocol")
         number = _port(p.get("port"), f"{path}.port")
         if (number, proto) in seen:
             raise ModelError(f"{path}.port", f"duplicate port {number}/{proto}")
         seen.add((number, proto))
-        target = p.get("targetPort", number)
-        if isinstance(target, str) and not target.isdigit():
-            if not PORT_NAME.match(target) or len(target) > 15:
-                raise ModelError(f"{path}.targetPort", f"{target!r} is neither a port nor a port name")
-        else:
-            target = _port(int(target) if isinstance(target, str) else target, f"{path}.targetPort")
+        target = _target_port(p.get("targetPort", number), f"{path}.targetPort")
         node_port = 0
         if p.get("nodePort") is not None:
             if kind not in ("NodePort", "LoadBalancer"):
@@ -198,27 +219,28 @@ def parse_service(doc: dict, node_port_range: tuple[int, int]) -> Service:
         ports.append(ServicePort(pname, proto, number, target, node_port))
     affinity = spec.get("sessionAffinity") or "None"
     if affinity not in ("None", "ClientIP"):
-        raise ModelError("spec.sessionAffinity", f"{affinity!r} is not None or ClientIP")
+        raise ModelError("spec.sessionAffinity", f"{_show(affinity)} is not None or ClientIP")
     timeout = 0
     if affinity == "ClientIP":
         cfg = _mapping(_mapping(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig").get("clientIP"),
                        "spec.sessionAffinityConfig.clientIP")
         timeout = cfg.get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 86400:
-            raise ModelError("spec.sessionAffinityConfig.clientIP.timeoutSeconds", f"{timeout!r} is not 1-86400")
+            raise ModelError("spec.sessionAffinityConfig.clientIP.timeoutSeconds", f"{_show(timeout)} is not 1-86400")
     policies = {}
     for key in ("externalTrafficPolicy", "internalTrafficPolicy"):
         value = spec.get(key) or "Cluster"
         if value not in ("Cluster", "Local"):
-            raise ModelError(f"spec.{key}", f"{value!r} is not Cluster or Local")
+            raise ModelError(f"spec.{key}", f"{_show(value)} is not Cluster or Local")
         policies[key] = value == "Local"
     status = _mapping(doc.get("status"), "status")
     ingress = _list(_mapping(status.get("loadBalancer"), "status.loadBalancer").get("ingress"),
                     "status.loadBalancer.ingress")
-    lb_ips = [_mapping(g, f"status.loadBalancer.ingress[{i}]").get("ip") for i, g in enumerate(ingress)]
+    lb_ips = [(f"status.loadBalancer.ingress[{i}].ip", _mapping(g, f"status.loadBalancer.ingress[{i}]").get("ip"))
+              for i, g in enumerate(ingress)]
     return Service(namespace, name, kind, cluster_ips, tuple(ports),
                    _v4(_list(spec.get("externalIPs"), "spec.externalIPs"), "spec.externalIPs"),
-                   _v4([ip for ip in lb_ips if ip], "status.loadBalancer.ingress") if kind == "LoadBalancer" else (),
+                   _v4_at([(at, ip) for at, ip in lb_ips if ip]) if kind == "LoadBalancer" else (),
                    timeout, policies["externalTrafficPolicy"], policies["internalTrafficPolicy"])
 
 
@@ -231,14 +253,16 @@ def parse_endpoint_slice(doc: dict) -> EndpointSlice | None:
         raise ModelError(f"metadata.labels[{SERVICE_NAME_LABEL}]", "required: the service this slice belongs to")
     family = doc.get("addressType")
     if family not in ("IPv4", "IPv6", "FQDN"):
-        raise ModelError("addressType", f"{family!r} is not IPv4, IPv6 or FQDN")
+        raise ModelError("addressType", f"{_show(family)} is not IPv4, IPv6 or FQDN")
     ports, seen = [], set()
     for i, p in enumerate(_list(doc.get("ports"), "ports")):
         p = _mapping(p, f"ports[{i}]")
         pname = p.get("name") or ""
+        if not isinstance(pname, str):
+            raise ModelError(f"ports[{i}].name", f"{_show(pname)} is not a port name")
         proto = _protocol(p.get("protocol"), f"ports[{i}].protocol")
         if (pname, proto) in seen:
-            raise ModelError(f"ports[{i}].name", f"duplicate port name {pname!r}")
+            raise ModelError(f"ports[{i}].name", f"duplicate port name {_show(pname)}")
         seen.add((pname, proto))
         ports.append((pname, proto, _port(p.get("port"), f"ports[{i}].port")))
     endpoints = []
@@ -253,10 +277,12 @@ def parse_endpoint_slice(doc: dict) -> EndpointSlice | None:
         serving = _bool(cond.get("serving"), ready, f"{path}.conditions.serving")
         terminating = _bool(cond.get("terminating"), False, f"{path}.conditions.terminating")
         node = e.get("nodeName") or ""
+        if not isinstance(node, str):
+            raise ModelError(f"{path}.nodeName", f"{_show(node)} is not a node name")
         for j, a in enumerate(addresses if family != "FQDN" else ()):
             version, ip = _ip(a, f"{path}.addresses[{j}]")
             if version != (4 if family == "IPv4" else 6):
-                raise ModelError(f"{path}.addresses[{j}]", f"{a!r} is not an {family} address")
+                raise ModelError(f"{path}.addresses[{j}]", f"{_show(a)} is not an {family} address")
             endpoints.append(Endpoint(ip, ready, serving, terminating, node))
     if family != "IPv4":
         return None

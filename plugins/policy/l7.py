@@ -10,6 +10,7 @@ more labels. Compiling raises ValueError naming what is wrong."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ _LABEL = "[-a-zA-Z0-9_]"
 _MATCH_NAME = re.compile(rf"{_LABEL}+(\.{_LABEL}+)*\.?")
 _MATCH_PATTERN = re.compile(r"[-a-zA-Z0-9_*]+(\.[-a-zA-Z0-9_*]+)*\.?")
 _QUERY = re.compile(rf"({_LABEL}+\.)*")
+
+
+def quote(text: str, limit: int = 60) -> str:
+    """Text for a message: in quotes, on one line (control characters escaped), shortened."""
+    quoted = f'"{text}"' if text.isprintable() else json.dumps(text)
+    return quoted if len(quoted) <= limit else quoted[:limit - 3] + "..."
 
 
 def fqdn(name: str) -> str:
@@ -72,14 +79,14 @@ def _glob(pattern: str, text: str) -> bool:
 
 def match_name(name: str) -> DnsRule:
     if len(name) > MAX_NAME or not _MATCH_NAME.fullmatch(name):
-        raise ValueError(f'matchName "{name}" is not a DNS name (letters, digits, "-", "_" and dots, '
+        raise ValueError(f'matchName {quote(name)} is not a DNS name (letters, digits, "-", "_" and dots, '
                          f"at most {MAX_NAME} characters)")
     return DnsRule(name, tuple(fqdn(name).split(".")[:-1]))
 
 
 def match_pattern(pattern: str) -> DnsRule:
     def bad(why: str) -> ValueError:
-        return ValueError(f'matchPattern "{pattern}": {why}')
+        return ValueError(f"matchPattern {quote(pattern)}: {why}")
 
     if len(pattern) > MAX_NAME or not _MATCH_PATTERN.fullmatch(pattern):
         raise bad(f'only letters, digits, "-", "_", dots and "*" are allowed, at most {MAX_NAME} characters')
@@ -96,8 +103,10 @@ def match_pattern(pattern: str) -> DnsRule:
 def full_match(text: str, what: str) -> re.Pattern:
     try:
         return re.compile(text)
-    except re.error as e:
-        raise ValueError(f'{what} "{text}" is not a valid regular expression: {e}') from None
+    except (re.error, OverflowError) as e:  # OverflowError: a repetition like a{99999999999999999999}
+        raise ValueError(f"{what} {quote(text)} is not a valid regular expression: {e}") from None
+    except RecursionError:  # groups nested deeper than re's parser recurses
+        raise ValueError(f"{what} {quote(text)} is not a valid regular expression: nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,7 @@ def header(text: str) -> tuple[str, str | None]:
     name, _, value = text.strip().partition(" ")
     name = name.removesuffix(":")
     if not name:
-        raise ValueError(f'header "{text}" has no name')
+        raise ValueError(f"header {quote(text)} has no name")
     return name.lower(), (value.strip() if value.strip() else None)
 
 
@@ -143,5 +152,5 @@ def header_match(name: str, value: str, mismatch: str) -> HeaderMatch:
         raise ValueError("headerMatches needs a name")
     if mismatch not in HEADER_MISMATCH_ACTIONS:
         actions = ", ".join(a for a in HEADER_MISMATCH_ACTIONS if a)
-        raise ValueError(f'mismatch "{mismatch}" is not one of {actions}')
+        raise ValueError(f"mismatch {quote(mismatch)} is not one of {actions}")
     return HeaderMatch(name.lower(), value, mismatch)

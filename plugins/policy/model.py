@@ -14,6 +14,7 @@ import difflib
 import json
 import ipaddress
 import re
+import reprlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -368,7 +369,8 @@ def _http_rule(value: Any, path: str) -> l7.HttpRule:
     matches = []
     for at, item in _elements(doc, "headerMatches", path):
         m = _fields(item, at, ("name", "value", "mismatch"), {"secret": "secret is not supported"})
-        matches.append(_l7_value(l7.header_match, at, _expect(_required(m, "name", at), str, "a string", at),
+        matches.append(_l7_value(l7.header_match, at, _expect(_required(m, "name", at), str, "a string",
+                                                               _join(at, "name")),
                                  _expect(_opt(m, "value", ""), str, "a string", _join(at, "value")),
                                  _expect(_opt(m, "mismatch", ""), str, "a string", _join(at, "mismatch"))))
     return l7.HttpRule(**regexes, headers=headers, header_matches=tuple(matches),
@@ -469,7 +471,8 @@ def _namespace_key(key: str) -> str:
 def _requirements(value: Any, path: str, rename: Callable[[str], str] = _label_key) -> list[Requirement]:
     doc = _fields(value, path, ("matchLabels", "matchExpressions"))
     labels_at = _join(path, "matchLabels")
-    requirements = [Requirement(_key(key, f"{labels_at}.{key}", rename), "In", (_text(item, f"{labels_at}.{key}"),))
+    requirements = [Requirement(_key(key, _join(labels_at, _segment(key)), rename), "In",
+                                (_text(item, _join(labels_at, _segment(key))),))
                     for key, item in _expect(_opt(doc, "matchLabels", {}), dict, "a mapping", labels_at).items()]
     return requirements + [_expression(item, at, rename) for at, item in _elements(doc, "matchExpressions", path)]
 
@@ -560,8 +563,16 @@ def _fail(path: str, message: str) -> NoReturn:
 
 
 def _quote(value: Any) -> str:
-    text = f'"{value}"' if isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        return l7.quote(value)
+    text = reprlib.repr(value)  # a few levels of it, however deep the value is nested
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _segment(key: Any) -> str:
+    """A document's key as a part of a path: as written, unless that would break the line."""
+    text = str(key)
+    return text if text.isprintable() else json.dumps(text)
 
 
 def _join(path: str, key: str) -> str:
@@ -600,11 +611,11 @@ def _fields(value: Any, path: str, known: Iterable[str], unsupported: dict[str, 
     doc, known = _expect(value, dict, "a mapping", path), list(known)
     for key in doc:
         if unsupported and key in unsupported:
-            _fail(_join(path, str(key)), unsupported[key])
+            _fail(_join(path, _segment(key)), unsupported[key])
         if key not in known:
             guess = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {guess[0]}?)" if guess else ""
-            _fail(_join(path, str(key)), f"unknown field {_quote(key)}{hint}")
+            _fail(_join(path, _segment(key)), f"unknown field {_quote(key)}{hint}")
     return doc
 
 

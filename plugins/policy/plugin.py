@@ -137,6 +137,13 @@ class PolicyPlugin(PolicyApi):
             self.ctx = None  # maps stay: the datapath keeps enforcing while the agent is away
 
     @hookimpl
+    def pylium_cleanup(self, ctx):
+        proxy = supervisor.ProxyProcess(ctx.node_name, ctx.run_dir, ctx.plugin_state_dir, ctx.bpf_dir.parent.parent, 0,
+                                         ctx.log)
+        pid = proxy.stop()
+        return ([f"L7 proxy process {pid}"] if pid else []) + supervisor.remove_routes()
+
+    @hookimpl
     async def pylium_endpoint_plug(self, ctx, endpoint):
         return await self._adopt(endpoint)
 

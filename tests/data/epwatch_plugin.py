@@ -46,6 +46,11 @@ class EpWatch:
         yield
 
     @hookimpl
+    def pylium_cleanup(self, ctx):
+        self._record(ctx, "cleanup")
+        return ["epwatch's records of nothing"]
+
+    @hookimpl
     def pylium_status_details(self, ctx):
         self._record(ctx, "status_details")
         return {"EpWatch": "watching"}

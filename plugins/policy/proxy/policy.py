@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from pylium.plugins.policy import l7
 from pylium.plugins.policy.resolve import EndpointPolicy, Entry, Key
@@ -40,6 +43,24 @@ def snapshot(endpoints: dict[int, tuple[list[str], int, EndpointPolicy]], ports:
     return {"ports": ports, "denyMessage": deny_message, "endpoints": out, **(settings or {})}
 
 
+class _Endpoint(msgspec.Struct):
+    ips: list[str]
+    identity: int
+    # [egress, identity, proto, port, prefixlen, deny, HTTP rule specs, rule ids, DNS patterns]
+    entries: list[tuple[int, int, int, int, int, bool, list[str] | None, list[int], list[str] | None]]
+
+
+class _Snapshot(msgspec.Struct):
+    """The file as `snapshot` writes it: decoding checks every field's type, naming a bad one."""
+
+    ports: dict[str, int]
+    endpoints: dict[int, _Endpoint]
+    denyMessage: str = DEFAULT_DENY_MESSAGE
+    dnsRejectRcode: int = 5
+    dnsMaxDelay: float = 0.1
+    tracing: dict[str, Any] | None = None
+
+
 @dataclass
 class Local:
     ep_id: int
@@ -58,20 +79,27 @@ class L7Policy:
 
     @classmethod
     def load(cls, path: Path) -> L7Policy:
-        doc = json.loads(path.read_text())
+        """Raises ValueError (msgspec's naming the field, `$.endpoints[...].entries[0][3]`) for a
+        file not of `snapshot`'s shape."""
+        try:
+            doc = msgspec.json.decode(path.read_bytes(), type=_Snapshot)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         rules: dict[str, l7.HttpRule] = {}
-        policy = cls(doc["ports"], doc.get("denyMessage", DEFAULT_DENY_MESSAGE),
-                     dns_reject_rcode=doc.get("dnsRejectRcode", 5), dns_max_delay=doc.get("dnsMaxDelay", 0.1),
-                     tracing=doc.get("tracing"))
-        for ep_id, ep in doc["endpoints"].items():
+        policy = cls(doc.ports, doc.denyMessage, dns_reject_rcode=doc.dnsRejectRcode, dns_max_delay=doc.dnsMaxDelay,
+                     tracing=doc.tracing)
+        for ep_id, ep in doc.endpoints.items():
             entries = {}
-            for egress, identity, proto, port, prefixlen, deny, http, rule_ids, names in ep["entries"]:
-                parsed = None if http is None else tuple(rules.setdefault(s, http_rule(s)) for s in http)
-                patterns = None if names is None else tuple(l7.match_pattern(n) for n in names)
+            for i, (egress, identity, proto, port, prefixlen, deny, http, rule_ids, names) in enumerate(ep.entries):
+                try:
+                    parsed = None if http is None else tuple(rules.setdefault(s, http_rule(s)) for s in http)
+                    patterns = None if names is None else tuple(l7.match_pattern(n) for n in names)
+                except (ValueError, RecursionError) as e:  # rules the agent validated: only a format change
+                    raise ValueError(f"endpoints.{ep_id}.entries[{i}]: {e}") from None
                 entries[Key(egress, identity, proto, port, prefixlen)] = Entry(deny=deny, rule_ids=rule_ids,
                                                                               http=parsed, dns=patterns)
-            local = Local(int(ep_id), ep["identity"], EndpointPolicy(entries=entries))
-            for ip in ep["ips"]:
+            local = Local(ep_id, ep.identity, EndpointPolicy(entries=entries))
+            for ip in ep.ips:
                 policy.by_ip[ip] = local
         return policy
 

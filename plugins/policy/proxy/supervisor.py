@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -78,6 +79,22 @@ def install_routes() -> None:
                         raise
 
 
+def remove_routes() -> list[str]:
+    """Cleanup: the rules and routes install_routes made."""
+    done = []
+    with IPRoute() as ip:
+        for family, version, anywhere in ((socket.AF_INET, 4, "0.0.0.0/0"), (socket.AF_INET6, 6, "::/0")):
+            for rule in ip.get_rules(family=family, priority=c.PROXY_RULE_PREF):
+                if rule.get_attr("FRA_TABLE") == c.PROXY_ROUTE_TABLE:
+                    ip.rule("del", family=family, priority=c.PROXY_RULE_PREF, table=c.PROXY_ROUTE_TABLE,
+                            fwmark=c.MARK_MAGIC_TO_PROXY, fwmask=c.MARK_MAGIC_MASK)
+                    done.append(f"ip rule pref {c.PROXY_RULE_PREF} (IPv{version})")
+            if ip.get_routes(family=family, table=c.PROXY_ROUTE_TABLE):
+                ip.route("del", family=family, dst=anywhere, type="local", table=c.PROXY_ROUTE_TABLE)
+                done.append(f"route table {c.PROXY_ROUTE_TABLE} (IPv{version})")
+    return done
+
+
 def write_policy(state_dir: Path, snapshot: dict) -> bool:
     """Write the proxy's policy (atomically, root-only); False when it did not change."""
     path = state_dir / POLICY_FILE
@@ -126,6 +143,19 @@ class ProxyProcess:
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
         log_file.close()
         self.log.info("L7 proxy started", pid=self.child.pid)
+
+    def stop(self, timeout: float = 5) -> int | None:
+        """Cleanup: end this node's proxy; returns its pid (None: none ran)."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+        return pid
 
     def reload(self) -> None:
         pid = self.pid()
