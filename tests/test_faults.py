@@ -1,10 +1,14 @@
 """Faults: the agent killed with SIGKILL at every step of a CNI ADD (PYLIUM_CRASH_AT, see
 core/faults.py); after a restart, the DEL, or the retried ADD and then the DEL, leave neither
-a veth nor an address nor an endpoint behind."""
+a veth nor an address nor an endpoint behind. The state directory on a full filesystem.
+(Full BPF maps: tests/test_lb.py::test_services_that_do_not_fit_the_maps_are_refused_whole,
+tests/test_policy.py::test_a_policy_that_does_not_fit_the_map.)"""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import pytest
 
@@ -56,3 +60,37 @@ def test_kill_at_every_step_of_cni_add_leaves_nothing(lab, point):
     lab.exec(ns, "ping", "-c1", "-W2", NODE_IP)
     assert lab.cni("DEL", env(ns, "retried"), lab.conf()).returncode == 0
     assert_clean(lab, ns)
+
+
+def test_a_full_state_directory_refuses_cleanly_and_keeps_its_state(lab):
+    """The state directory on a tiny tmpfs, filled up: an ADD is refused naming the cause and
+    leaves nothing; once space returns, ADDs work and a restarted agent has every endpoint."""
+    state = lab.dirs.state_dir
+    state.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "pylium-full", str(state)], check=True)
+    try:
+        lab.start_agent()
+        first = lab.pod("a")
+        filler = state / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until ENOSPC
+        ns = lab.netns("b")
+        code, body = lab.api.request("POST", "/v1/cni/add", {"container_id": "full", "ifname": "eth0",
+                                                             "netns": f"/var/run/netns/{ns}"})
+        assert code >= 400 and re.search(r"No space left on device|disk is full", str(body)), body
+        assert veths(lab) == [first.endpoint["host_ifname"]], "the refused ADD left no veth"
+        assert [a["owner"]["container_id"] for a in lab.api.get("/v1/ipam?all=true")["allocations"]] == \
+            [first.endpoint["container_id"]], "nor an address"
+        assert lab.api.get("/v1/healthz") == {"status": "ok"}
+        filler.unlink()
+        second = lab.pod("c")
+        lab.agents[-1].stop()
+        lab.start_agent()
+        assert [e["container_id"] for e in lab.api.get("/v1/endpoints")] == \
+            [first.endpoint["container_id"], second.endpoint["container_id"]]
+        lab.exec(second.netns, "ping", "-c1", "-W2", first.ip)
+    finally:
+        for agent in lab.agents:
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+                agent.proc.wait(10)
+        subprocess.run(["umount", "-l", str(state)], check=False)

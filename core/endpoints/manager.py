@@ -103,9 +103,9 @@ class EndpointManager:
         return ep
 
     def _set(self, ep: Endpoint, save: bool = True) -> Endpoint:
-        self.endpoints[ep.id] = ep
         if save:
-            self.store.save(ep)
+            self.store.save(ep)  # first: a record that cannot be written changes nothing
+        self.endpoints[ep.id] = ep
         return ep
 
     # ---- create ---------------------------------------------------------------------------
@@ -227,7 +227,12 @@ class EndpointManager:
         return gone
 
     async def _teardown(self, ep: Endpoint, reason: str) -> Endpoint:
-        ep = self._set(ep.replace(state="disconnecting"))
+        try:
+            ep = self._set(ep.replace(state="disconnecting"))
+        except EndpointError as e:  # a full state directory must not keep the endpoint in place
+            self.log.warning("endpoint record not updated; removing the endpoint anyway", endpoint=ep.id,
+                             error=e.message)
+            ep = self._set(ep.replace(state="disconnecting"), save=False)
         self._unprogram(ep)
         for name in reversed(self.plugins.order):
             try:

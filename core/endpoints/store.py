@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from pylium.core.endpoints.model import Endpoint
+from pylium.core.plugin_api import EndpointError
 
 
 class EndpointStore:
@@ -25,8 +26,13 @@ class EndpointStore:
     def save(self, ep: Endpoint) -> None:
         final = self.dir / f"{ep.id}.json"
         tmp = self.dir / f".{ep.id}.json.tmp"
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ep)))
-        os.replace(tmp, final)
+        try:
+            tmp.write_bytes(msgspec.json.format(msgspec.json.encode(ep)))
+            os.replace(tmp, final)
+        except OSError as e:  # a full or read-only state directory: the old record stays as it was
+            tmp.unlink(missing_ok=True)
+            raise EndpointError("internal", f"cannot write the record of endpoint {ep.id} in {self.dir}: "
+                                            f"{e.strerror}", 500) from None
 
     def remove(self, ep_id: int) -> None:
         with contextlib.suppress(FileNotFoundError):
