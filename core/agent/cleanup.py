@@ -63,7 +63,7 @@ def detach_filters(programs: set[int]) -> list[str]:
         devices = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
     done = []
     for dev in devices:
-        remaining = 0
+        remaining = removed = 0
         for direction in ("ingress", "egress"):
             shown = subprocess.run(["tc", "-j", "filter", "show", "dev", dev, direction], capture_output=True)
             filters = json.loads(shown.stdout or b"[]") if shown.returncode == 0 else []
@@ -77,6 +77,7 @@ def detach_filters(programs: set[int]) -> list[str]:
                 subprocess.run(["tc", "filter", "del", "dev", dev, direction, "pref", str(f["pref"]),
                                 "handle", f["options"]["handle"], "bpf"], capture_output=True, check=True)
                 done.append(f"tc filter {dev} {direction} pref {f['pref']} (program {prog})")
-        if remaining == 0 and any(line.startswith(f"tc filter {dev} ") for line in done):
+                removed += 1
+        if removed and not remaining:
             subprocess.run(["tc", "qdisc", "del", "dev", dev, "clsact"], capture_output=True)
     return done

@@ -82,9 +82,7 @@ class EndpointSlice:
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
 
 
-def _show(value) -> str:
-    """A value in a message: its repr, shortened however large or deeply nested it is."""
-    return reprlib.repr(value)
+_show = reprlib.repr  # a value in a message: shortened however large or deeply nested it is
 
 
 def _mapping(value, path: str) -> dict:
