@@ -651,6 +651,21 @@ def test_the_gate_names_each_reason():
     assert gate._check(frames()[:2])[1] == "malformed"
 
 
+def test_a_subscriber_skips_a_message_of_another_schema_version():
+    """A subscriber built against another version than the agent's: it names the version and skips it."""
+    from pylium.core.bus.client import Subscription
+
+    rejected = []
+    sub = Subscription.__new__(Subscription)
+    sub.registry, sub.name, sub._last = ev.VOCABULARY, "outsider", {}
+    sub.rejects = SimpleNamespace(reject=lambda *why: rejected.append(why))
+    payload = json.dumps(EVENTS["agent.ready"]).encode()
+    sub.metrics = SimpleNamespace(bus_lost=mock.MagicMock())
+    assert sub._decode([b"agent.ready", json.dumps({**HEADER, "replay": True}).encode(), payload]) is not None
+    assert sub._decode([b"agent.ready", json.dumps({**HEADER, "v": 2}).encode(), payload]) is None
+    assert rejected == [("subscriber:outsider", "undecodable", "schema version 2, this subscriber speaks 1")]
+
+
 # =============================================================================================
 # Policy documents and their L7 rules
 # =============================================================================================

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -526,6 +527,80 @@ def test_a_policy_that_does_not_fit_the_map(empire, tmp_path, lockdown):
     else:
         assert reaches(lab, pods["tiefighter"], death.ip, 80), "the previous policy stays"
         assert not reaches(lab, pods["tiefighter"], death.ip, 8080), "the previous policy stays"
+
+
+ECHO = textwrap.dedent("""
+    import socket, sys, threading
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4)
+    print("ready", flush=True)
+    def echo(c):
+        while data := c.recv(100):
+            c.sendall(data)
+    while True:
+        threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+""")
+TALK = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+    for line in sys.stdin:
+        try:
+            s.sendall(line.encode()); print(s.recv(100).decode().strip() or "closed", flush=True)
+        except OSError as e:
+            print(type(e).__name__, flush=True)
+""")
+ECHO_FROM_EMPIRE = RULE1.replace("name: rule1", "name: echo").replace('port: "80"', 'port: "7000"')
+
+
+def test_a_full_conntrack_map_keeps_traffic_and_policy(empire, tmp_path):
+    """policy_ct (bpf.ctTcpMax + bpf.ctAnyMax entries) filled past its size: the agent warns
+    naming the map and the keys, cilium_bpf_map_pressure shows it full, a connection open
+    before goes on, new connections are decided by policy as before (allowed or denied)."""
+    from pylium.core.datapath.maps import PinnedMap
+    from pylium.core.datapath.structs import FlowKey
+    from pylium.plugins.policy.maps import CtEntry, policy_maps
+
+    lab, start = empire
+    agent, pods = start("--set", "bpf.ctTcpMax=4096", "--set", "bpf.ctAnyMax=4096", "--set", "bpf.ctAnyTimeout=2s",
+                        policies=RULE1 + "---\n" + ECHO_FROM_EMPIRE)
+    death, tie = pods["deathstar"], pods["tiefighter"]
+    server = subprocess.Popen(["ip", "netns", "exec", death.netns, sys.executable, "-c", ECHO, death.ip, "7000"],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    talk = subprocess.Popen(["ip", "netns", "exec", tie.netns, sys.executable, "-c", TALK, death.ip, "7000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+
+        def say(word: str) -> str:
+            talk.stdin.write(word + "\n")
+            talk.stdin.flush()
+            return talk.stdout.readline().strip()
+
+        assert say("before") == "before"
+        [ct_spec] = [s for s in policy_maps(8192) if s.name == "policy_ct"]
+        table = PinnedMap.open(ct_spec, lab.bpf_root / lab.dirs.node / "policy")
+        now = time.monotonic_ns()
+        for i in range(9000):  # connections nobody closes, all fresh: the LRU must evict to take them
+            key = FlowKey(sport=i, dport=443, proto=6, family=2)
+            key.saddr[:4], key.daddr[:4] = [10, 99, i >> 8, i & 255], [10, 98, 0, 1]
+            table.put(key, CtEntry(last_seen=now))
+        table.close()
+        deadline = time.monotonic() + 10
+        while "policy conntrack map nearly full" not in agent.log and time.monotonic() < deadline:
+            time.sleep(0.2)
+        warning = next(json.loads(line) for line in agent.log.splitlines() if "conntrack map nearly full" in line)
+        assert (warning["map"], warning["max"]) == ("policy_ct", 8192) and warning["entries"] >= 0.9 * 8192
+        assert "bpf.ctTcpMax" in warning["event"]
+        assert metric(lab, "cilium_bpf_map_pressure", map_name="policy_ct") >= 0.9
+        assert say("after") == "after", "the connection open before the map filled goes on"
+        assert reaches(lab, tie, death.ip, 80), "a new allowed connection gets a place"
+        assert not reaches(lab, pods["xwing"], death.ip, 80), "policy still decides: no entry, no free pass"
+        assert not reaches(lab, tie, death.ip, 8080)
+    finally:
+        talk.kill()
+        server.kill()
+        talk.wait(5)
+        server.wait(5)
 
 
 def test_policy_is_enforced_while_the_agent_is_away_and_after_it_returns(empire, tmp_path):

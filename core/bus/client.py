@@ -293,6 +293,8 @@ class Subscription:
         try:
             topic_raw, header_raw, payload = frames
             header = ev.decode_header(header_raw)
+            if header.v != ev.SCHEMA_VERSION:  # an agent of another version: its payloads may mean other things
+                raise ValueError(f"schema version {header.v}, this subscriber speaks {ev.SCHEMA_VERSION}")
             topic = topic_raw.decode()
             event = self.registry.decode(topic, payload)
         except (ValueError, ev.UnknownTopic, msgspec.DecodeError, msgspec.ValidationError) as e:

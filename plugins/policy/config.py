@@ -32,6 +32,12 @@ class PolicySettings(Section):
 class PolicyBpfSettings(Section):
     policyMapMax: int = Field(16384, ge=256, le=65536, description="Policy entries one endpoint may have "
                                                                   "(256-65536); more is a policy map overflow.")
+    ctTcpMax: int = Field(196608, ge=256, le=1 << 24, description="TCP connections policy conntrack holds "
+                                                                "(Cilium's bpf.ctTcpMax). One LRU map "
+                                                                "(policy_ct) holds TCP and other protocols: "
+                                                                "its size is ctTcpMax + ctAnyMax.")
+    ctAnyMax: int = Field(65536, ge=256, le=1 << 24, description="Non-TCP flows policy conntrack holds "
+                                                               "(Cilium's bpf.ctAnyMax).")
     ctTcpTimeout: str = Field("2h13m20s", description="How long an idle TCP connection policy allowed stays "
                                                      "allowed without a new policy decision.")
     ctAnyTimeout: str = Field("1m", description="The same for UDP, ICMP and other protocols.")

@@ -43,9 +43,14 @@ class PolicySettings(ct.Structure):
 POLICY_RULES = MapSpec("policy_rules", libbpf.MAP_LPM_TRIE, PolicyKey, PolicyEntry, RULES_MAX_ENTRIES,
                        flags=libbpf.F_NO_PREALLOC)
 POLICY_ENDPOINTS = MapSpec("policy_endpoints", libbpf.MAP_HASH, ct.c_uint32, PolicyEndpoint, 65536)
-POLICY_CT = MapSpec("policy_ct", libbpf.MAP_LRU_HASH, FlowKey, CtEntry, 262144)
 POLICY_SETTINGS = MapSpec("policy_settings", libbpf.MAP_ARRAY, ct.c_uint32, PolicySettings, 1)
-MAPS = (POLICY_RULES, POLICY_ENDPOINTS, POLICY_CT, POLICY_SETTINGS)
+
+
+def policy_maps(ct_max: int) -> tuple[MapSpec, ...]:
+    """The plugin's maps; ct_max: connections policy_ct holds (an LRU: when full, the least
+    recently seen connection makes room, and its next packet is decided by policy again)."""
+    return (POLICY_RULES, POLICY_ENDPOINTS, MapSpec("policy_ct", libbpf.MAP_LRU_HASH, FlowKey, CtEntry, ct_max),
+            POLICY_SETTINGS)
 
 
 def port_prefixes(first: int, last: int) -> list[tuple[int, int]]:

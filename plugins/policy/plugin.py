@@ -74,7 +74,9 @@ class PolicyPlugin(PolicyApi):
     @hookimpl
     def pylium_declare(self, declare):
         declare.after("connectivity")
-        declare.bpf_maps(*maps.MAPS)
+        bpf = declare.settings.bpf
+        declare.bpf_maps(*maps.policy_maps(bpf.ctTcpMax + bpf.ctAnyMax))
+        declare.bpf_defines(POLICY_CT_MAX=bpf.ctTcpMax + bpf.ctAnyMax)
         declare.bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")
         declare.bpf_stage(Slot.TO_POLICY, "bpf/policy.c", "policy_ingress")
         declare.endpoint_fields("identity")
@@ -499,9 +501,18 @@ class PolicyPlugin(PolicyApi):
         bpf = self.ctx.settings.bpf
         tcp, other = parse_duration(bpf.ctTcpTimeout) * 1e9, parse_duration(bpf.ctAnyTimeout) * 1e9
         table = self.ctx.bpf_maps["policy_ct"]
+        full = False
         while True:
             await anyio.sleep(min(60.0, other / 2e9))
             now = time.monotonic_ns()  # CLOCK_MONOTONIC: bpf_ktime_get_ns's clock
-            for key, value in list(table.items()):
+            entries = list(table.items())
+            for key, value in entries:
                 if now - value.last_seen > (tcp if key.proto == 6 else other):
                     table.delete(key)
+            if (len(entries) >= 0.9 * table.spec.max_entries) != full:
+                full = not full
+                say = self.ctx.log.warning if full else self.ctx.log.info
+                say("policy conntrack map nearly full: the least recently seen connections make room, their next "
+                    "packets are decided by policy again; raise bpf.ctTcpMax/bpf.ctAnyMax" if full
+                    else "policy conntrack map has room again", map="policy_ct", entries=len(entries),
+                    max=table.spec.max_entries)

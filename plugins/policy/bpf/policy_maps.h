@@ -71,5 +71,5 @@ struct policy_settings {
 BPF_TABLE_PINNED("lpm_trie", struct policy_key, struct policy_entry, policy_rules, 1048576,
                  PYLIUM_PIN "/policy_rules_v1", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", __u32, struct policy_endpoint, policy_endpoints, 65536, PYLIUM_PIN "/policy_endpoints_v1");
-BPF_TABLE_PINNED("lru_hash", struct flow_key, struct ct_entry, policy_ct, 262144, PYLIUM_PIN "/policy_ct_v1");
+BPF_TABLE_PINNED("lru_hash", struct flow_key, struct ct_entry, policy_ct, POLICY_CT_MAX, PYLIUM_PIN "/policy_ct_v1");
 BPF_TABLE_PINNED("array", __u32, struct policy_settings, policy_settings, 1, PYLIUM_PIN "/policy_settings_v1");
