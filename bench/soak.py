@@ -5,7 +5,7 @@ kills, the second without, to measure the agent's RSS and open-fd slope); then e
 check: veths, addresses, endpoint map entries, identities, services, iptables rules, the
 agent's fds and tasks; and every pod pair must reach each other.
 
-    .venv/bin/python bench/soak.py --duration 600 [--seed 1] [--json]
+    .venv/bin/python bench/soak.py --duration 600 [--seed 1] [--json] [--set KEY=VALUE ...]
 
 Exit status 1 when something leaked or a pod pair is unreachable."""
 
@@ -29,8 +29,8 @@ MAX_PODS = 10
 
 
 class Soak:
-    def __init__(self, lab: Lab, rng: random.Random, only: set[str] = frozenset()):
-        self.lab, self.rng, self.only = lab, rng, only
+    def __init__(self, lab: Lab, rng: random.Random, only: set[str] = frozenset(), agent_args: tuple = ()):
+        self.lab, self.rng, self.only, self.agent_args = lab, rng, only, agent_args
         self.pods: dict[str, Pod] = {}  # container id -> pod
         self.services: set[str] = set()
         self.policies: set[str] = set()
@@ -119,7 +119,7 @@ class Soak:
         """Start the agent again; then do what a runtime does after a failed ADD (DEL it and
         remove its namespace) or DEL (DEL again)."""
         self.lab.agents[-1].proc.wait(10)
-        self.lab.start_agent()
+        self.lab.start_agent(*self.agent_args)
         self.ops["restarts"] = self.ops.get("restarts", 0) + 1
         if self.adding is not None:
             ns = next(n for n in self.lab.namespaces if n.endswith(f"-{self.adding}"))
@@ -184,13 +184,15 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--only", default="", help="only these operations, comma-separated (add_pod, delete_pod, "
                                                    "change_service, change_policy, kill_agent): where does memory go")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an agent setting")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="pylium-soak-") as tmp:
         lab = Lab(Path(tmp))
         try:
-            lab.start_agent()
-            soak = Soak(lab, rng, set(filter(None, args.only.split(","))))
+            agent_args = tuple(a for kv in args.set for a in ("--set", kv))
+            lab.start_agent(*agent_args)
+            soak = Soak(lab, rng, set(filter(None, args.only.split(","))), agent_args)
             baseline = counts(lab)
             started = time.monotonic()
             half = started + args.duration / 2
@@ -200,11 +202,13 @@ def main() -> int:
             if lab.agents[-1].proc.poll() is not None:
                 soak.restart()
             samples, last_sample = [soak.sample()], time.monotonic()
+            flows_buffered = [lab.api.get("/v1/observer")["num_flows"]]
             while time.monotonic() < started + args.duration:
                 soak.step(kills=False)
                 if time.monotonic() - last_sample >= 2:
                     samples.append(soak.sample())
                     last_sample = time.monotonic()
+            flows_buffered.append(lab.api.get("/v1/observer")["num_flows"])
             lab.api.call("DELETE", "/v1/policy?all=true")  # reachability is checked without policies
             lab.api.call("GET", f"/v1/policy/wait?revision={lab.api.get('/v1/policy')['revision']}")
             time.sleep(1.5)  # the manifests directory's changes
@@ -218,6 +222,7 @@ def main() -> int:
                 "fds": [samples[0][2], samples[-1][2]],
                 "fd_slope_per_min": round(slope_per_minute([(s[0], s[2]) for s in samples]), 3),
                 "tasks": [samples[0][3], samples[-1][3]],
+                "flows_buffered": flows_buffered,  # the observer's ring fills up to hubble.eventBufferCapacity
             }
         except ApiFailure as e:
             print(f"soak: the agent refused an operation: {e}\n{lab.agents[-1].log[-3000:]}", file=sys.stderr)

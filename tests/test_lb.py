@@ -265,11 +265,11 @@ def test_connections_spread_within_15_percent(lab, mode, algorithm):
         assert max(counts.values()) - min(counts.values()) <= 10, counts
 
 
-def lb_map(lab, name: str):
+def lb_map(lab, name: str, ct_max: int = 262144):
     from pylium.core.datapath.maps import PinnedMap
     from pylium.plugins.lb.maps import lb_maps
 
-    spec = next(s for s in lb_maps(65536, 16381) if s.name == name)
+    spec = next(s for s in lb_maps(65536, 16381, ct_max) if s.name == name)
     return PinnedMap.open(spec, lab.bpf_root / lab.dirs.node / "lb")
 
 
@@ -391,6 +391,32 @@ def test_backend_states_with_a_live_connection_then_reject(lab, mode):
     flow = wait_flow(lab, lambda f: f.get("drop_reason") == 158, "--type", "drop")
     assert flow["drop_reason_desc"] == "SERVICE_BACKEND_NOT_FOUND"
     assert flow["IP"]["destination"] == VIP and flow["IP"]["source"] == client.ip
+
+
+def test_a_full_nat_map_keeps_live_connections_and_takes_new_ones(lab):
+    """lb4_ct (bpf.natMax) filled past its size with idle translations: a connection in use
+    before goes on with its backend, new connections are translated, the pressure shows it."""
+    from test_policy import metric
+
+    from pylium.plugins.lb.maps import Lb4CtEntry, Lb4CtKey
+
+    client, pods = start_backends(lab, "--set", "socketLB.enabled=false", "--set", "bpf.natMax=8192",
+                                  "--set", "loadBalancer.algorithm=maglev", count=2)
+    web_service(lab, pods)
+    wait_services(lab, lambda rows: rows and all(len(r["backends"]) == 2 for r in rows))
+    live = Live(lab, client, VIP, 80)
+    first = live.ask()
+    assert first in ("web0", "web1")
+    table = lb_map(lab, "lb4_ct", ct_max=8192)
+    for i in range(9000):  # idle translations nobody ends: the LRU must make room
+        key = Lb4CtKey(sport=i, dport=80, proto=6)
+        key.saddr[:], key.daddr[:] = [10, 99, i >> 8, i & 255], [10, 96, 0, 10]
+        table.put(key, Lb4CtEntry(last_seen=time.monotonic_ns(), backend_id=1))
+    table.close()
+    assert metric(lab, "cilium_bpf_map_pressure", map_name="lb4_ct") >= 0.9
+    assert live.ask() == first, "the connection in use keeps its backend"
+    assert set(spread(connect(lab, client.netns, "tcp", VIP, 80, count=40))) == {"web0", "web1"}
+    assert live.ask() == first
 
 
 def test_no_backend_with_drop_response_times_out(lab):

@@ -417,3 +417,18 @@ def test_service_map_aggregates_flows_into_workload_edges(star):
     dot = run_cli(lab.dirs, "service-map", "-o", "dot").stdout
     assert dot.startswith("digraph") and '"default/xwing" -> "empire/deathstar" [label="80/TCP forwarded=' in dot
     assert "empire/deathstar" in run_cli(lab.dirs, "service-map").stdout
+
+
+def test_the_service_map_lets_go_of_deleted_endpoints():
+    """Its workload-name cache must not keep endpoints that went (a pod churn soak grew the
+    agent by them)."""
+    from pylium.plugins.observability.flow import Endpoint
+    from pylium.plugins.observability.servicemap import ServiceMap
+
+    service_map = ServiceMap(10)
+    pods = [Endpoint(ID=i, identity=300, namespace="shop", pod_name=f"web-{i}", labels=("k8s:app=web",))
+            for i in range(1, 4)]
+    assert {service_map._name(ep) for ep in pods} == {"shop/web"}
+    for ep in pods[:2]:
+        service_map.forget(ep)
+    assert list(service_map._names) == [pods[2]]

@@ -91,6 +91,11 @@ class LbBpfSettings(Section):
     lbMapMax: int = Field(65536, ge=256, le=1 << 24, description="Entries of the load balancer's service, "
                                                                "backend and affinity maps; a change that needs "
                                                                "more is refused whole.")
+    natMax: int = Field(262144, ge=1024, le=1 << 24, description="Entries of lb4_ct, the connections the "
+                                                               "per-packet path translated (destination and "
+                                                               "source NAT, one entry per direction; Cilium's "
+                                                               "bpf.natMax). An LRU: when full, the least "
+                                                               "recently used translation makes room.")
 
 
 def _host_services(value: Any, old: str, warn) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def maglev_struct(m: int) -> type[ct.Structure]:
     return type("LbMaglev", (ct.Structure,), {"_fields_": [("backend_ids", ct.c_uint32 * m)]})
 
 
-def lb_maps(map_max: int, maglev_m: int) -> tuple[MapSpec, ...]:
+def lb_maps(map_max: int, maglev_m: int, ct_max: int = CT_MAX) -> tuple[MapSpec, ...]:
     return (
         MapSpec("lb4_services", libbpf.MAP_HASH, Lb4Key, Lb4Service, map_max),
         MapSpec("lb4_backends", libbpf.MAP_HASH, ct.c_uint32, Lb4Backend, map_max),
@@ -84,7 +84,7 @@ def lb_maps(map_max: int, maglev_m: int) -> tuple[MapSpec, ...]:
         MapSpec("lb_rr", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint32, 65536),
         MapSpec("lb_affinity", libbpf.MAP_LRU_HASH, LbAffinityKey, LbAffinityVal, map_max),
         MapSpec("lb4_reverse_sk", libbpf.MAP_LRU_HASH, Lb4SkKey, Lb4SkVal, map_max),
-        MapSpec("lb4_ct", libbpf.MAP_LRU_HASH, Lb4CtKey, Lb4CtEntry, CT_MAX),
+        MapSpec("lb4_ct", libbpf.MAP_LRU_HASH, Lb4CtKey, Lb4CtEntry, ct_max),
         MapSpec("lb_netns", libbpf.MAP_HASH, ct.c_uint64, ct.c_uint32, 65536),
         MapSpec("lb_devices", libbpf.MAP_HASH, ct.c_uint32, LbDevice, 256),
     )

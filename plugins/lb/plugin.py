@@ -62,10 +62,10 @@ class LbPlugin(LbApi):
     def pylium_declare(self, declare):
         cfg = declare.settings
         declare.after("connectivity")
-        declare.bpf_maps(*lb_maps(cfg.bpf.lbMapMax, cfg.maglev.tableSize))
+        declare.bpf_maps(*lb_maps(cfg.bpf.lbMapMax, cfg.maglev.tableSize, cfg.bpf.natMax))
         seed = int.from_bytes(maglev.seed_bytes(cfg.maglev.hashSeed)[:4], "little")
-        declare.bpf_defines(LB_MAP_MAX=cfg.bpf.lbMapMax, LB_MAGLEV_M=cfg.maglev.tableSize, LB_HASH_SEED=f"{seed}U",
-                            LB_REJECT=int(cfg.serviceNoBackendResponse == "reject"))
+        declare.bpf_defines(LB_MAP_MAX=cfg.bpf.lbMapMax, LB_CT_MAX=cfg.bpf.natMax, LB_MAGLEV_M=cfg.maglev.tableSize,
+                            LB_HASH_SEED=f"{seed}U", LB_REJECT=int(cfg.serviceNoBackendResponse == "reject"))
         declare.bpf_stage(Slot.FROM_LB, "bpf/lb.c", "lb_from_container")
         declare.bpf_stage(Slot.TO_LB, "bpf/lb.c", "lb_to_container")
         declare.api_routes(("GET", "/v1/service", self.api_services), ("GET", "/v1/bpf/lb", self.api_bpf_lb),

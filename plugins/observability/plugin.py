@@ -270,6 +270,8 @@ class ObservabilityPlugin:
                     continue
                 ev = e.event
                 old = self.decoder.endpoint_by_id.pop(ev.id, None)
+                if old is not None and self.service_map is not None:
+                    self.service_map.forget(old)
                 for ip in [ip for ip, x in self.decoder.endpoint_by_ip.items() if x is old]:
                     del self.decoder.endpoint_by_ip[ip]
                 self.decoder.forget_interface(ev.host_ifindex)

@@ -59,6 +59,10 @@ class ServiceMap:
             name = self._names[ep] = workload(ep)
         return name
 
+    def forget(self, ep: Endpoint) -> None:
+        """An endpoint that went: its cached name would keep it alive."""
+        self._names.pop(ep, None)
+
     def add(self, flow: Flow) -> None:
         if flow.l7 is not None:
             self._add_l7(flow)
