@@ -6,6 +6,16 @@ import hashlib
 import json
 from pathlib import Path
 
+from pylium.core.datapath.maps import PinnedMap
+from pylium.plugins.lb.maps import lb_maps
+
+
+def lb_map(node: str, name: str, map_max: int = 65536) -> PinnedMap:
+    """A load-balancer map of the bench agent on `node` (sized by its bpf.lbMapMax)."""
+    tag = node[2:8]  # _lab: netns pb<tag>-node, node bench-<tag>, bpf root pylium-bench-<tag>
+    spec = next(s for s in lb_maps(map_max, 16381) if s.name == name)
+    return PinnedMap.open(spec, Path(f"/sys/fs/bpf/pylium-bench-{tag}/bench-{tag}/lb"))
+
 
 def decoy_vip(i: int) -> str:
     return f"10.97.{i // 250}.{i % 250 + 1}"

@@ -17,26 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _lab import add_pod, node_with_agent  # noqa: E402
-from _services import decoys, write_manifest  # noqa: E402
+from _services import decoys, lb_map, write_manifest  # noqa: E402
 
 from pylium.core.datapath.maps import PinnedMap  # noqa: E402
-from pylium.plugins.lb.maps import lb_maps  # noqa: E402
 
 TARGETS_MIB = {10_000: 100, 50_000: 120}
-
-
-def agent_pid(node: str) -> int:
-    """The agent of this bench node (nsenter execs it: one process)."""
-    tag = node[2:8]  # _lab: netns pb<tag>-node, node name bench-<tag>
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(a.endswith(b"pylium-agent") for a in argv) and f"bench-{tag}".encode() in argv:
-                return int(proc.name)
-    raise SystemExit("the bench agent's process was not found")
 
 
 def rss_mib(pid: int) -> float:
@@ -81,10 +66,8 @@ def main() -> None:
     rows = []
     map_max = 1 << (max(counts) * 5).bit_length()  # room for the largest count (kernel memory, not the agent's)
     with node_with_agent("--set", f"bpf.lbMapMax={map_max}") as (node, client, netns, _, run_dir):
-        pid = agent_pid(node)
-        tag = node[2:8]
-        spec = next(s for s in lb_maps(map_max, 16381) if s.name == "lb4_reverse_nat")
-        revnat = PinnedMap.open(spec, Path(f"/sys/fs/bpf/pylium-bench-{tag}/bench-{tag}/lb"))
+        pid = int((run_dir / "pylium-agent.lock").read_text())  # the agent writes its pid there
+        revnat = lb_map(node, "lb4_reverse_nat", map_max)
         manifests = run_dir.parent / "manifests"
         manifests.mkdir(exist_ok=True)
         idle = rss_mib(pid)

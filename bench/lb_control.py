@@ -18,22 +18,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _lab import exec_in, node_with_agent  # noqa: E402
-from _services import decoy_vip, decoys, kube_proxy_rules, service_docs, write_manifest  # noqa: E402
+from _services import decoy_vip, decoys, kube_proxy_rules, lb_map, service_docs, write_manifest  # noqa: E402
 
-from pylium.core.datapath.maps import PinnedMap  # noqa: E402
 from pylium.plugins.lb import maglev  # noqa: E402
-from pylium.plugins.lb.maps import Lb4Key, lb_maps, pack_key, addr_str  # noqa: E402
+from pylium.plugins.lb.maps import Lb4Key, pack_key, addr_str  # noqa: E402
 
 SERVICES, BACKENDS = 10_000, 4
 TARGETS = {"load": 2.0, "change": 0.050, "maglev": 0.050}
-
-
-def lb_map(node: str, name: str) -> PinnedMap:
-    tag = node[2:8]  # _lab: netns pb<tag>-node, node bench-<tag>, bpf root pylium-bench-<tag>
-    spec = next(s for s in lb_maps(65536, 16381) if s.name == name)
-    from pathlib import Path
-
-    return PinnedMap.open(spec, Path(f"/sys/fs/bpf/pylium-bench-{tag}/bench-{tag}/lb"))
 
 
 def restore_seconds(netns, backend: str) -> float:

@@ -3,7 +3,8 @@ core/faults.py); after a restart, the DEL, or the retried ADD and then the DEL, 
 a veth nor an address nor an endpoint behind. The state directory on a full filesystem.
 (Full BPF maps: tests/test_lb.py::test_services_that_do_not_fit_the_maps_are_refused_whole,
 tests/test_policy.py::test_a_policy_that_does_not_fit_the_map,
-tests/test_policy.py::test_a_full_conntrack_map_keeps_traffic_and_policy.)"""
+tests/test_policy.py::test_a_full_conntrack_map_keeps_traffic_and_policy,
+tests/test_lb.py::test_a_full_nat_map_keeps_live_connections_and_takes_new_ones.)"""
 
 from __future__ import annotations
 

@@ -75,8 +75,9 @@ class PolicyPlugin(PolicyApi):
     def pylium_declare(self, declare):
         declare.after("connectivity")
         bpf = declare.settings.bpf
-        declare.bpf_maps(*maps.policy_maps(bpf.ctTcpMax + bpf.ctAnyMax))
-        declare.bpf_defines(POLICY_CT_MAX=bpf.ctTcpMax + bpf.ctAnyMax)
+        ct_max = bpf.ctTcpMax + bpf.ctAnyMax  # one table for every protocol
+        declare.bpf_maps(*maps.policy_maps(ct_max))
+        declare.bpf_defines(POLICY_CT_MAX=ct_max)
         declare.bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")
         declare.bpf_stage(Slot.TO_POLICY, "bpf/policy.c", "policy_ingress")
         declare.endpoint_fields("identity")
