@@ -2,7 +2,7 @@
 """The agent's resident memory: idle (the baseline), with 100 endpoints, then with 10,000 and
 50,000 services x 4 backends from the manifests directory; the cost per service.
 
-    .venv/bin/python bench/agent_memory.py [--pods 100] [--services 10000,50000]
+    .venv/bin/python bench/agent_memory.py [--pods 100] [--services 10000,50000] [--json]
 
 Targets (issue 20): <= 100 MiB with 100 endpoints and 10,000 services, <= 120 MiB with 50,000."""
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import time
@@ -53,6 +54,8 @@ def load_services(revnat: PinnedMap, manifests: Path, count: int) -> float:
     del docs
     gc.collect()
     while revnat.count() != count:
+        if time.monotonic() - started > 120:
+            raise SystemExit(f"the agent did not program {count} services in 120 s ({revnat.count()} so far)")
         time.sleep(0.5)
     return time.monotonic() - started
 
@@ -61,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--services", default="10000,50000", help="service counts, in increasing order")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     counts = [int(n) for n in args.services.split(",")]
     rows = []
@@ -80,22 +84,26 @@ def main() -> None:
             seconds = load_services(revnat, manifests, count)
             rows.append((f"{args.pods} endpoints, {count:,} services x 4", rss_mib(pid), f"{seconds:.1f} s"))
         revnat.close()
-    print(f"{'state':44} {'RSS MiB':>8} {'vs idle':>8}  load")
-    for what, rss, took in rows:
-        print(f"{what:44} {rss:8.1f} {rss / idle:7.2f}x  {took}")
     service_rows = rows[2:]
-    ok = True
-    for (what, rss, _), count in zip(service_rows, counts):
-        target = TARGETS_MIB.get(count)
-        if target is not None:
-            ok &= rss <= target
-            print(f"{count:,} services: {rss:.1f} MiB (target <= {target} MiB)")
+    per = None
     if len(service_rows) > 1:
         (_, low, _), (_, high, _) = service_rows[0], service_rows[-1]
         per = (high - low) * 1024 / (counts[-1] - counts[0])
-        print(f"per service (x 4 backends), {counts[0]:,} -> {counts[-1]:,}: {per:.2f} KiB")
-    print("PASS" if ok else "FAIL")
-    sys.exit(0 if ok else 1)
+    met = {count: rss <= TARGETS_MIB[count] for (_, rss, _), count in zip(service_rows, counts) if count in TARGETS_MIB}
+    if args.json:
+        print(json.dumps({"rows": [{"state": what, "rss_mib": round(rss, 1), "load": took} for what, rss, took in rows],
+                          "per_service_kib": per and round(per, 2), "targets_met": met}))
+    else:
+        print(f"{'state':44} {'RSS MiB':>8} {'vs idle':>8}  load")
+        for what, rss, took in rows:
+            print(f"{what:44} {rss:8.1f} {rss / idle:7.2f}x  {took}")
+        for (_, rss, _), count in zip(service_rows, counts):
+            if count in TARGETS_MIB:
+                print(f"{count:,} services: {rss:.1f} MiB (target <= {TARGETS_MIB[count]} MiB)")
+        if per is not None:
+            print(f"per service (x 4 backends), {counts[0]:,} -> {counts[-1]:,}: {per:.2f} KiB")
+        print("PASS" if all(met.values()) else "FAIL")
+    sys.exit(0 if all(met.values()) else 1)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ _EXPORTS = {
     "StoreUnavailable": "pylium.core.state.store",
     "store_keys": "pylium.core.state:keys",
     "PluginManifests": "pylium.core.state.manifests",
+    "ManifestEntry": "pylium.core.state.manifests",
     "gc_paused": "pylium.core.state.manifests",
     # the datapath
     "consts": "pylium.core.datapath:consts",
@@ -127,6 +128,6 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from pylium.core.hookspecs import hookimpl  # noqa: F401
     from pylium.core.plugin_api import (ApiError, ApiRequest, Declarations, EndpointError, Health,  # noqa: F401
                                         PluginContext, PluginRegistry)
-    from pylium.core.state.manifests import Manifests, PluginManifests, gc_paused  # noqa: F401
+    from pylium.core.state.manifests import ManifestEntry, Manifests, PluginManifests, gc_paused  # noqa: F401
     from pylium.core.state import keys as store_keys  # noqa: F401
     from pylium.core.state.store import ClusterStore, Mirror, StoreUnavailable  # noqa: F401

@@ -139,8 +139,8 @@ class FakeMap:
             return
         size = len(values) // (len(keys) // self.key_size)
         for i in range(len(keys) // self.key_size):
-            k = keys[i * self.key_size:(i + 1) * self.key_size]
-            self.data[k] = values[i * size:(i + 1) * size]
+            k = bytes(keys[i * self.key_size:(i + 1) * self.key_size])  # the writer packs into bytearrays
+            self.data[k] = bytes(values[i * size:(i + 1) * size])
             self.log.append(("put", self.name, k))
 
     def put(self, key, value) -> None:

@@ -62,10 +62,43 @@ class Problem:
 
 @dataclass
 class Catalog:
-    """The services and slices in force (the last good version of each object)."""
+    """The services and slices in force: the manifest entry (anything with a `.doc`) of the
+    last good version of each object. They are parsed again when their service is computed:
+    kept parsed, 10,000 services would hold ~16 MiB more."""
 
-    services: dict[tuple[str, str], Service] = field(default_factory=dict)
-    slices: dict[tuple[str, str], EndpointSlice] = field(default_factory=dict)
+    services: dict[tuple[str, str], object] = field(default_factory=dict)
+    slices: dict[tuple[str, str], tuple[object, tuple[str, str]]] = field(default_factory=dict)  # entry, service
+    slices_of: dict[tuple[str, str], tuple] = field(default_factory=dict)  # service -> slice keys (sorted)
+    local: set[tuple[str, str]] = field(default_factory=set)  # services with a Local traffic policy
+    node_ports: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # the ones services name
+
+    def put_service(self, key: tuple[str, str], entry, service: Service) -> None:
+        self.services[key] = entry
+        if service.internal_local or service.external_local:
+            self.local.add(key)
+        if any(p.node_port for p in service.ports):
+            self.node_ports[key] = {p.node_port for p in service.ports if p.node_port}
+
+    def drop_service(self, key: tuple[str, str]) -> tuple[str, str]:
+        del self.services[key]
+        self.local.discard(key)
+        self.node_ports.pop(key, None)
+        return key
+
+    def put_slice(self, key: tuple[str, str], entry, slice_: EndpointSlice) -> None:
+        service = (slice_.namespace, slice_.service)
+        self.slices[key] = (entry, service)
+        self.slices_of[service] = tuple(sorted({*self.slices_of.get(service, ()), key}))  # a set each: 2 MiB more
+
+    def drop_slice(self, key: tuple[str, str]) -> tuple[str, str]:
+        """Returns the service the slice belonged to."""
+        _, service = self.slices.pop(key)
+        keys = tuple(k for k in self.slices_of[service] if k != key)
+        if keys:
+            self.slices_of[service] = keys
+        else:
+            del self.slices_of[service]
+        return service
 
 
 def node_port_for(service: Service, port: ServicePort, taken: set[int], port_range: tuple[int, int]) -> int:

@@ -12,8 +12,8 @@ from typing import Any
 
 import anyio
 
-from pylium.core.api_for_plugins import (Health, NoService, PluginManifests, Slot, events, gc_paused, hookimpl,
-                                        libbpf, netns)
+from pylium.core.api_for_plugins import (Health, ManifestEntry, NoService, PluginManifests, Slot, events, gc_paused,
+                                        hookimpl, libbpf, netns)
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.api import LbApi
 from pylium.plugins.lb.config import LbConfig
@@ -39,7 +39,7 @@ class LbPlugin(LbApi):
     def __init__(self) -> None:
         self.ctx: Any = None
         self.catalog = Catalog()
-        self.docs: dict[tuple, dict] = {}  # (kind, ns, name) -> the document in force
+        self.docs: dict[tuple, ManifestEntry] = {}  # (kind, ns, name) -> the manifest entry last read
         self.problems: dict[tuple, Problem] = {}
         self.by_service: dict[tuple[str, str], list[Frontend]] = {}  # as written in the maps
         self._synced = False  # the first write replaces whatever an earlier run left
@@ -199,42 +199,41 @@ class LbPlugin(LbApi):
 
     # ---- services ---------------------------------------------------------------------------
 
-    def _load(self, manifests: PluginManifests) -> set[tuple[str, str]]:
+    def _load(self, manifests: PluginManifests, parsed: dict[tuple, object]) -> set[tuple[str, str]]:
         """Take in changed Service and EndpointSlice documents; a bad one is reported with its
         file and field, and its previous version (if any) stays in force. Returns the keys
-        of the services to compute again."""
+        of the services to compute again; what was parsed goes into `parsed` by (kind, ns, name)."""
         port_range = self.ctx.settings.nodePort.bounds()
+        catalog = self.catalog
         dirty: set[tuple[str, str]] = set()
-        for kind, parse, table in (("Service", lambda d: parse_service(d, port_range), self.catalog.services),
-                                   ("EndpointSlice", parse_endpoint_slice, self.catalog.slices)):
+        for kind, parse, table, put, drop in (
+                ("Service", lambda d: parse_service(d, port_range), catalog.services, catalog.put_service,
+                 catalog.drop_service),
+                ("EndpointSlice", parse_endpoint_slice, catalog.slices, catalog.put_slice, catalog.drop_slice)):
             entries = manifests.entries(kind)
             for key in [k for k in table if k not in entries]:
-                dirty.add(self._service_of(kind, table.pop(key)))
-                self.docs.pop((kind, *key), None)
+                dirty.add(drop(key))
+            for key in [k for k in self.docs if k[0] == kind and k[1:] not in entries]:
+                del self.docs[key]
             for key in [k for k in self.problems if k[0] == kind and k[1:] not in entries]:
                 del self.problems[key]
-            for key, (doc, path) in entries.items():
-                if self.docs.get((kind, *key)) is doc:
+            for key, entry in entries.items():
+                if self.docs.get((kind, *key)) is entry:
                     continue
+                self.docs[(kind, *key)] = entry  # a bad one is reported once; its previous version stays
                 try:
-                    parsed = parse(doc)
+                    obj = parse(entry.doc)
                 except ModelError as e:
-                    self._problem(Problem(kind, key, str(path), e))
-                    self.docs[(kind, *key)] = doc  # reported once; the previous version stays
+                    self._problem(Problem(kind, key, str(entry.path), e))
                     continue
                 self.problems.pop((kind, *key), None)
-                self.docs[(kind, *key)] = doc
-                old = table.pop(key, None)
-                if old is not None:
-                    dirty.add(self._service_of(kind, old))
-                if parsed is not None:
-                    table[key] = parsed
-                    dirty.add(self._service_of(kind, parsed))
+                if key in table:
+                    dirty.add(drop(key))
+                if obj is not None:
+                    put(key, entry, obj)
+                    parsed[(kind, *key)] = obj
+                    dirty.add(obj.key if kind == "Service" else (obj.namespace, obj.service))
         return dirty
-
-    @staticmethod
-    def _service_of(kind: str, obj) -> tuple[str, str]:
-        return obj.key if kind == "Service" else (obj.namespace, obj.service)
 
     def _problem(self, problem: Problem) -> None:
         self.problems[(problem.kind, *problem.key)] = problem
@@ -245,31 +244,38 @@ class LbPlugin(LbApi):
     def _is_local(self, backend) -> bool:
         return backend.node == self.ctx.node_name if backend.node else backend.address in self.local_ips
 
-    def _delta(self, dirty: set[tuple[str, str]]) -> dict[tuple, Frontend | None]:
+    def _parsed(self, kind: str, key: tuple[str, str], parsed: dict[tuple, object]):
+        """An object in force, parsed: in this change (taken out: it is used once), or again
+        from its entry."""
+        obj = parsed.pop((kind, *key), None)
+        if obj is not None:
+            return obj
+        if kind == "Service":
+            return parse_service(self.catalog.services[key].doc, self.ctx.settings.nodePort.bounds())
+        return parse_endpoint_slice(self.catalog.slices[key][0].doc)
+
+    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[tuple, object]) -> dict[tuple, Frontend | None]:
         """The frontends of the services in `dirty`, computed again: what to write (a
         Frontend) and what to remove (None)."""
         port_range = self.ctx.settings.nodePort.bounds()
-        slices_by_service: dict[tuple[str, str], list] = {}
-        for s in self.catalog.slices.values():
-            if (s.namespace, s.service) in dirty:
-                slices_by_service.setdefault((s.namespace, s.service), []).append(s)
         taken: set[int] | None = None
         delta: dict[tuple, Frontend | None] = {}
         for key in dirty:
             old = self.by_service.pop(key, [])
-            service = self.catalog.services.get(key)
+            service = self._parsed("Service", key, parsed) if key in self.catalog.services else None
             new = old if service is not None else []
             if service is not None:
                 if taken is None and service.type in ("NodePort", "LoadBalancer"):
-                    taken = {p.node_port for s in self.catalog.services.values() for p in s.ports if p.node_port}
+                    taken = set().union(*self.catalog.node_ports.values())
                     taken |= {f.port for fs in self.by_service.values() for f in fs if f.type == "NodePort"}
+                slices = [self._parsed("EndpointSlice", k, parsed)
+                          for k in self.catalog.slices_of.get(key, ())]
                 try:
-                    new = frontends(service, slices_by_service.get(key, []), self._is_local, taken or set(),
-                                    port_range)
+                    new = frontends(service, slices, self._is_local, taken or set(), port_range)
                     self.problems.pop(("Service", *key), None)
                 except ModelError as e:  # found only with the slices: an unknown targetPort name
-                    path = self._manifests.entries("Service").get(key, (None, "?"))[1]
-                    self._problem(Problem("Service", key, str(path), e))
+                    entry = self._manifests.entries("Service").get(key)
+                    self._problem(Problem("Service", key, str(entry.path if entry else "?"), e))
                 if not self.ctx.settings.kubeProxyReplacement:  # ClusterIP only, per packet
                     new = [f for f in new if f.type == "ClusterIP"]
                 self.by_service[key] = new
@@ -286,14 +292,16 @@ class LbPlugin(LbApi):
         """Take in what changed and write the difference to the maps."""
         started = time.perf_counter()
         dirty = set(dirty or ())
+        parsed: dict[tuple, object] = {}  # this change's, dropped after it
         if manifests is not None:
             self._manifests = manifests
-            dirty |= self._load(manifests)
+            dirty |= self._load(manifests, parsed)
         first = not self._synced
         if first:
             dirty = set(self.catalog.services) | set(self.by_service)
         before = {k: self.by_service[k] for k in dirty if k in self.by_service}
-        delta = self._delta(dirty)
+        delta = self._delta(dirty, parsed)
+        del parsed
         try:
             if first:
                 written = self.writer.sync({k: f for k, f in delta.items() if f is not None})
@@ -365,6 +373,5 @@ class LbPlugin(LbApi):
         """Backends without a nodeName are local when a local endpoint has their address; that
         matters only to services with a Local traffic policy."""
         self.local_ips = (self.local_ips | add) - remove
-        local = {k for k, s in self.catalog.services.items() if s.internal_local or s.external_local}
-        if local and self._synced:
-            await self._changed(None, local)
+        if self.catalog.local and self._synced:
+            await self._changed(None, set(self.catalog.local))

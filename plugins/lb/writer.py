@@ -25,7 +25,7 @@ class MapFull(Exception):
     """The frontends do not fit the maps; nothing was changed."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Installed:
     id: int
     frontend: Frontend | None  # None: found in the maps at start, not (yet) claimed
@@ -63,6 +63,7 @@ class Writer:
         self._released: list[tuple] = []  # backends of frontends removed in this change
         self.removed: dict[tuple, Frontend | None] = {}  # by the last apply()
         self.entries = 0  # in lb4_services
+        self._slot_counts: dict[tuple, dict[int, int]] = {}
 
     # ---- start: adopt what an earlier run left -------------------------------------------
 
@@ -112,7 +113,10 @@ class Writer:
             self._remove(key)
         ids = self._assign_ids(list(changed))
         self._write_backends(changed.values())
-        slot_keys, slot_values, master_keys, master_values, revnat = [], [], [], [], []
+        # packed into growing buffers, not lists of small bytes: tens of thousands of those,
+        # freed between objects that stay, would leave the agent's heap fragmented
+        slot_keys, slot_values, master_keys, master_values = bytearray(), bytearray(), bytearray(), bytearray()
+        revnat_keys, revnat_values = bytearray(), bytearray()
         for key, f in changed.items():
             fid = ids[key]
             proto = PROTOCOLS[f.protocol]
@@ -121,20 +125,24 @@ class Writer:
             for scope, backends in _scopes(f).items():
                 active, terminating = _chosen(backends)
                 for slot, b in enumerate(active + terminating, 1):
-                    slot_keys.append(pack_key(f.address, f.port, proto, slot, scope))
-                    slot_values.append(pack_service(backend_id=self.backend_ids[b.key]))
-                master_keys.append(pack_key(f.address, f.port, proto, 0, scope))
-                master_values.append(pack_service(0, f.affinity_timeout, len(active), len(terminating), fid, flags,
-                                                  self.algorithm))
-            revnat.append((u32(fid), pack_revnat(f.address, f.port)))
+                    slot_keys += pack_key(f.address, f.port, proto, slot, scope)
+                    slot_values += pack_service(backend_id=self.backend_ids[b.key])
+                master_keys += pack_key(f.address, f.port, proto, 0, scope)
+                master_values += pack_service(0, f.affinity_timeout, len(active), len(terminating), fid, flags,
+                                              self.algorithm)
+            revnat_keys += u32(fid)
+            revnat_values += pack_revnat(f.address, f.port)
         services = self.maps["lb4_services"]
-        services.put_many(b"".join(slot_keys), b"".join(slot_values))
-        services.put_many(b"".join(master_keys), b"".join(master_values))
-        self.maps["lb4_reverse_nat"].put_many(b"".join(k for k, _ in revnat), b"".join(v for _, v in revnat))
+        services.put_many(slot_keys, slot_values)
+        services.put_many(master_keys, master_values)
+        self.maps["lb4_reverse_nat"].put_many(revnat_keys, revnat_values)
         released = []
         for key, f in changed.items():
             old = self.frontends.get(key)
             new_slots = {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
+            # shared (never changed in place): most frontends have the same counts, and a dict
+            # each would cost 2 MiB per 10,000 services
+            new_slots = self._slot_counts.setdefault(tuple(new_slots.items()), new_slots)
             if old is not None:
                 self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old.slots, new_slots)
                 self.entries -= sum(old.slots.values())
@@ -194,7 +202,7 @@ class Writer:
 
     def _write_backends(self, frontends) -> None:
         used = set(self.backend_ids.values())
-        candidate, keys, values = 1, [], []
+        candidate, keys, values = 1, bytearray(), bytearray()
         for f in frontends:
             for backends in _scopes(f).values():
                 for b in backends:
@@ -206,10 +214,10 @@ class Writer:
                         used.add(bid)
                     state = BPF_STATE[b.state]
                     if self.backend_states.get(bid) != state:
-                        keys.append(u32(bid))
-                        values.append(pack_backend(b.address, b.port, PROTOCOLS[b.protocol], state))
+                        keys += u32(bid)
+                        values += pack_backend(b.address, b.port, PROTOCOLS[b.protocol], state)
                         self.backend_states[bid] = state
-        self.maps["lb4_backends"].put_many(b"".join(keys), b"".join(values))
+        self.maps["lb4_backends"].put_many(keys, values)
 
     def _write_maglev(self, fid: int, f: Frontend) -> None:
         tables = self.maps["lb4_maglev"]
