@@ -51,6 +51,7 @@ _EXPORTS = {
     "PluginManifests": "pylium.core.state.manifests",
     "ManifestEntry": "pylium.core.state.manifests",
     "gc_paused": "pylium.core.state.manifests",
+    "release_freed_memory": "pylium.core.agent.memory",
     # the datapath
     "consts": "pylium.core.datapath:consts",
     "libbpf": "pylium.core.datapath:libbpf",
@@ -128,6 +129,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from pylium.core.hookspecs import hookimpl  # noqa: F401
     from pylium.core.plugin_api import (ApiError, ApiRequest, Declarations, EndpointError, Health,  # noqa: F401
                                         PluginContext, PluginRegistry)
+    from pylium.core.agent.memory import release_freed_memory  # noqa: F401
     from pylium.core.state.manifests import ManifestEntry, Manifests, PluginManifests, gc_paused  # noqa: F401
     from pylium.core.state import keys as store_keys  # noqa: F401
     from pylium.core.state.store import ClusterStore, Mirror, StoreUnavailable  # noqa: F401

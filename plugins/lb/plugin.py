@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 
 from pylium.core.api_for_plugins import (Health, ManifestEntry, NoService, PluginManifests, Slot, events, gc_paused,
-                                        hookimpl, libbpf, netns)
+                                        hookimpl, libbpf, netns, release_freed_memory)
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.api import LbApi
 from pylium.plugins.lb.config import LbConfig
@@ -319,6 +319,8 @@ class LbPlugin(LbApi):
         idle = not self.writer.frontends
         for slot in STAGES:
             self.ctx.datapath.bypass(slot, idle)
+        if len(written) + len(self.writer.removed) > 1000:
+            release_freed_memory()  # what computing them used
         if written or self.writer.removed:
             self.ctx.log.info("services programmed", frontends=len(written), removed=len(self.writer.removed),
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
