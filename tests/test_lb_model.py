@@ -3,13 +3,15 @@ policies, maglev tables, and the writer's order and all-or-nothing behaviour (on
 
 from __future__ import annotations
 
+import ctypes as ct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.frontends import Backend, frontends
-from pylium.plugins.lb.maps import Lb4Key
+from pylium.plugins.lb.maps import Lb4Backend, Lb4Key, pack_backend
 from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
 from pylium.plugins.lb.writer import MapFull, Writer
 
@@ -203,3 +205,29 @@ def test_writer_maglev_tables_cover_active_backends_only():
     [table] = maps["lb4_maglev"].data.values()
     ids = {int.from_bytes(table[i:i + 4], "little") for i in range(0, len(table), 4)}
     assert ids == {writer.backend_ids[("10.0.0.1", 8080, "TCP")], writer.backend_ids[("10.0.0.2", 8080, "TCP")]}
+
+
+def test_writer_counts_backends_shared_by_frontends_and_drops_them_with_the_last():
+    """Backend use is counted per backend id: one backend behind two services stays until
+    neither uses it; a state change is written once."""
+    writer, maps, _ = fake_writer()
+    a = web(["10.0.0.1", "10.0.0.2"])
+    other = parse_service(svc(clusterIP="10.96.0.20"), RANGE)
+    b = {f.key: f for f in frontends(other, [parse_endpoint_slice(eps([{"addresses": ["10.0.0.2"]}]))],
+                                     lambda _: True, set(), RANGE)}
+    writer.sync({**a, **b})
+    shared = ("10.0.0.2", 8080, "TCP")
+    assert writer.refs_of(shared) == 2 and writer.live_backends == 2 and len(maps["lb4_backends"].data) == 2
+    writer.sync(b)
+    assert writer.refs_of(shared) == 1 and writer.refs_of(("10.0.0.1", 8080, "TCP")) == 0
+    assert writer.live_backends == 1 and len(maps["lb4_backends"].data) == 1
+    writer.sync({})
+    assert writer.live_backends == 0 and not maps["lb4_backends"].data and not writer.backend_ids
+
+
+def test_writer_restore_drops_a_backend_id_it_would_never_give():
+    writer, maps, log = fake_writer(map_max=1000)
+    foreign = Lb4Backend.from_buffer_copy(pack_backend("10.0.0.9", 80, 6, 0))
+    maps["lb4_backends"].items = lambda: iter([(ct.c_uint32(4_000_000_000), foreign)])
+    writer.restore()  # (its tables are sized by the ids: a huge one would cost memory)
+    assert not writer.backend_ids and log == [("delete", "lb4_backends", bytes(ct.c_uint32(4_000_000_000)))]

@@ -6,6 +6,7 @@ does not fit the maps (bpf.lbMapMax) is refused whole: nothing is written."""
 
 from __future__ import annotations
 
+import array
 import ctypes as ct
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_
                                     pack_backend, pack_key, pack_revnat, pack_service, port_of, u32)
 
 MAX_IDS = 65535  # frontend ids are 16 bits (rev_nat_index)
+NO_STATE = 0xFF  # a backend id with nothing written
 BPF_STATE = {"active": STATES["active"], "terminating": STATES["terminating"],
              "terminating-not-serving": STATES["quarantined"], "quarantined": STATES["quarantined"]}
 
@@ -58,8 +60,11 @@ class Writer:
         self.algorithm = ALGORITHMS[algorithm]
         self.frontends: dict[tuple, Installed] = {}
         self.backend_ids: dict[tuple, int] = {}
-        self.backend_states: dict[int, int] = {}
-        self.refs: Counter = Counter()  # backend key -> frontends using it
+        # By backend id (ids are small and dense): the state written to lb4_backends (NO_STATE:
+        # none) and how many frontends use it. Arrays, not dicts: ~0.5 KiB less per service.
+        self._states = bytearray()
+        self._refs = array.array("I")
+        self.live_backends = 0  # ids with users
         self._released: list[tuple] = []  # backends of frontends removed in this change
         self.removed: dict[tuple, Frontend | None] = {}  # by the last apply()
         self.entries = 0  # in lb4_services
@@ -84,10 +89,36 @@ class Writer:
             if key in ids:
                 self.frontends[key] = Installed(ids[key], None, scopes)
                 self.entries += sum(scopes.values())
+        foreign = []
         for k, v in self.maps["lb4_backends"].items():
+            if k.value > self.map_max:  # not an id this writer gives (its tables are sized by them)
+                foreign.append(k.value)
+                continue
             self.backend_ids[(addr_str(v.address), port_of(v.port),
                               PROTOCOL_NAMES.get(v.proto, "TCP"))] = k.value
-            self.backend_states[k.value] = v.state
+            self._set_state(k.value, v.state)
+        for bid in foreign:
+            self.maps["lb4_backends"].delete(ct.c_uint32(bid))
+
+    # ---- per backend id ------------------------------------------------------------------
+
+    def refs_of(self, key: tuple) -> int:
+        """How many frontends use a backend."""
+        bid = self.backend_ids.get(key)
+        return self._refs[bid] if bid is not None and bid < len(self._refs) else 0
+
+    def _grow(self, bid: int) -> None:
+        if bid >= len(self._refs):
+            more = bid + 1 - len(self._refs) + 1024
+            self._refs.frombytes(bytes(self._refs.itemsize * more))
+            self._states.extend(bytes([NO_STATE]) * more)
+
+    def _state_of(self, bid: int) -> int:
+        return self._states[bid] if bid < len(self._states) else NO_STATE
+
+    def _set_state(self, bid: int, state: int) -> None:
+        self._grow(bid)
+        self._states[bid] = state
 
     # ---- apply ------------------------------------------------------------------------------
 
@@ -96,7 +127,7 @@ class Writer:
         delta: dict[tuple, Frontend | None] = {k: None for k in self.frontends if k not in desired}
         delta.update(desired)
         written = self.apply(delta)
-        self._drop_backends([k for k in self.backend_ids if not self.refs.get(k)])
+        self._drop_backends([k for k in self.backend_ids if not self.refs_of(k)])
         return written
 
     def apply(self, delta: dict[tuple, Frontend | None]) -> list[tuple]:
@@ -153,10 +184,12 @@ class Writer:
             self.frontends[key] = Installed(ids[key], f, new_slots)
         for bkey, n in moved.items():
             if n:
-                self.refs[bkey] += n
-                if self.refs[bkey] <= 0:
-                    del self.refs[bkey]
-        self._drop_backends([k for k in released + self._released if not self.refs.get(k)])
+                bid = self.backend_ids[bkey]
+                self._grow(bid)
+                before = self._refs[bid]
+                self._refs[bid] = max(before + n, 0)
+                self.live_backends += (self._refs[bid] > 0) - (before > 0)
+        self._drop_backends([k for k in released + self._released if not self.refs_of(k)])
         self._released = []
         return list(changed)
 
@@ -174,7 +207,7 @@ class Writer:
             entries += entries_needed(f)
             moved.update(_backend_keys(f))
         frontends = len(self.frontends) + sum(k not in self.frontends for k in changed) - len(removed)
-        backends = len(self.refs) + sum((self.refs.get(k, 0) > 0) != (self.refs.get(k, 0) + n > 0) and
+        backends = self.live_backends + sum((self.refs_of(k) > 0) != (self.refs_of(k) + n > 0) and
                                         (1 if n > 0 else -1) for k, n in moved.items())
         if entries > self.map_max:
             raise MapFull(f"the services need {entries} entries in lb4_services, more than bpf.lbMapMax "
@@ -213,10 +246,10 @@ class Writer:
                         bid = self.backend_ids[b.key] = candidate
                         used.add(bid)
                     state = BPF_STATE[b.state]
-                    if self.backend_states.get(bid) != state:
+                    if self._state_of(bid) != state:
                         keys += u32(bid)
                         values += pack_backend(b.address, b.port, PROTOCOLS[b.protocol], state)
-                        self.backend_states[bid] = state
+                        self._set_state(bid, state)
         self.maps["lb4_backends"].put_many(keys, values)
 
     def _write_maglev(self, fid: int, f: Frontend) -> None:
@@ -252,5 +285,5 @@ class Writer:
     def _drop_backends(self, keys: list[tuple]) -> None:
         for bkey in set(keys) & self.backend_ids.keys():
             bid = self.backend_ids.pop(bkey)
-            self.backend_states.pop(bid, None)
+            self._set_state(bid, NO_STATE)
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
