@@ -1,8 +1,8 @@
 """Giving freed memory back to the system.
 
 glibc's allocator keeps freed pages of its heap for reuse: after a burst of short-lived
-allocations (start-up's BPF compilation, thousands of services parsed at once) the agent's
-resident size would stay at that peak. `malloc_trim(0)` returns the free pages."""
+allocations (thousands of services computed at once) the agent's resident size would stay at
+that peak. `malloc_trim(0)` returns the free pages."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class LbPlugin(LbApi):
     def __init__(self) -> None:
         self.ctx: Any = None
         self.catalog = Catalog()
-        self.docs: dict[tuple, ManifestEntry] = {}  # (kind, ns, name) -> the manifest entry last read
+        self.seen: dict[str, dict[tuple, ManifestEntry]] = {}  # kind -> (ns, name) -> the entry last read
         self.problems: dict[tuple, Problem] = {}
         self.by_service: dict[tuple[str, str], list[Frontend]] = {}  # as written in the maps
         self._synced = False  # the first write replaces whatever an earlier run left
@@ -210,17 +210,17 @@ class LbPlugin(LbApi):
                 ("Service", lambda d: parse_service(d, port_range), catalog.services, catalog.put_service,
                  catalog.drop_service),
                 ("EndpointSlice", parse_endpoint_slice, catalog.slices, catalog.put_slice, catalog.drop_slice)):
-            entries = manifests.entries(kind)
+            entries, seen = manifests.entries(kind), self.seen.setdefault(kind, {})
             for key in [k for k in table if k not in entries]:
                 dirty.add(drop(key))
-            for key in [k for k in self.docs if k[0] == kind and k[1:] not in entries]:
-                del self.docs[key]
+            for key in [k for k in seen if k not in entries]:
+                del seen[key]
             for key in [k for k in self.problems if k[0] == kind and k[1:] not in entries]:
                 del self.problems[key]
             for key, entry in entries.items():
-                if self.docs.get((kind, *key)) is entry:
+                if seen.get(key) is entry:
                     continue
-                self.docs[(kind, *key)] = entry  # a bad one is reported once; its previous version stays
+                seen[key] = entry  # a bad one is reported once; its previous version stays
                 try:
                     obj = parse(entry.doc)
                 except ModelError as e:
