@@ -96,10 +96,10 @@ def _documents(path: Path) -> Iterator[dict]:
 class ManifestEntry:
     """One object and the file it came from. `doc` decodes it anew on each read."""
 
-    __slots__ = ("packed", "path")
+    __slots__ = ("packed", "path", "kind", "key")
 
-    def __init__(self, doc: dict, path: Path):
-        self.path = path
+    def __init__(self, doc: dict, path: Path, kind: str | None = None, key: tuple[str, str] = ("", "")):
+        self.path, self.kind, self.key = path, kind, key
         try:
             packed = msgspec.msgpack.encode(doc)
             # packed only when it reads back the same (a YAML set, say, would come back a list)
@@ -116,7 +116,8 @@ class ManifestEntry:
         yield self.path
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, ManifestEntry) and (self.packed, self.path) == (other.packed, other.path)
+        return isinstance(other, ManifestEntry) and ((self.packed, self.path, self.kind, self.key) ==
+                                                     (other.packed, other.path, other.kind, other.key))
 
 
 class Manifests:
@@ -124,7 +125,7 @@ class Manifests:
         self.dir = directory
         self.log = log
         self._signature: dict[Path, tuple[float, int]] = {}
-        self._by_file: dict[Path, list[tuple[str, tuple[str, str], ManifestEntry]]] = {}
+        self._by_file: dict[Path, list[ManifestEntry]] = {}
         self._index: dict[str, dict[tuple[str, str], ManifestEntry]] = {}
         self._listeners: list[Callable[[], Awaitable[None]]] = []
         self.problems: dict[Path, str] = {}
@@ -149,29 +150,31 @@ class Manifests:
         kind = doc.get("kind")
         meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
         namespace = "" if kind in CLUSTER_SCOPED else meta.get("namespace") or "default"
-        # kinds and namespaces repeat across thousands of objects: kept once
-        return kind and sys.intern(kind), (sys.intern(namespace), meta.get("name", ""))
+        # kinds and namespaces repeat across thousands of objects, names across the consumers'
+        # tables: kept once
+        name = meta.get("name", "")
+        return kind and sys.intern(kind), (sys.intern(namespace), sys.intern(name) if isinstance(name, str) else name)
 
     def _replace(self, path: Path, docs: Iterable[dict] | None) -> bool:
         """A file's documents change (None: the file is gone): the index follows that file
         only. An object defined in two files is the last read one's. True if anything changed."""
         old = self._by_file.get(path, [])
-        unchanged = {(kind, key): entry for kind, key, entry in old}
+        unchanged = {(entry.kind, entry.key): entry for entry in old}
         new = []
         for doc in docs or ():
-            kind, key = self._key(doc)
-            entry, before = ManifestEntry(doc, path), unchanged.get((kind, key))
-            new.append((kind, key, before if before == entry else entry))
+            entry = ManifestEntry(doc, path, *self._key(doc))
+            before = unchanged.get((entry.kind, entry.key))
+            new.append(before if before == entry else entry)
         if new == old and docs is not None:
             return False
-        for kind, key, entry in old:
-            if self._index.get(kind, {}).get(key) is entry:
-                del self._index[kind][key]
+        for entry in old:
+            if self._index.get(entry.kind, {}).get(entry.key) is entry:
+                del self._index[entry.kind][entry.key]
         self._by_file.pop(path, None)
         if docs is not None:
             self._by_file[path] = new
-            for kind, key, entry in new:
-                self._index.setdefault(kind, {})[key] = entry
+            for entry in new:
+                self._index.setdefault(entry.kind, {})[entry.key] = entry
         return True
 
     def scan(self) -> bool:

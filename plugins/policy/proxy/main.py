@@ -21,10 +21,9 @@ from pylium.core.api_for_plugins import CORE_MAPS, BusPaths, EndpointKey, Ipcach
 from pylium.core.api_for_plugins import events as ev
 from pylium.plugins.policy.proxy.dns import DnsListener
 from pylium.plugins.policy.proxy.http import HttpListener, ProxyContext
-from pylium.plugins.policy.proxy.policy import POLICY_FILE, L7Policy
+from pylium.plugins.policy.proxy.policy import PID_FILE, POLICY_FILE, L7Policy
 from pylium.plugins.policy.proxy.tracing import Tracer, TracingSettings
 
-PID_FILE = "l7proxy.pid"
 ID_WORLD = 2
 POLL_SECONDS = 0.5
 

@@ -17,6 +17,7 @@ from pylium.plugins.policy import l7
 from pylium.plugins.policy.resolve import EndpointPolicy, Entry, Key
 
 POLICY_FILE = "l7_policy.json"
+PID_FILE = "l7proxy.pid"  # the proxy writes it; the agent's supervisor reads it (without importing the proxy)
 DEFAULT_DENY_MESSAGE = "Access denied"
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from pylium.core.api_for_plugins import consts as c
-from pylium.plugins.policy.proxy.main import PID_FILE
-from pylium.plugins.policy.proxy.policy import POLICY_FILE
+from pylium.plugins.policy.proxy.policy import PID_FILE, POLICY_FILE
 
 PORTS_FILE = "proxy_ports_state.json"
 LISTENERS = ("http-ingress", "http-egress", "dns-egress")
