@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pylium.plugins.lb import maglev
-from pylium.plugins.lb.frontends import Backend, frontends
+from pylium.plugins.lb.frontends import Backend, backend_key, frontends
 from pylium.plugins.lb.maps import Lb4Backend, Lb4Key, pack_backend
 from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
 from pylium.plugins.lb.writer import MapFull, Writer
@@ -204,7 +204,8 @@ def test_writer_maglev_tables_cover_active_backends_only():
     writer.sync({f.key: f for f in frontends(s, [sl], lambda b: True, set(), RANGE)})
     [table] = maps["lb4_maglev"].data.values()
     ids = {int.from_bytes(table[i:i + 4], "little") for i in range(0, len(table), 4)}
-    assert ids == {writer.backend_ids[("10.0.0.1", 8080, "TCP")], writer.backend_ids[("10.0.0.2", 8080, "TCP")]}
+    assert ids == {writer.backend_ids[backend_key("10.0.0.1", 8080, "TCP")],
+                   writer.backend_ids[backend_key("10.0.0.2", 8080, "TCP")]}
 
 
 def test_writer_counts_backends_shared_by_frontends_and_drops_them_with_the_last():
@@ -216,10 +217,10 @@ def test_writer_counts_backends_shared_by_frontends_and_drops_them_with_the_last
     b = {f.key: f for f in frontends(other, [parse_endpoint_slice(eps([{"addresses": ["10.0.0.2"]}]))],
                                      lambda _: True, set(), RANGE)}
     writer.sync({**a, **b})
-    shared = ("10.0.0.2", 8080, "TCP")
+    shared = backend_key("10.0.0.2", 8080, "TCP")
     assert writer.refs_of(shared) == 2 and writer.live_backends == 2 and len(maps["lb4_backends"].data) == 2
     writer.sync(b)
-    assert writer.refs_of(shared) == 1 and writer.refs_of(("10.0.0.1", 8080, "TCP")) == 0
+    assert writer.refs_of(shared) == 1 and writer.refs_of(backend_key("10.0.0.1", 8080, "TCP")) == 0
     assert writer.live_backends == 1 and len(maps["lb4_backends"].data) == 1
     writer.sync({})
     assert writer.live_backends == 0 and not maps["lb4_backends"].data and not writer.backend_ids

@@ -4,15 +4,23 @@ port, protocol) with their backends and states. Pure logic; the writer puts it i
 from __future__ import annotations
 
 import hashlib
+import socket
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
+import msgspec
+
+from pylium.plugins.lb.maps import PROTOCOLS
 from pylium.plugins.lb.model import EndpointSlice, ModelError, Service, ServicePort, target_port
 
 
-class Backend(NamedTuple):
-    """A tuple: one object per backend (a dataclass and its key tuple cost 2.5 MiB more per
-    10,000 services x 4 backends). Ordered by address first."""
+def backend_key(address: str, port: int, protocol: str) -> int:
+    """A backend's identity (address, port, protocol) as one int: the writer keeps one per
+    backend, and an int costs half a tuple and holds no string."""
+    return int.from_bytes(socket.inet_aton(address), "big") << 24 | port << 8 | PROTOCOLS[protocol]
+
+
+class Backend(msgspec.Struct, array_like=True, frozen=True, order=True):
+    """Ordered by address first."""
 
     address: str
     port: int
@@ -21,13 +29,15 @@ class Backend(NamedTuple):
     node: str = ""
 
     @property
-    def key(self) -> tuple[str, int, str]:
+    def key(self) -> int:
         """What the writer's tables key on."""
-        return self[:3]
+        return backend_key(self.address, self.port, self.protocol)
 
 
-@dataclass(slots=True)
-class Frontend:
+class Frontend(msgspec.Struct, array_like=True):
+    """Kept packed (`pack`/`unpack`) once written: a frontend with its backends is ~0.1 KiB
+    of bytes instead of ~1 KiB of objects."""
+
     address: str  # "" for NodePort: any address of the node's devices
     port: int
     protocol: str
@@ -49,6 +59,17 @@ class Frontend:
 
     def label(self) -> str:
         return f"{self.address or '0.0.0.0'}:{self.port}/{self.protocol}"
+
+    def pack(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @staticmethod
+    def unpack(packed: bytes) -> Frontend:
+        return _DECODER.decode(packed)
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Frontend)
 
 
 @dataclass

@@ -41,7 +41,7 @@ class LbPlugin(LbApi):
         self.catalog = Catalog()
         self.seen: dict[str, dict[tuple, ManifestEntry]] = {}  # kind -> (ns, name) -> the entry last read
         self.problems: dict[tuple, Problem] = {}
-        self.by_service: dict[tuple[str, str], list[Frontend]] = {}  # as written in the maps
+        self.by_service: dict[tuple[str, str], tuple[tuple, ...]] = {}  # frontend keys, as written in the maps
         self._synced = False  # the first write replaces whatever an earlier run left
         self._manifests: PluginManifests | None = None
         self.writer: Writer | None = None
@@ -261,13 +261,13 @@ class LbPlugin(LbApi):
         taken: set[int] | None = None
         delta: dict[tuple, Frontend | None] = {}
         for key in dirty:
-            old = self.by_service.pop(key, [])
+            old = self.by_service.pop(key, ())
             service = self._parsed("Service", key, parsed) if key in self.catalog.services else None
-            new = old if service is not None else []
+            new: list[Frontend] = []
             if service is not None:
                 if taken is None and service.type in ("NodePort", "LoadBalancer"):
                     taken = set().union(*self.catalog.node_ports.values())
-                    taken |= {f.port for fs in self.by_service.values() for f in fs if f.type == "NodePort"}
+                    taken |= {port for keys in self.by_service.values() for address, port, _ in keys if not address}
                 slices = [self._parsed("EndpointSlice", k, parsed)
                           for k in self.catalog.slices_of.get(key, ())]
                 try:
@@ -276,11 +276,15 @@ class LbPlugin(LbApi):
                 except ModelError as e:  # found only with the slices: an unknown targetPort name
                     entry = self._manifests.entries("Service").get(key)
                     self._problem(Problem("Service", key, str(entry.path if entry else "?"), e))
+                    self.by_service[key] = old  # its frontends as written stay in force
+                    continue
                 if not self.ctx.settings.kubeProxyReplacement:  # ClusterIP only, per packet
                     new = [f for f in new if f.type == "ClusterIP"]
-                self.by_service[key] = new
-            delta.update({f.key: None for f in old})
-            delta.update({f.key: f for f in new})
+            keys = tuple(f.key for f in new)  # one tuple each, shared with the writer's table
+            if service is not None:
+                self.by_service[key] = keys
+            delta.update(dict.fromkeys(old))
+            delta.update(zip(keys, new))
         return delta
 
     async def _changed(self, manifests: PluginManifests | None, dirty: set | None = None) -> None:
@@ -324,18 +328,17 @@ class LbPlugin(LbApi):
         if written or self.writer.removed:
             self.ctx.log.info("services programmed", frontends=len(written), removed=len(self.writer.removed),
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
-        self._publish(written)
+        self._publish(written, delta)
 
-    def _publish(self, written: list[tuple]) -> None:
+    def _publish(self, written: list[tuple], delta: dict[tuple, Frontend | None]) -> None:
         """service.changed / service.deleted for subscribers (replayed to late ones)."""
         for key, f in self.writer.removed.items():
             label = f.label() if f else f"{key[0] or '0.0.0.0'}:{key[1]}/{key[2]}"
             self.ctx.bus.publish(events.ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
         for key in written:
-            installed = self.writer.frontends[key]
-            f = installed.frontend
+            f = delta[key]
             self.ctx.bus.publish(events.ServiceChanged(
-                frontend=f.label(), id=installed.id, type=f.type, service="/".join(f.service),
+                frontend=f.label(), id=self.writer.frontends[key].id, type=f.type, service="/".join(f.service),
                 backends=[events.ServiceBackend(b.address, b.port, b.state) for b in f.backends]))
 
     def _pressure(self, full: bool = False) -> None:

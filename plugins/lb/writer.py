@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pylium.plugins.lb import maglev
-from pylium.plugins.lb.frontends import Backend, Frontend
+from pylium.plugins.lb.frontends import Backend, Frontend, backend_key
 from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_EXT, F_NODEPORT, PROTOCOL_NAMES, PROTOCOLS,
                                     SCOPE_EXTERNAL, SCOPE_INTERNAL, STATES, Lb4Key, addr_str, maglev_struct,
                                     pack_backend, pack_key, pack_revnat, pack_service, port_of, u32)
@@ -30,8 +30,12 @@ class MapFull(Exception):
 @dataclass(slots=True)
 class Installed:
     id: int
-    frontend: Frontend | None  # None: found in the maps at start, not (yet) claimed
+    packed: bytes | None  # the Frontend, packed; None: found in the maps at start, not (yet) claimed
     slots: dict[int, int]  # scope -> slots written (1 + backends)
+
+    @property
+    def frontend(self) -> Frontend | None:
+        return None if self.packed is None else Frontend.unpack(self.packed)
 
 
 def _scopes(f: Frontend) -> dict[int, tuple[Backend, ...]]:
@@ -46,7 +50,7 @@ def _chosen(backends: tuple[Backend, ...]) -> tuple[list[Backend], list[Backend]
     return ([b for b in backends if b.state == "active"], [b for b in backends if b.state == "terminating"])
 
 
-def _backend_keys(f: Frontend) -> list[tuple]:
+def _backend_keys(f: Frontend) -> list[int]:
     return list({b.key for backends in _scopes(f).values() for b in backends})
 
 
@@ -59,13 +63,13 @@ class Writer:
         self.maps, self.map_max, self.maglev_m, self.seed = maps, map_max, maglev_m, seed
         self.algorithm = ALGORITHMS[algorithm]
         self.frontends: dict[tuple, Installed] = {}
-        self.backend_ids: dict[tuple, int] = {}
+        self.backend_ids: dict[int, int] = {}  # backend_key() -> id
         # By backend id (ids are small and dense): the state written to lb4_backends (NO_STATE:
         # none) and how many frontends use it. Arrays, not dicts: ~0.5 KiB less per service.
         self._states = bytearray()
         self._refs = array.array("I")
         self.live_backends = 0  # ids with users
-        self._released: list[tuple] = []  # backends of frontends removed in this change
+        self._released: list[int] = []  # backends of frontends removed in this change
         self.removed: dict[tuple, Frontend | None] = {}  # by the last apply()
         self.entries = 0  # in lb4_services
         self._slot_counts: dict[tuple, dict[int, int]] = {}
@@ -94,15 +98,15 @@ class Writer:
             if k.value > self.map_max:  # not an id this writer gives (its tables are sized by them)
                 foreign.append(k.value)
                 continue
-            self.backend_ids[(addr_str(v.address), port_of(v.port),
-                              PROTOCOL_NAMES.get(v.proto, "TCP"))] = k.value
+            self.backend_ids[backend_key(addr_str(v.address), port_of(v.port),
+                                         PROTOCOL_NAMES.get(v.proto, "TCP"))] = k.value
             self._set_state(k.value, v.state)
         for bid in foreign:
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
 
     # ---- per backend id ------------------------------------------------------------------
 
-    def refs_of(self, key: tuple) -> int:
+    def refs_of(self, key: int) -> int:
         """How many frontends use a backend."""
         bid = self.backend_ids.get(key)
         return self._refs[bid] if bid is not None and bid < len(self._refs) else 0
@@ -133,8 +137,8 @@ class Writer:
     def apply(self, delta: dict[tuple, Frontend | None]) -> list[tuple]:
         """Add, change (a Frontend) or remove (None) frontends; returns the keys written.
         The frontends removed are in `self.removed` until the next call."""
-        changed = {k: f for k, f in delta.items()
-                   if f is not None and (k not in self.frontends or self.frontends[k].frontend != f)}
+        packed = {k: f.pack() for k, f in delta.items() if f is not None}
+        changed = {k: delta[k] for k, p in packed.items() if k not in self.frontends or self.frontends[k].packed != p}
         removed = [k for k, f in delta.items() if f is None and k in self.frontends]
         self.removed = {k: self.frontends[k].frontend for k in removed}
         if not changed and not removed:
@@ -177,11 +181,11 @@ class Writer:
             if old is not None:
                 self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old.slots, new_slots)
                 self.entries -= sum(old.slots.values())
-                if old.frontend is not None:
+                if old.packed is not None:
                     released += _backend_keys(old.frontend)
             self.entries += sum(new_slots.values())
             self._write_maglev(ids[key], f)
-            self.frontends[key] = Installed(ids[key], f, new_slots)
+            self.frontends[key] = Installed(ids[key], packed[key], new_slots)
         for bkey, n in moved.items():
             if n:
                 bid = self.backend_ids[bkey]
@@ -201,7 +205,7 @@ class Writer:
             old = self.frontends.get(key)
             if old is not None:
                 entries -= sum(old.slots.values())
-                if old.frontend is not None:
+                if old.packed is not None:
                     moved.subtract(_backend_keys(old.frontend))
         for f in changed.values():
             entries += entries_needed(f)
@@ -272,7 +276,7 @@ class Writer:
 
     def _remove(self, key: tuple) -> None:
         installed = self.frontends.pop(key)
-        if installed.frontend is not None:
+        if installed.packed is not None:
             self._released += _backend_keys(installed.frontend)
         address, port, protocol = key
         proto = PROTOCOLS[protocol]
@@ -282,7 +286,7 @@ class Writer:
         self.maps["lb4_maglev"].delete(ct.c_uint32(installed.id))
         self.entries -= sum(installed.slots.values())
 
-    def _drop_backends(self, keys: list[tuple]) -> None:
+    def _drop_backends(self, keys: list[int]) -> None:
         for bkey in set(keys) & self.backend_ids.keys():
             bid = self.backend_ids.pop(bkey)
             self._set_state(bid, NO_STATE)
