@@ -78,7 +78,7 @@ def test_a_yaml_value_msgpack_cannot_carry_reads_back_exactly(tmp_path):
 def test_the_agent_costs_a_few_kilobytes_per_service():
     """A real agent, 2,000 then 6,000 services x 4 backends from the manifests directory: all
     reach the maps, and the resident memory per service stays well below the ~10 KiB it was
-    with parsed documents kept (measured ~6 KiB at these counts, 4.7 at 10,000-50,000)."""
+    with parsed documents kept (3.5 KiB at 10,000-50,000)."""
     r = subprocess.run([sys.executable, str(BENCH / "agent_memory.py"), "--pods", "5", "--services", "2000,6000",
                         "--json"], capture_output=True, text=True, timeout=600)
     assert r.stdout, r.stderr[-3000:]

@@ -19,7 +19,7 @@ def backend_key(address: str, port: int, protocol: str) -> int:
     return int.from_bytes(socket.inet_aton(address), "big") << 24 | port << 8 | PROTOCOLS[protocol]
 
 
-class Backend(msgspec.Struct, array_like=True, frozen=True, order=True):
+class Backend(msgspec.Struct, array_like=True, order=True):
     """Ordered by address first."""
 
     address: str
@@ -27,11 +27,11 @@ class Backend(msgspec.Struct, array_like=True, frozen=True, order=True):
     protocol: str
     state: str = "active"  # active, terminating, terminating-not-serving, quarantined
     node: str = ""
+    key: int = 0  # backend_key(): what the writer's tables key on, made once (and kept packed)
 
-    @property
-    def key(self) -> int:
-        """What the writer's tables key on."""
-        return backend_key(self.address, self.port, self.protocol)
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = backend_key(self.address, self.port, self.protocol)
 
 
 class Frontend(msgspec.Struct, array_like=True):
