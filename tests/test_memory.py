@@ -23,7 +23,7 @@ from pylium.core.state.manifests import Manifests  # noqa: E402
 QUIET = SimpleNamespace(error=lambda *a, **k: None, debug=lambda *a, **k: None)
 
 
-def test_the_manifests_index_keeps_each_object_in_well_under_a_kilobyte(tmp_path):
+def test_the_manifests_index_keeps_each_object_in_under_half_a_kilobyte(tmp_path):
     docs = decoys(2000, 4)
     write_manifest(tmp_path / "services", docs)
     gc.collect()
@@ -37,7 +37,8 @@ def test_the_manifests_index_keeps_each_object_in_well_under_a_kilobyte(tmp_path
     finally:
         tracemalloc.stop()
     per_object = kept / len(docs)
-    assert per_object < 800, f"{per_object:.0f} bytes per object (as parsed dicts it was ~2,000)"
+    # as parsed dicts it was ~2,000; packed but not compressed ~650 (measured ~420 now)
+    assert per_object < 500, f"{per_object:.0f} bytes per object"
     services = manifests.objects("Service")
     assert len(services) == 2000 and len(manifests.entries("EndpointSlice")) == 2000
     assert services[("bench", "decoy-7")] == docs[14], "an object reads back as it was written"

@@ -3,8 +3,8 @@
 Every *.yaml / *.yml / *.json file may hold several documents. A file that cannot be read or
 parsed keeps its previous objects (the last good version stays in force) and its problem is
 logged once per change. Objects are indexed by kind and (namespace, name), each kept packed
-(msgpack) and decoded when asked for: tens of thousands of services would otherwise stay in
-memory as nested dicts (~2 KiB each instead of ~0.2).
+(msgpack, compressed) and decoded when asked for: tens of thousands of services would otherwise
+stay in memory as nested dicts (~2 KiB each instead of ~0.1).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 import anyio
 import msgspec
 import yaml
+import zstandard
+
+from pylium.core.state.vocabulary import VOCABULARY
 
 SUFFIXES = (".yaml", ".yml", ".json")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on large directories
@@ -40,6 +43,10 @@ def gc_paused():
             gc.enable()
 
 
+# The index is read and written on the event loop only: one (de)compressor each serves it.
+_DICTIONARY = zstandard.ZstdCompressionDict(VOCABULARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+_COMPRESS = zstandard.ZstdCompressor(level=1, dict_data=_DICTIONARY, write_checksum=False, write_dict_id=False).compress
+_DECOMPRESS = zstandard.ZstdDecompressor(dict_data=_DICTIONARY).decompress
 _JSON_TOP = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, msgspec.Raw])
 _JSON_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -94,7 +101,9 @@ def _documents(path: Path) -> Iterator[dict]:
 
 
 class ManifestEntry:
-    """One object and the file it came from. `doc` decodes it anew on each read."""
+    """One object and the file it came from. `doc` decodes it anew on each read. Kept as
+    msgpack compressed against the Kubernetes vocabulary: ~75 bytes for a small Service or
+    EndpointSlice instead of ~200 (~2 KiB as parsed dicts)."""
 
     __slots__ = ("packed", "path", "kind", "key")
 
@@ -103,13 +112,14 @@ class ManifestEntry:
         try:
             packed = msgspec.msgpack.encode(doc)
             # packed only when it reads back the same (a YAML set, say, would come back a list)
-            self.packed: bytes | dict = packed if msgspec.msgpack.decode(packed) == doc else doc
+            # copied: the compressor's bytes keep the room of the worst case (~300 bytes)
+            self.packed: bytes | dict = bytes(memoryview(_COMPRESS(packed))) if msgspec.msgpack.decode(packed) == doc else doc
         except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
             self.packed = doc
 
     @property
     def doc(self) -> dict:
-        return msgspec.msgpack.decode(self.packed) if isinstance(self.packed, bytes) else self.packed
+        return msgspec.msgpack.decode(_DECOMPRESS(self.packed)) if isinstance(self.packed, bytes) else self.packed
 
     def __iter__(self):  # (doc, path), as entries() gave before
         yield self.doc
