@@ -107,15 +107,18 @@ class ManifestEntry:
 
     __slots__ = ("packed", "path", "kind", "key")
 
-    def __init__(self, doc: dict, path: Path, kind: str | None = None, key: tuple[str, str] = ("", "")):
+    def __init__(self, doc: dict, path: Path, kind: str | None = None, key: tuple[str, str] = ("", ""),
+                 from_json: bool = False):
         self.path, self.kind, self.key = path, kind, key
+        self.packed: bytes | dict = doc
         try:
             packed = msgspec.msgpack.encode(doc)
-            # packed only when it reads back the same (a YAML set, say, would come back a list)
-            # copied: the compressor's bytes keep the room of the worst case (~300 bytes)
-            self.packed: bytes | dict = bytes(memoryview(_COMPRESS(packed))) if msgspec.msgpack.decode(packed) == doc else doc
         except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
-            self.packed = doc
+            return
+        # packed only when it reads back the same (a YAML set, say, would come back a list; what
+        # JSON gives always does); copied: the compressor's bytes keep the room of the worst case
+        if from_json or msgspec.msgpack.decode(packed) == doc:
+            self.packed = bytes(memoryview(_COMPRESS(packed)))
 
     @property
     def doc(self) -> dict:
@@ -163,7 +166,8 @@ class Manifests:
         # kinds and namespaces repeat across thousands of objects, names across the consumers'
         # tables: kept once
         name = meta.get("name", "")
-        return kind and sys.intern(kind), (sys.intern(namespace), sys.intern(name) if isinstance(name, str) else name)
+        name = sys.intern(name) if isinstance(name, str) else name
+        return kind and sys.intern(kind), (sys.intern(namespace), name)
 
     def _replace(self, path: Path, docs: Iterable[dict] | None) -> bool:
         """A file's documents change (None: the file is gone): the index follows that file
@@ -171,8 +175,9 @@ class Manifests:
         old = self._by_file.get(path, [])
         unchanged = {(entry.kind, entry.key): entry for entry in old}
         new = []
+        from_json = path.suffix == ".json"
         for doc in docs or ():
-            entry = ManifestEntry(doc, path, *self._key(doc))
+            entry = ManifestEntry(doc, path, *self._key(doc), from_json=from_json)
             before = unchanged.get((entry.kind, entry.key))
             new.append(before if before == entry else entry)
         if new == old and docs is not None:

@@ -73,6 +73,7 @@ class Writer:
         self.removed: dict[tuple, Frontend | None] = {}  # by the last apply()
         self.entries = 0  # in lb4_services
         self._slot_counts: dict[tuple, dict[int, int]] = {}
+        self._maglev: set[int] = set()  # frontend ids with a table in lb4_maglev (deleting none costs a syscall)
 
     # ---- start: adopt what an earlier run left -------------------------------------------
 
@@ -103,6 +104,7 @@ class Writer:
             self._set_state(k.value, v.state)
         for bid in foreign:
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
+        self._maglev = {k.value for k in self.maps["lb4_maglev"].keys()}
 
     # ---- per backend id ------------------------------------------------------------------
 
@@ -261,12 +263,15 @@ class Writer:
         backends = f.external_backends if f.external_backends is not None else f.backends
         active = _chosen(backends)[0]
         if self.algorithm != ALGORITHMS["maglev"] or not active:
-            tables.delete(ct.c_uint32(fid))
+            if fid in self._maglev:
+                tables.delete(ct.c_uint32(fid))
+                self._maglev.discard(fid)
             return
         names = [f"{b.address}:{b.port}" for b in active]
         value = maglev_struct(self.maglev_m)()
         value.backend_ids[:] = [self.backend_ids[active[i].key] for i in maglev.table(names, self.maglev_m, self.seed)]
         tables.put(ct.c_uint32(fid), value)
+        self._maglev.add(fid)
 
     def _drop_slots(self, address: str, port: int, proto: int, old: dict[int, int], new: dict[int, int]) -> None:
         services = self.maps["lb4_services"]
@@ -283,7 +288,9 @@ class Writer:
         self._drop_slots(address, port, proto, {s: 1 for s in installed.slots}, {})  # slot 0 first
         self._drop_slots(address, port, proto, installed.slots, {s: 1 for s in installed.slots})
         self.maps["lb4_reverse_nat"].delete(ct.c_uint32(installed.id))
-        self.maps["lb4_maglev"].delete(ct.c_uint32(installed.id))
+        if installed.id in self._maglev:
+            self.maps["lb4_maglev"].delete(ct.c_uint32(installed.id))
+            self._maglev.discard(installed.id)
         self.entries -= sum(installed.slots.values())
 
     def _drop_backends(self, keys: list[int]) -> None:
