@@ -433,3 +433,22 @@ def test_bus_sockets_are_root_only(probe_agent, agent_dirs):
     assert probe_agent.stop() == 0
     for name in ("bus.sock", "bus-pub.sock", "rpc.sock", "rpc-svc.sock"):
         assert not (agent_dirs.run_dir / name).exists()
+
+
+def test_the_replay_cache_keeps_payloads_compressed_and_gives_them_back_exactly():
+    from pylium.core.bus import events as ev
+    from pylium.core.bus.client import StateFamily
+
+    family = StateFamily()
+    payloads = {f"10.97.0.{i}:80/TCP": ev.encode(ev.ServiceChanged(
+        frontend=f"10.97.0.{i}:80/TCP", id=i, type="ClusterIP", service=f"bench/decoy-{i}",
+        backends=[ev.ServiceBackend(f"10.98.{i}.{j}", 8080, "active") for j in range(4)])) for i in range(1, 200)}
+    payloads["small"] = b'{"a":1}'
+    for rev, (key, payload) in enumerate(payloads.items(), 1):
+        family.put(key, "service.changed", payload, rev)
+    kept = sum(len(family._entries[k][1]) for k in payloads)
+    assert kept < sum(map(len, payloads.values())) / 2, "compressed against the family's first payload"
+    assert {k: family.get(k) for k in family} == {k: ("service.changed", p, rev)
+                                                   for rev, (k, p) in enumerate(payloads.items(), 1)}
+    family.pop("small")
+    assert family.get("small") is None and "small" not in list(family)

@@ -20,6 +20,7 @@ import anyio.lowlevel
 import msgspec
 import zmq
 import zmq.asyncio
+import zstandard
 
 from pylium.core.bus import proxy as busmod
 from pylium.core.bus import broker as rpc
@@ -36,6 +37,43 @@ _raw_send = zmq.backend.Socket.send  # and its checks for DRAFT options
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 Spawn = Callable[[str, Callable[..., Awaitable[Any]]], None]
+SMALL_PAYLOAD = 64  # bytes: kept as they are (compressing would not pay)
+
+
+class StateFamily:
+    """The state events in force of one family, by key: (topic, payload, rev). Payloads are
+    kept compressed against the family's first sizeable one: they share their field names and
+    much of their values (10,000 `service.changed` of ~330 bytes keep in ~100 each)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, bytes, int, bool]] = {}  # ..., compressed
+        self._compress: Callable[[bytes], bytes] | None = None
+        self._decompress: Callable[[bytes], bytes] | None = None
+
+    def put(self, key: str, topic: str, payload: bytes, rev: int) -> None:
+        if len(payload) < SMALL_PAYLOAD:
+            self._entries[key] = (topic, payload, rev, False)
+            return
+        if self._compress is None:
+            dictionary = zstandard.ZstdCompressionDict(payload, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            self._compress = zstandard.ZstdCompressor(level=1, dict_data=dictionary, write_checksum=False,
+                                                      write_dict_id=False).compress
+            self._decompress = zstandard.ZstdDecompressor(dict_data=dictionary).decompress
+        # copied: the compressor's bytes keep the room of the worst case
+        self._entries[key] = (topic, bytes(memoryview(self._compress(payload))), rev, True)
+
+    def pop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def get(self, key: str) -> tuple[str, bytes, int] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        topic, payload, rev, compressed = entry
+        return topic, self._decompress(payload) if compressed else payload, rev
+
+    def __iter__(self):
+        return iter(list(self._entries))
 
 
 @dataclass(frozen=True)
@@ -102,7 +140,7 @@ class Publisher:
         self._sock.connect(endpoint)
         self._send_now = zmq.Socket.shadow(self._sock.underlying)  # sync, non-blocking sends
         self._seq: dict[str, int] = {}
-        self._state: dict[str, dict[str, tuple[str, bytes, int]]] = {}  # family -> key -> (topic, payload, rev)
+        self._state: dict[str, StateFamily] = {}
         self._owned: set[str] = set()
         self._last_rev = 0
         # Prefixes some subscriber holds (the proxy reports each one's last unsubscription), and
@@ -139,12 +177,12 @@ class Publisher:
         if et.kind == "state":
             key = str(getattr(event, et.key))
             rev = self._next_rev(revision)
-            family = self._state.setdefault(et.family, {})
+            family = self._state.setdefault(et.family, StateFamily())
             self._owned.add(et.family)
             if et.deletes:
-                family.pop(key, None)
+                family.pop(key)
             else:
-                family[key] = (topic, payload, rev)
+                family.put(key, topic, payload, rev)
         seq = self._seq.get(topic, 0) + 1
         self._seq[topic] = seq
         if not wanted:
@@ -222,9 +260,9 @@ class Publisher:
 
     async def _replay(self, prefix: str) -> None:
         for family in sorted(self._owned):
-            objects = self._state.get(family, {})
+            objects = self._state.get(family, StateFamily())
             count = 0
-            for key in list(objects):
+            for key in objects:
                 entry = objects.get(key)  # read at send time: never older than what was published
                 if entry is None or not entry[0].startswith(prefix):
                     continue
