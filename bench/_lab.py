@@ -25,10 +25,13 @@ def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def node_with_agent(*agent_args: str):
-    """Yields (node netns name, api client, new_netns(name) -> str, agent start seconds)."""
+def node_with_agent(*agent_args: str, prepare=None):
+    """Yields (node netns name, api client, new_netns(name) -> str, agent start seconds).
+    `prepare(state_dir)` runs before the agent starts (to seed its local store, say)."""
     tag = uuid.uuid4().hex[:6]
     root = Path(tempfile.mkdtemp(prefix="pylium-bench-"))
+    if prepare is not None:
+        prepare(root / "state")
     bpf_root = Path(f"/sys/fs/bpf/pylium-bench-{tag}")
     made: list[str] = []
 
