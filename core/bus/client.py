@@ -177,7 +177,9 @@ class Publisher:
         if et.kind == "state":
             key = str(getattr(event, et.key))
             rev = self._next_rev(revision)
-            family = self._state.setdefault(et.family, StateFamily())
+            family = self._state.get(et.family)
+            if family is None:
+                family = self._state[et.family] = StateFamily()
             self._owned.add(et.family)
             if et.deletes:
                 family.pop(key)
