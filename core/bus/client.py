@@ -43,7 +43,7 @@ SMALL_PAYLOAD = 64  # bytes: kept as they are (compressing would not pay)
 class StateFamily:
     """The state events in force of one family, by key: (topic, payload, rev). Payloads are
     kept compressed against the family's first sizeable one: they share their field names and
-    much of their values (10,000 `service.changed` of ~330 bytes keep in ~100 each)."""
+    much of their values (a `service.changed` of ~320 bytes keeps in ~50)."""
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[str, bytes, int, bool]] = {}  # ..., compressed
