@@ -20,12 +20,12 @@ import anyio.lowlevel
 import msgspec
 import zmq
 import zmq.asyncio
-import zstandard
 
 from pylium.core.bus import proxy as busmod
 from pylium.core.bus import broker as rpc
 from pylium.core.bus import events as ev
 from pylium.core.bus.broker import NoService, RpcError, RpcTimeout  # noqa: F401  (re-exported)
+from pylium.core.compress import Compressor
 
 Handler = Callable[[Any], Awaitable[Any]]
 YIELD_EVERY = 64  # messages handled between forced turns of the event loop
@@ -47,20 +47,15 @@ class StateFamily:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[str, bytes, int, bool]] = {}  # ..., compressed
-        self._compress: Callable[[bytes], bytes] | None = None
-        self._decompress: Callable[[bytes], bytes] | None = None
+        self._compressor: Compressor | None = None
 
     def put(self, key: str, topic: str, payload: bytes, rev: int) -> None:
         if len(payload) < SMALL_PAYLOAD:
             self._entries[key] = (topic, payload, rev, False)
             return
-        if self._compress is None:
-            dictionary = zstandard.ZstdCompressionDict(payload, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-            self._compress = zstandard.ZstdCompressor(level=1, dict_data=dictionary, write_checksum=False,
-                                                      write_dict_id=False).compress
-            self._decompress = zstandard.ZstdDecompressor(dict_data=dictionary).decompress
-        # copied: the compressor's bytes keep the room of the worst case
-        self._entries[key] = (topic, bytes(memoryview(self._compress(payload))), rev, True)
+        if self._compressor is None:
+            self._compressor = Compressor(payload)
+        self._entries[key] = (topic, self._compressor.compress(payload), rev, True)
 
     def pop(self, key: str) -> None:
         self._entries.pop(key, None)
@@ -70,7 +65,7 @@ class StateFamily:
         if entry is None:
             return None
         topic, payload, rev, compressed = entry
-        return topic, self._decompress(payload) if compressed else payload, rev
+        return topic, self._compressor.decompress(payload) if compressed else payload, rev
 
     def __iter__(self):
         return iter(list(self._entries))

@@ -18,8 +18,8 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 import anyio
 import msgspec
 import yaml
-import zstandard
 
+from pylium.core.compress import Compressor
 from pylium.core.state.vocabulary import VOCABULARY
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -43,10 +43,7 @@ def gc_paused():
             gc.enable()
 
 
-# The index is read and written on the event loop only: one (de)compressor each serves it.
-_DICTIONARY = zstandard.ZstdCompressionDict(VOCABULARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-_COMPRESS = zstandard.ZstdCompressor(level=1, dict_data=_DICTIONARY, write_checksum=False, write_dict_id=False).compress
-_DECOMPRESS = zstandard.ZstdDecompressor(dict_data=_DICTIONARY).decompress
+_PACKED = Compressor(VOCABULARY)  # the index is read and written on the event loop only
 _JSON_TOP = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, msgspec.Raw])
 _JSON_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -116,13 +113,13 @@ class ManifestEntry:
         except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
             return
         # packed only when it reads back the same (a YAML set, say, would come back a list; what
-        # JSON gives always does); copied: the compressor's bytes keep the room of the worst case
+        # JSON gives always does)
         if from_json or msgspec.msgpack.decode(packed) == doc:
-            self.packed = bytes(memoryview(_COMPRESS(packed)))
+            self.packed = _PACKED.compress(packed)
 
     @property
     def doc(self) -> dict:
-        return msgspec.msgpack.decode(_DECOMPRESS(self.packed)) if isinstance(self.packed, bytes) else self.packed
+        return msgspec.msgpack.decode(_PACKED.decompress(self.packed)) if isinstance(self.packed, bytes) else self.packed
 
     def __iter__(self):  # (doc, path), as entries() gave before
         yield self.doc
