@@ -160,11 +160,8 @@ class Manifests:
         kind = doc.get("kind")
         meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
         namespace = "" if kind in CLUSTER_SCOPED else meta.get("namespace") or "default"
-        # kinds and namespaces repeat across thousands of objects, names across the consumers'
-        # tables: kept once
-        name = meta.get("name", "")
-        name = sys.intern(name) if isinstance(name, str) else name
-        return kind and sys.intern(kind), (sys.intern(namespace), name)
+        # kinds and namespaces repeat across thousands of objects: kept once
+        return kind and sys.intern(kind), (sys.intern(namespace), meta.get("name", ""))
 
     def _replace(self, path: Path, docs: Iterable[dict] | None) -> bool:
         """A file's documents change (None: the file is gone): the index follows that file

@@ -19,7 +19,6 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 DEFAULT_AFFINITY_TIMEOUT = 10800  # 3 h, as Kubernetes
-_PROTOCOL_NAMES = {name: name for name in PROTOCOLS}  # one string each, not one per port read
 
 
 class ModelError(ValueError):
@@ -113,7 +112,7 @@ def _protocol(value, path: str) -> str:
     value = "TCP" if value is None else value
     if not isinstance(value, str) or value not in PROTOCOLS:
         raise ModelError(path, f"{_show(value)} is not a protocol (TCP, UDP, SCTP)")
-    return _PROTOCOL_NAMES[value]
+    return value
 
 
 def _ip(value, path: str) -> tuple[int, str]:
@@ -162,8 +161,7 @@ def _bool(value, default: bool, path: str) -> bool:
 
 
 def _meta(doc: dict) -> tuple[str, str]:
-    """(namespace, name), interned: tens of thousands of objects repeat them (services and
-    their slices, the frontends and the index) and would each hold a copy."""
+    """(namespace, name); the namespace interned: the catalog keeps one per slice."""
     meta = _mapping(doc.get("metadata"), "metadata")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
@@ -171,7 +169,7 @@ def _meta(doc: dict) -> tuple[str, str]:
     namespace = meta.get("namespace") or "default"
     if not isinstance(namespace, str):
         raise ModelError("metadata.namespace", f"{_show(namespace)} is not a namespace name")
-    return sys.intern(namespace), sys.intern(name)
+    return sys.intern(namespace), name
 
 
 def parse_service(doc: dict, node_port_range: tuple[int, int]) -> Service:
@@ -218,7 +216,7 @@ def parse_service(doc: dict, node_port_range: tuple[int, int]) -> Service:
             low, high = node_port_range
             if not low <= node_port <= high:
                 raise ModelError(f"{path}.nodePort", f"{node_port} is outside nodePort.range {low}-{high}")
-        ports.append(ServicePort(sys.intern(pname), proto, number, target, node_port))
+        ports.append(ServicePort(pname, proto, number, target, node_port))
     affinity = spec.get("sessionAffinity") or "None"
     if affinity not in ("None", "ClientIP"):
         raise ModelError("spec.sessionAffinity", f"{_show(affinity)} is not None or ClientIP")
@@ -253,7 +251,6 @@ def parse_endpoint_slice(doc: dict) -> EndpointSlice | None:
     service = labels.get(SERVICE_NAME_LABEL)
     if not isinstance(service, str) or not service:
         raise ModelError(f"metadata.labels[{SERVICE_NAME_LABEL}]", "required: the service this slice belongs to")
-    service = sys.intern(service)
     family = doc.get("addressType")
     if family not in ("IPv4", "IPv6", "FQDN"):
         raise ModelError("addressType", f"{_show(family)} is not IPv4, IPv6 or FQDN")
@@ -282,7 +279,6 @@ def parse_endpoint_slice(doc: dict) -> EndpointSlice | None:
         node = e.get("nodeName") or ""
         if not isinstance(node, str):
             raise ModelError(f"{path}.nodeName", f"{_show(node)} is not a node name")
-        node = sys.intern(node)
         for j, a in enumerate(addresses if family != "FQDN" else ()):
             version, ip = _ip(a, f"{path}.addresses[{j}]")
             if version != (4 if family == "IPv4" else 6):
