@@ -69,7 +69,6 @@ class Writer:
         self._states = bytearray()
         self._refs = array.array("I")
         self.live_backends = 0  # ids with users
-        self._released: list[int] = []  # backends of frontends removed in this change
         self.removed: dict[tuple, Frontend | None] = {}  # by the last apply()
         self.entries = 0  # in lb4_services
         self._slot_counts: dict[tuple, dict[int, int]] = {}
@@ -142,10 +141,13 @@ class Writer:
         packed = {k: f.pack() for k, f in delta.items() if f is not None}
         changed = {k: delta[k] for k, p in packed.items() if k not in self.frontends or self.frontends[k].packed != p}
         removed = [k for k, f in delta.items() if f is None and k in self.frontends]
-        self.removed = {k: self.frontends[k].frontend for k in removed}
+        previous = {k: self.frontends[k].frontend for k in [*removed, *changed] if k in self.frontends}
+        self.removed = {k: previous[k] for k in removed}
         if not changed and not removed:
             return []
-        moved = self._check_room(changed, removed)
+        # what the frontends removed or replaced used (each unpacked once)
+        released = {k: _backend_keys(f) for k, f in previous.items() if f is not None}
+        moved = self._check_room(changed, removed, released)
         for key in removed:
             self._remove(key)
         ids = self._assign_ids(list(changed))
@@ -173,7 +175,6 @@ class Writer:
         services.put_many(slot_keys, slot_values)
         services.put_many(master_keys, master_values)
         self.maps["lb4_reverse_nat"].put_many(revnat_keys, revnat_values)
-        released = []
         for key, f in changed.items():
             old = self.frontends.get(key)
             new_slots = {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
@@ -183,8 +184,6 @@ class Writer:
             if old is not None:
                 self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old.slots, new_slots)
                 self.entries -= sum(old.slots.values())
-                if old.packed is not None:
-                    released += _backend_keys(old.frontend)
             self.entries += sum(new_slots.values())
             self._write_maglev(ids[key], f)
             self.frontends[key] = Installed(ids[key], packed[key], new_slots)
@@ -195,11 +194,10 @@ class Writer:
                 before = self._refs[bid]
                 self._refs[bid] = max(before + n, 0)
                 self.live_backends += (self._refs[bid] > 0) - (before > 0)
-        self._drop_backends([k for k in released + self._released if not self.refs_of(k)])
-        self._released = []
+        self._drop_backends([k for keys in released.values() for k in keys if not self.refs_of(k)])
         return list(changed)
 
-    def _check_room(self, changed: dict, removed: list) -> Counter:
+    def _check_room(self, changed: dict, removed: list, released: dict[tuple, list[int]]) -> Counter:
         """How the change moves backend reference counts, if it fits; MapFull otherwise."""
         moved: Counter = Counter()
         entries = self.entries
@@ -207,8 +205,7 @@ class Writer:
             old = self.frontends.get(key)
             if old is not None:
                 entries -= sum(old.slots.values())
-                if old.packed is not None:
-                    moved.subtract(_backend_keys(old.frontend))
+                moved.subtract(released.get(key, ()))
         for f in changed.values():
             entries += entries_needed(f)
             moved.update(_backend_keys(f))
@@ -259,19 +256,21 @@ class Writer:
         self.maps["lb4_backends"].put_many(keys, values)
 
     def _write_maglev(self, fid: int, f: Frontend) -> None:
-        tables = self.maps["lb4_maglev"]
         backends = f.external_backends if f.external_backends is not None else f.backends
         active = _chosen(backends)[0]
         if self.algorithm != ALGORITHMS["maglev"] or not active:
-            if fid in self._maglev:
-                tables.delete(ct.c_uint32(fid))
-                self._maglev.discard(fid)
+            self._drop_maglev(fid)
             return
         names = [f"{b.address}:{b.port}" for b in active]
         value = maglev_struct(self.maglev_m)()
         value.backend_ids[:] = [self.backend_ids[active[i].key] for i in maglev.table(names, self.maglev_m, self.seed)]
-        tables.put(ct.c_uint32(fid), value)
+        self.maps["lb4_maglev"].put(ct.c_uint32(fid), value)
         self._maglev.add(fid)
+
+    def _drop_maglev(self, fid: int) -> None:
+        if fid in self._maglev:
+            self.maps["lb4_maglev"].delete(ct.c_uint32(fid))
+            self._maglev.discard(fid)
 
     def _drop_slots(self, address: str, port: int, proto: int, old: dict[int, int], new: dict[int, int]) -> None:
         services = self.maps["lb4_services"]
@@ -281,16 +280,12 @@ class Writer:
 
     def _remove(self, key: tuple) -> None:
         installed = self.frontends.pop(key)
-        if installed.packed is not None:
-            self._released += _backend_keys(installed.frontend)
         address, port, protocol = key
         proto = PROTOCOLS[protocol]
         self._drop_slots(address, port, proto, {s: 1 for s in installed.slots}, {})  # slot 0 first
         self._drop_slots(address, port, proto, installed.slots, {s: 1 for s in installed.slots})
         self.maps["lb4_reverse_nat"].delete(ct.c_uint32(installed.id))
-        if installed.id in self._maglev:
-            self.maps["lb4_maglev"].delete(ct.c_uint32(installed.id))
-            self._maglev.discard(installed.id)
+        self._drop_maglev(installed.id)
         self.entries -= sum(installed.slots.values())
 
     def _drop_backends(self, keys: list[int]) -> None:
