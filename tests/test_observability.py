@@ -20,7 +20,7 @@ from test_datapath import ask, ping, serve
 
 from pylium.plugins.observability.cli import _ordered_filters
 from pylium.plugins.observability.filters import FilterBuilder, FilterError, compile_lists
-from pylium.plugins.observability.flow import Flow
+from pylium.plugins.observability.flow import Flow, FlowBatch
 from pylium.plugins.observability.render import compact
 
 RECORDED = Path(__file__).parent / "data" / "flows.jsonl"  # `pylium observe --all -o json`, aggregation none
@@ -271,6 +271,47 @@ def test_follow_streams_new_matching_flows(star):
     assert all(set(f["l4"]) == {"TCP"} for f in got), "neither UDP nor neighbour discovery (ICMPv6)"
     assert {f["trace_observation_point"] for f in got} == {"FROM_ENDPOINT", "TO_ENDPOINT"}
     assert wait_for(lambda: lab.api.get("/v1/observer")["followers"] == 0), "a departed client is forgotten"
+
+
+def test_bus_subscribers_get_flows_one_each_or_many_to_a_message(star):
+    """`flow` and `batch.flow` carry the same flows in the same order, decoded by the types in
+    the vocabulary; a batch's header counts batches."""
+    import zmq
+
+    lab, start = star
+    _, a, b = start("--set", "bpf.monitorAggregation=none")
+    serve(lab, b.netns, "udp", b.ip, 53)
+    sockets = {}
+    for topic in ("flow", "batch.flow"):
+        sub = sockets[topic] = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(f"ipc://{lab.dirs.run_dir}/bus.sock")
+        sub.subscribe(topic.encode())
+    try:
+        time.sleep(0.5)  # the subscriptions reach the publisher
+        ask(lab, a.netns, "udp", b.ip, 53)
+        got: dict[str, list] = {"flow": [], "batch.flow": []}
+        headers = []
+        udp = lambda flows: [f for f in flows if f.l4 and f.l4.UDP]  # noqa: E731 (sent after both subscribed)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (len(udp(got["flow"])) >= 4  # the query and the answer, 2 points
+                                                   and len(udp(got["batch.flow"])) >= len(udp(got["flow"]))):
+            for topic, sub in sockets.items():
+                while sub.poll(100):
+                    frames = sub.recv_multipart()
+                    if frames[0] == b"flow":
+                        got["flow"].append(msgspec.json.decode(frames[2], type=Flow))
+                    elif frames[0] == b"batch.flow":
+                        headers.append(json.loads(frames[1]))
+                        got["batch.flow"] += msgspec.json.decode(frames[2], type=FlowBatch).flows
+    finally:
+        for sub in sockets.values():
+            sub.close()
+    singles, batched = udp(got["flow"]), udp(got["batch.flow"])
+    assert len(singles) >= 4 and {f.l4.UDP.destination_port for f in singles} >= {53}
+    assert batched == singles
+    assert [h["type"] for h in headers] == ["batch.flow"] * len(headers)
+    assert [h["seq"] for h in headers] == list(range(headers[0]["seq"], headers[0]["seq"] + len(headers)))
 
 
 def scrape(lab) -> dict[str, list]:

@@ -176,6 +176,13 @@ class LostEvents(Event, frozen=True, omit_defaults=True):
     cpu: int | None = None
 
 
+class FlowBatch(Event, frozen=True):
+    """Flows in the order they were observed, many to a message: the `flow` stream for a
+    subscriber that takes it in bulk (one message per pass over the ring, up to 512 flows)."""
+
+    flows: tuple[Flow, ...]
+
+
 class FlowRecord(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One line of `pylium observe -o json` (Hubble's GetFlowsResponse)."""
 

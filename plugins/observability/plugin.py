@@ -1,5 +1,6 @@
 """Observability plugin: reads the datapath's events ring buffer and turns records into
-flows: kept in the observer ring, published on the bus (`flow`), counted in Hubble's metrics,
+flows: kept in the observer ring, published on the bus (`flow`, and `batch.flow` many to a
+message), counted in Hubble's metrics,
 aggregated into the service map, and served to `pylium observe` / `pylium monitor`.
 
 Pipeline, all on the agent's event loop: the ring buffer's fd (woken every 64 records of a
@@ -23,19 +24,20 @@ import anyio
 import msgspec
 
 from pylium.core.api_for_plugins import (ApiError, EVENT_HEADER, FlowKey, Health, IpcacheKey, ReservedIdentity,
-                                         RingReader, consts, drop_reason, hookimpl)
+                                         RingReader, consts, events, drop_reason, hookimpl)
 from pylium.plugins.observability import render
 from pylium.plugins.observability.config import ObservabilityConfig
 from pylium.plugins.observability.decode import Decoder, Shape
 from pylium.plugins.observability.filters import FilterError, FlowFilter, compile_lists
-from pylium.plugins.observability.flow import Policy as FlowPolicy, Endpoint, Flow, FlowRecord, LostEvents
+from pylium.plugins.observability.flow import (Policy as FlowPolicy, Endpoint, Flow, FlowBatch, FlowRecord,
+                                               LostEvents)
 from pylium.plugins.observability.l7flows import l7_flow
 from pylium.plugins.observability.metrics import HubbleMetrics, endpoint_name
 from pylium.plugins.observability.observer import Follower, Observer
 from pylium.plugins.observability.remote import RemoteEndpoints
 from pylium.plugins.observability.servicemap import ServiceMap
 
-BATCH = 512  # records decoded per turn of the event loop
+BATCH = 512  # records decoded per turn of the event loop (and at most the flows of one batch.flow)
 DRAIN_SECONDS = 0.01  # the datapath wakes the reader only every 64 records of a CPU: drain on a timer too
 LOSS_POLL_SECONDS = 0.5
 IDENTITY_CACHE_SECONDS = 5.0
@@ -71,6 +73,8 @@ class ObservabilityPlugin:
         self.reader: RingReader | None = None
         self.pending: collections.deque = collections.deque()
         self._scheduled = False
+        self._batch: list[Flow] = []  # the flows for the next batch.flow message, and their bus payloads
+        self._batch_payloads: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._identities: dict[str, int] = {}
         self._identities_at = 0.0
@@ -87,6 +91,7 @@ class ObservabilityPlugin:
         declare.after("connectivity")
         declare.event_type("flow", Flow)
         declare.event_type("flow.lost", LostEvents)
+        declare.event_type("batch.flow", FlowBatch)
         declare.api_routes(("POST", "/v1/flows", self.api_flows), ("POST", "/v1/monitor", self.api_monitor),
                            ("GET", "/v1/service-map", self.api_service_map), ("GET", "/v1/observer", self.api_observer))
 
@@ -185,11 +190,9 @@ class ObservabilityPlugin:
 
     def _emit(self, flow: Flow, raw: bytes, shape: Shape | None) -> None:
         self.observer.add(flow)
-        bus = self.ctx.bus
         if shape is None:
             self.metrics.count(flow)
             self.service_map.add(flow)
-            bus.publish(flow)
         else:  # what flows of this shape count is worked out once
             if shape.counts is None:
                 shape.counts = (self.metrics.keys(flow), self.service_map.edge_of(flow))
@@ -198,10 +201,28 @@ class ObservabilityPlugin:
                 counter[key] += 1
             if edge is not None:
                 self.service_map.count(*edge)
-            bus.publish(flow, encoded=shape.payload(flow) if bus.wants("flow") else None)
+        bus = self.ctx.bus
+        single, bulk = bus.wants("flow"), bus.wants("batch.flow")
+        if single or bulk:  # nobody subscribed: nothing is encoded
+            payload = shape.payload(flow) if shape is not None else events.encode(flow)
+            if single:
+                bus.publish(flow, encoded=payload)
+            if bulk:
+                if not self._batch:
+                    self._loop.call_soon(self._send_batch)  # after this pass over the ring
+                self._batch.append(flow)
+                self._batch_payloads.append(payload)
+                if len(self._batch) >= BATCH:
+                    self._send_batch()
         if raw:  # (L7 flows have no datapath record for the monitor)
             for follower in self.observer.monitor_followers:
                 follower.offer((flow, raw))
+
+    def _send_batch(self) -> None:
+        flows, payloads = tuple(self._batch), self._batch_payloads
+        self._batch, self._batch_payloads = [], []
+        if flows and self.ctx is not None:  # the flows' payloads are joined as they are: not encoded again
+            self.ctx.bus.publish(FlowBatch(flows=flows), encoded=b'{"flows":[' + b",".join(payloads) + b"]}")
 
     def _count_loss(self, source: str, count: int) -> None:
         """Losses are counted and also appear in the flow stream, the bus and the monitor."""
