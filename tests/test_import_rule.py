@@ -128,3 +128,18 @@ def test_every_facade_name_resolves_and_loads_lazily():
             "print(sorted(m for m in ('pydantic', 'zmq', 'aiohttp') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]", "a CLI command's imports must not pull in the agent's libraries"
+
+
+def test_the_agent_leaves_out_what_it_never_uses():
+    """Idle memory (issue 20): no NDB or IPDB from pyroute2's package, no rich or
+    pygments through structlog, no L7 proxy modules (h11, dnspython) in the agent's process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.metadata as md; import pylium.core.agent.main; "
+            "[ep.load() for ep in md.entry_points(group='pylium.plugins')]; "
+            "from pyroute2.iproute.linux import IPRoute; IPRoute().close(); "
+            "print(sorted(m for m in ('pyroute2.ndb', 'pyroute2.ipdb', 'rich', 'pygments', 'h11', 'dns') "
+            "if sys.modules.get(m) is not None))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"

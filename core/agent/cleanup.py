@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 
 from pylium.core.datapath import libbpf
 

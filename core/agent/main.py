@@ -7,6 +7,8 @@ import socket
 import sys
 from pathlib import Path
 
+from pylium.core.agent import lean_imports  # noqa: F401  (first: before pyroute2 and structlog are imported)
+
 import anyio
 import click
 

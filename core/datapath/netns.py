@@ -64,6 +64,6 @@ def socket_in(netns_path: str, family: int, kind: int, protocol: int) -> socket.
 
 def iproute(netns_path: str):
     """pyroute2 IPRoute speaking to another namespace (use as a context manager)."""
-    from pyroute2 import IPRoute
+    from pyroute2.iproute.linux import IPRoute
 
     return IPRoute(fileno=netlink_socket(netns_path).detach())

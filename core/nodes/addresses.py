@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 
 
 def detect_ipv4() -> str:

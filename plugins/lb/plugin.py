@@ -141,7 +141,7 @@ class LbPlugin(LbApi):
             self.ctx.start_task("tunnel", self._follow_tunnel)
 
     async def _attach_devices(self, program: Path) -> None:
-        from pyroute2 import IPRoute
+        from pyroute2.iproute.linux import IPRoute
 
         cfg = self.ctx.settings
         gateways = await self._pod_gateways()

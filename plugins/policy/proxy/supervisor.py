@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 
 from pylium.core.api_for_plugins import consts as c
 from pylium.plugins.policy.proxy.policy import PID_FILE, POLICY_FILE
