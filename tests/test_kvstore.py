@@ -85,6 +85,37 @@ def test_a_mirror_sees_the_snapshot_then_every_change(open_store):
     anyio.run(main)
 
 
+def test_a_full_disk_makes_the_local_store_unavailable_not_broken(tmp_path):
+    """A write that finds no space changes nothing and raises StoreUnavailable naming the cause
+    (what background writers retry, instead of failing the agent); once space returns, writes
+    work again."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "pylium-test-full", str(disk)], check=True)
+    try:
+        async def main():
+            store = LocalStore(disk / "local.db")
+            try:
+                await store.put("k/a", "kept")
+                filler = disk / "filler"
+                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)  # until ENOSPC
+                with pytest.raises(StoreUnavailable, match="disk is full"):
+                    for i in range(200):  # past what sqlite's free pages take
+                        await store.put(f"k/{i}", "x" * 4000)
+                assert await store.get("k/a") == "kept"
+                filler.unlink()
+                await store.put("k/b", "written")
+                assert await store.get("k/b") == "written"
+            finally:
+                await store.close()
+
+        anyio.run(main)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def test_concurrent_creates_have_one_winner(etcd):
     async def main():
         stores = [await _etcd_store(etcd) for _ in range(3)]

@@ -108,8 +108,11 @@ class LocalStore:
                 result = fn(self._db)
                 self._db.execute("COMMIT")
                 return result
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as e:
+                if self._db.in_transaction:  # (sqlite has rolled back itself after a full disk)
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError):  # a full disk, an I/O error: retry later
+                    raise StoreUnavailable(f"local store {self.path}: {e}") from e
                 raise
 
     async def _run(self, fn):
