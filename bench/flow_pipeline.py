@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _lab import add_pod, exec_in, node_with_agent, rrprobe  # noqa: E402
 
 RAMP = (50_000, 55_000, 60_000, 65_000, 70_000, 75_000, 80_000, 85_000, 90_000, 95_000, 100_000, 125_000, 150_000,
-        200_000, 250_000)
+        175_000, 200_000, 250_000, 300_000, 400_000, 500_000)
 
 
 class Batch(msgspec.Struct):
