@@ -164,7 +164,8 @@ def main() -> None:
             try:
                 if mode == "pylium":
                     count, ready = mp.Value("q", 0), mp.Event()
-                    sub = mp.Process(target=bus_counter, args=(f"ipc://{run_dir}/bus.sock", args.topic, count, ready), daemon=True)
+                    sub = mp.Process(target=bus_counter, daemon=True,
+                                     args=(f"ipc://{run_dir}/bus.sock", args.topic, count, ready))
                     sub.start()
                     ready.wait(10)
                     time.sleep(0.5)

@@ -2,9 +2,9 @@
 agent's ~88). `pylium-agent` imports this module before anything else.
 
 - pyroute2's package `__init__` imports every netlink family it knows, NDB and IPDB; the
-  agent only uses `pyroute2.iproute.linux.IPRoute`. The package is registered
-  without running its `__init__`; its submodules import as usual. Agent code therefore imports
-  from pyroute2's submodules, never names from the package itself.
+  agent only uses `pyroute2.iproute.linux.IPRoute`. The package is registered without running
+  its `__init__`; its submodules import as usual. Agent code therefore imports from pyroute2's
+  submodules, never names from the package itself.
 - structlog formats exceptions with rich (and rich with pygments) when it can import it; the
   agent logs JSON lines for the journal and plain tracebacks on a terminal. rich stays for the
   `pylium` CLI.

@@ -1,7 +1,7 @@
 """Observability plugin: reads the datapath's events ring buffer and turns records into
 flows: kept in the observer ring, published on the bus (`flow`, and `batch.flow` many to a
-message), counted in Hubble's metrics,
-aggregated into the service map, and served to `pylium observe` / `pylium monitor`.
+message), counted in Hubble's metrics, aggregated into the service map, and served to
+`pylium observe` / `pylium monitor`.
 
 Pipeline, all on the agent's event loop: the ring buffer's fd (woken every 64 records of a
 CPU) and a 10 ms timer call `_readable`, which copies
