@@ -66,34 +66,29 @@ def measure(probe: str, client_ns: str, server_ip: str, mode: str, seconds: floa
     return float(r.stdout.strip())
 
 
+def in_turn(probe: str, setups: dict[str, tuple[str, str]], rounds: int, seconds: float) -> dict:
+    """For TCP_RR and TCP_CRR: each round measures every (client netns, server address) setup
+    in turn. Returns {mode: {setup name: [rate of each round]}}."""
+    results = {}
+    for mode in ("rr", "crr"):
+        runs = results[mode] = {name: [] for name in setups}
+        for _ in range(rounds):
+            for name, setup in setups.items():
+                runs[name].append(measure(probe, *setup, mode, seconds))
+    return results
+
+
+def ratio(runs: dict[str, list[float]], a: str, b: str) -> float:
+    """The median of the per-round ratios a/b."""
+    return statistics.median(x / y for x, y in zip(runs[a], runs[b]))
+
+
 def alternate(probe: str, first: tuple[str, str], second: tuple[str, str], rounds: int,
               seconds: float) -> dict[str, tuple[float, float, float]]:
-    """For TCP_RR and TCP_CRR: rounds alternating between two (client netns, server address)
-    pairs; the medians of each and the median of the per-round ratios first/second."""
-    results = {}
-    for mode in ("rr", "crr"):
-        a, b, ratios = [], [], []
-        for _ in range(rounds):
-            a.append(measure(probe, *first, mode, seconds))
-            b.append(measure(probe, *second, mode, seconds))
-            ratios.append(a[-1] / b[-1])
-        results[mode] = (statistics.median(a), statistics.median(b), statistics.median(ratios))
-    return results
-
-
-def three_ways(probe: str, setups: dict[str, tuple[str, str]], rounds: int, seconds: float) -> dict:
-    """pylium, the plain pair and the floor in turn each round: medians, and the medians of
-    the per-round ratios."""
-    results = {}
-    for mode in ("rr", "crr"):
-        runs = {name: [] for name in setups}
-        for _ in range(rounds):
-            for name, (client_ns, server_ip) in setups.items():
-                runs[name].append(measure(probe, client_ns, server_ip, mode, seconds))
-        r = results[mode] = {name: statistics.median(v) for name, v in runs.items()}
-        for a, b in (("pylium", "plain"), ("floor", "plain"), ("pylium", "floor")):
-            r[f"{a}/{b}"] = statistics.median(x / y for x, y in zip(runs[a], runs[b]))
-    return results
+    """Rounds alternating between two setups: the medians of each and the median of the
+    per-round ratios first/second."""
+    return {mode: (statistics.median(runs["first"]), statistics.median(runs["second"]), ratio(runs, "first", "second"))
+            for mode, runs in in_turn(probe, {"first": first, "second": second}, rounds, seconds).items()}
 
 
 def report(results: dict[str, tuple[float, float, float]], first: str, second: str, rr_target: float) -> None:
@@ -132,20 +127,21 @@ def main() -> None:
                                                                (floor_b, floor_b_ip))]
         time.sleep(0.5)  # let the servers listen
         try:
-            results = three_ways(probe, {"pylium": (a, b_ip), "plain": (base_a, "10.212.0.2"),
-                                         "floor": (floor_a, floor_b_ip)}, args.rounds, args.seconds)
+            results = in_turn(probe, {"pylium": (a, b_ip), "plain": (base_a, "10.212.0.2"),
+                                      "floor": (floor_a, floor_b_ip)}, args.rounds, args.seconds)
         finally:
             for s in servers:
                 s.kill()
     print(f"pinned to CPU 0, {args.rounds} alternating rounds of {args.seconds:g}s, medians")
     ok = True
     for mode, target in (("rr", 0.95), ("crr", 0.95)):  # issue 20
-        r = results[mode]
-        ok &= r["pylium/plain"] >= target
-        print(f"TCP_{mode.upper():3}: pylium {r['pylium']:9,.0f}/s  plain veth {r['plain']:9,.0f}/s  "
-              f"ratio {r['pylium/plain']:.3f} (target >= {target})")
-        print(f"         floor  {r['floor']:9,.0f}/s  ratio to plain {r['floor/plain']:.3f} (the best a veth + tc "
-              f"datapath does here); pylium to the floor {r['pylium/floor']:.3f}")
+        runs = results[mode]
+        median = {name: statistics.median(v) for name, v in runs.items()}
+        ok &= ratio(runs, "pylium", "plain") >= target
+        print(f"TCP_{mode.upper():3}: pylium {median['pylium']:9,.0f}/s  plain veth {median['plain']:9,.0f}/s  "
+              f"ratio {ratio(runs, 'pylium', 'plain'):.3f} (target >= {target})")
+        print(f"         floor  {median['floor']:9,.0f}/s  ratio to plain {ratio(runs, 'floor', 'plain'):.3f} "
+              f"(the best a veth + tc datapath does here); pylium to the floor {ratio(runs, 'pylium', 'floor'):.3f}")
     print("PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 
