@@ -27,6 +27,9 @@ _EXPORTS = {
     "ApiRequest": "pylium.core.plugin_api",
     "EndpointError": "pylium.core.plugin_api",
     "crash_point": "pylium.core.faults",
+    # HTTP on a plugin's own port (Router, Server, Response, get_status); control-API routes
+    # are declared instead
+    "http_server": "pylium.core.api:http",
     # configuration
     "Section": "pylium.core.config",
     "ConfigError": "pylium.core.config",
@@ -116,6 +119,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from pylium.core.config import ConfigError, CoreConfig, Duration, Section, parse_duration  # noqa: F401
     from pylium.core.datapath import consts, libbpf, monitor, netns  # noqa: F401
     from pylium.core.agent.metrics import read_bpf_metrics  # noqa: F401
+    from pylium.core.api import http as http_server  # noqa: F401
     from pylium.core.datapath.consts import (DROP_REASONS, MESSAGE_TYPES, METRIC_DIRECTIONS,  # noqa: F401
                                              OBSERVATION_POINTS, POLICY_MATCH_TYPES, TRACE_REASONS, DropReason,
                                              MessageType, ReservedIdentity, Slot)

@@ -132,14 +132,31 @@ def test_every_facade_name_resolves_and_loads_lazily():
 
 def test_the_agent_leaves_out_what_it_never_uses():
     """Idle memory (issue 20): no NDB or IPDB from pyroute2's package, no rich or
-    pygments through structlog, no L7 proxy modules (h11, dnspython) in the agent's process."""
+    pygments through structlog, no L7 proxy modules (dnspython) and no aiohttp (its client,
+    websockets and multipart: the agent serves HTTP with h11) in the agent's process."""
     import subprocess
     import sys
 
     code = ("import sys, importlib.metadata as md; import pylium.core.agent.main; "
             "[ep.load() for ep in md.entry_points(group='pylium.plugins')]; "
             "from pyroute2.iproute.linux import IPRoute; IPRoute().close(); "
-            "print(sorted(m for m in ('pyroute2.ndb', 'pyroute2.ipdb', 'rich', 'pygments', 'h11', 'dns') "
+            "print(sorted(m for m in ('pyroute2.ndb', 'pyroute2.ipdb', 'rich', 'pygments', 'dns', 'aiohttp', "
+            "'prometheus_client.exposition') "
             "if sys.modules.get(m) is not None))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_a_lazily_registered_package_still_gives_its_names():
+    """A third-party plugin's `from pyroute2 import IPRoute` or `from prometheus_client import
+    Counter` works in the agent: the package's `__init__` runs then, once."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pylium.core.agent.lean_imports; "
+            "from prometheus_client.core import Counter; assert 'prometheus_client.exposition' not in sys.modules; "
+            "from prometheus_client import Counter as C, generate_latest; assert C is Counter; "
+            "from pyroute2 import config, IPRoute; import pyroute2.iproute.linux as l; assert IPRoute is l.IPRoute; "
+            "import pyroute2; print(pyroute2.__version__ > '0', hasattr(pyroute2, 'no_such_name'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (r.returncode, r.stdout.strip()) == (0, "True False"), r.stderr

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import anyio
 import zmq
 import zmq.asyncio
-from aiohttp import web
 
 from pylium.core import EXIT_FAILURE, EXIT_OK, EXIT_UNAVAILABLE, __version__, config as cfg
 from pylium.core.agent import log as logging_
@@ -32,6 +31,7 @@ from pylium.core.agent.metrics import AgentMetrics
 from pylium.core.agent.plugin_host import PluginHost, PluginInfo, PluginLoadError, discover, instantiate
 from pylium.core.agent.sdnotify import Notifier
 from pylium.core.api import server as api
+from pylium.core.api.http import Response, Router, Server
 from pylium.core.bus import events as ev
 from pylium.core.bus.broker import Broker
 from pylium.core.bus.client import BusAddresses, BusClient
@@ -224,12 +224,12 @@ class Agent:
 
     async def _run_plugins(self, root: anyio.abc.TaskGroup, t0: float) -> None:
         self.state = "starting"
-        runners: list[web.AppRunner] = []
+        servers: list[Server] = []
         zctx = zmq.asyncio.Context()
         try:
-            runners.append(await self._serve_api())
+            servers.append(await self._serve_api())
             if self.config.prometheus.enabled and self.config.prometheus.port:
-                runners.append(await self._serve_metrics())
+                servers.append(await self._serve_metrics())
             self._start_bus(zctx)
         except (OSError, AgentError, zmq.ZMQError) as e:
             self._fail(str(e))
@@ -275,8 +275,8 @@ class Agent:
                 self.core_bus = None
         finally:
             with anyio.CancelScope(shield=True):
-                for runner in reversed(runners):
-                    await runner.cleanup()
+                for server in reversed(servers):
+                    await server.close()
             if self.bus is not None:
                 self.bus.stop()
             zctx.destroy(linger=0)
@@ -533,31 +533,28 @@ class Agent:
     # Servers, directories, plugin contexts
     # ----------------------------------------------------------------------------------------
 
-    async def _serve_api(self) -> web.AppRunner:
+    async def _serve_api(self) -> Server:
         path = self.options.api_socket
         if api.socket_in_use(path):
             raise AgentError(f"another agent is serving {path}")
-        runner = web.AppRunner(api.build_app(self), access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.SockSite(runner, api.bind_unix_socket(path)).start()
-        return runner
+        server = api.build_server(self)
+        await server.listen_unix(api.bind_unix_socket(path))
+        return server
 
-    async def _serve_metrics(self) -> web.AppRunner:
+    async def _serve_metrics(self) -> Server:
         p = self.config.prometheus
 
         async def metrics(_):
-            return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+            return Response(self.metrics.render(), content_type="text/plain; version=0.0.4")
 
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+        router = Router()
+        router.add_get("/metrics", metrics)
+        server = Server(router)
         try:
-            await web.TCPSite(runner, p.address or None, p.port).start()
+            await server.listen_tcp(p.address or None, p.port)
         except OSError as e:
-            await runner.cleanup()
             raise AgentError(f"cannot serve metrics on {p.address or '*'}:{p.port}: {e.strerror}") from None
-        return runner
+        return server
 
     def _lock_dirs(self, locks: contextlib.ExitStack) -> None:
         o = self.options

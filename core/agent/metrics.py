@@ -5,8 +5,7 @@ from __future__ import annotations
 import platform
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CollectorRegistry, Counter, CounterMetricFamily, Gauge, GaugeMetricFamily, Histogram
 
 from pylium.core.plugin_api import Health
 
@@ -158,4 +157,6 @@ class AgentMetrics:
         self.hook_duration.labels(plugin, hook).observe(seconds)
 
     def render(self) -> bytes:
+        from prometheus_client.exposition import generate_latest  # on the first scrape: it imports ~2 MiB
+
         return generate_latest(self.registry)

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
-from aiohttp import web
+
+from pylium.core.api.http import Request, Response, Router
 
 from pylium.core.cni import routes as cni_routes
 from pylium.core.plugin_api import EndpointError
@@ -20,18 +21,18 @@ class LabelChange(msgspec.Struct, forbid_unknown_fields=True):
     delete: list[str] = []
 
 
-def _json(data, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
+def _json(data, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status)
 
 
-async def _body(request: web.Request, model):
+async def _body(request: Request, model):
     try:
-        return msgspec.json.decode(await request.read(), type=model)
+        return msgspec.json.decode(request.body, type=model)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
         raise EndpointError("bad_request", f"request body: {e}") from None
 
 
-def add_routes(app: web.Application, agent: Agent) -> None:
+def add_routes(router: Router, agent: Agent) -> None:
     def manager():
         if agent.endpoints is None or agent.state != "running":
             raise EndpointError("not_ready", f"the agent is {agent.state}", 503)
@@ -92,7 +93,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
                 for reason, direction, packets, nbytes in read_bpf_metrics(dp.maps["metrics"])]
         return _json(rows)
 
-    async def metrics(request: web.Request):
+    async def metrics(request: Request):
         """Every sample of the agent's metrics registry, optionally those whose name matches a regex."""
         import re
 
@@ -116,8 +117,8 @@ def add_routes(app: web.Application, agent: Agent) -> None:
     def not_ok() -> list[str]:
         return [f"{n}: {c.health.health.value}" for n, c in agent.contexts.items() if c.health.health.value != "OK"]
 
-    cni_routes.add_routes(app, manager, not_ok)
-    r = app.router
+    cni_routes.add_routes(router, manager, not_ok)
+    r = router
     r.add_get("/v1/metrics", metrics)
     r.add_get("/v1/bpf/metrics", bpf_metrics)
     r.add_get("/v1/endpoints", list_endpoints)

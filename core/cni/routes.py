@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import msgspec
-from aiohttp import web
+
+from pylium.core.api.http import Response, Router
 
 from pylium.core.cni import plugin as cni
 from pylium.core.plugin_api import EndpointError
@@ -42,11 +43,11 @@ CNI_HEADERS = {"CNI_COMMAND": "X-CNI-Command", "CNI_CONTAINERID": "X-CNI-Contain
                "CNI_IFNAME": "X-CNI-Ifname", "CNI_ARGS": "X-CNI-Args", "CNI_PATH": "X-CNI-Path"}
 
 
-def _json(data, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json")
+def _json(data, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(data), status)
 
 
-def add_routes(app: web.Application, endpoints: Callable[[], EndpointManager],
+def add_routes(router: Router, endpoints: Callable[[], EndpointManager],
                not_ok: Callable[[], list[str]]) -> None:
     """`endpoints()` is the running agent's endpoint manager (it raises while the agent is not
     running); `not_ok()` names the plugins that are not healthy (CNI STATUS)."""
@@ -75,7 +76,7 @@ def add_routes(app: web.Application, endpoints: Callable[[], EndpointManager],
         body = None
         if request.method == "POST":
             try:
-                body = msgspec.json.decode(await request.read())
+                body = msgspec.json.decode(request.body)
             except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
                 raise EndpointError("bad_request", f"request body: {e}") from None
         try:
@@ -85,8 +86,8 @@ def add_routes(app: web.Application, endpoints: Callable[[], EndpointManager],
 
     async def cni_exec(request):
         """The whole CNI command for the C plugin; answers what the plugin prints and its exit code."""
-        env = {name: request.headers.get(header, "") for name, header in CNI_HEADERS.items()}
-        stdin = (await request.read()).decode(errors="replace")
+        env = {name: request.headers.get(header.lower(), "") for name, header in CNI_HEADERS.items()}
+        stdin = (request.body).decode(errors="replace")
 
         async def call(method, path, body):
             try:
@@ -101,9 +102,9 @@ def add_routes(app: web.Application, endpoints: Callable[[], EndpointManager],
         except cni.CniError as e:
             out, code = cni.error_output(e, stdin), 1
         text = msgspec.json.encode(out).decode() + "\n" if out is not None else ""
-        return web.Response(text=text, content_type="application/json", headers={"X-CNI-Exit": str(code)})
+        return Response(text.encode(), headers={"X-CNI-Exit": str(code)})
 
-    r = app.router
+    r = router
     for path in ("/v1/cni/add", "/v1/cni/del", "/v1/cni/check", "/v1/cni/gc"):
         r.add_post(path, cni_route)
     r.add_get("/v1/cni/status", cni_route)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import anyio
-from aiohttp import web
 from prometheus_client.core import GaugeMetricFamily
 
-from pylium.core.api_for_plugins import hookimpl, parse_duration
+from pylium.core.api_for_plugins import hookimpl, http_server, parse_duration
 from pylium.plugins.health.config import HealthConfig
 from pylium.plugins.health.probe import NodeHealth, probe_http, probe_icmp
 
@@ -40,7 +38,7 @@ class HealthPlugin:
             yield
             return
         self._probe_now, self._probed = anyio.Event(), anyio.Event()
-        runner = await self._serve(ctx.settings.healthPort)
+        server = await self._serve(ctx.settings.healthPort)
         ctx.metrics.register(_Collector(self))
         ctx.start_task("nodes", self._follow_nodes)
         ctx.start_task("prober", self._prober)
@@ -48,23 +46,21 @@ class HealthPlugin:
             yield
         finally:
             with anyio.CancelScope(shield=True):
-                await runner.cleanup()
+                await server.close()
             self.ctx = None
 
-    async def _serve(self, port: int) -> web.AppRunner:
+    async def _serve(self, port: int) -> http_server.Server:
         async def hello(_):
-            return web.Response(text="Hello")
+            return http_server.Response(b"Hello", content_type="text/plain")
 
-        app = web.Application()
-        app.router.add_get("/hello", hello)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
+        router = http_server.Router()
+        router.add_get("/hello", hello)
+        server = http_server.Server(router)
         try:
-            await web.TCPSite(runner, None, port, reuse_address=True).start()
+            await server.listen_tcp(None, port)
         except OSError as e:
-            await runner.cleanup()
             raise OSError(f"healthPort {port}: cannot listen: {e.strerror}") from None
-        return runner
+        return server
 
     # ---- the nodes and the probes ----------------------------------------------------------
 
@@ -92,24 +88,24 @@ class HealthPlugin:
         """Probe every node now, all at once."""
         timeout = parse_duration(self.ctx.settings.health.probeTimeout)
         port = self.ctx.settings.healthPort
-        async with aiohttp.ClientSession() as session:
-            async def one(node: NodeHealth) -> None:
-                if not node.ip:
-                    return
-                async with anyio.create_task_group() as tg:
-                    async def icmp():
-                        node.icmp = await probe_icmp(node.ip, timeout)
 
-                    async def http():
-                        node.http = await probe_http(session, node.ip, port, timeout)
-
-                    tg.start_soon(icmp)
-                    tg.start_soon(http)
-                node.probed_at = time.time()
-
+        async def one(node: NodeHealth) -> None:
+            if not node.ip:
+                return
             async with anyio.create_task_group() as tg:
-                for node in list(self.nodes.values()):
-                    tg.start_soon(one, node)
+                async def icmp():
+                    node.icmp = await probe_icmp(node.ip, timeout)
+
+                async def http():
+                    node.http = await probe_http(node.ip, port, timeout)
+
+                tg.start_soon(icmp)
+                tg.start_soon(http)
+            node.probed_at = time.time()
+
+        async with anyio.create_task_group() as tg:
+            for node in list(self.nodes.values()):
+                tg.start_soon(one, node)
         self.probed_at = time.time()
         self._probed.set()
         self._probed = anyio.Event()

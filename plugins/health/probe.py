@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import aiohttp
+import h11
 import icmplib
+
+from pylium.core.api_for_plugins import http_server
 
 
 @dataclass
@@ -60,12 +62,12 @@ async def probe_icmp(ip: str, timeout: float) -> Probe:
     return Probe(False, error="Connection timed out")
 
 
-async def probe_http(session: aiohttp.ClientSession, ip: str, port: int, timeout: float) -> Probe:
+async def probe_http(ip: str, port: int, timeout: float) -> Probe:
     started = time.perf_counter()
     try:
-        async with session.get(f"http://{ip}:{port}/hello", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            if r.status != 200:
-                return Probe(False, error=f"HTTP {r.status}")
-    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        status = await http_server.get_status(ip, port, "/hello", timeout)
+        if status != 200:
+            return Probe(False, error=f"HTTP {status}")
+    except (h11.ProtocolError, TimeoutError, OSError) as e:
         return Probe(False, error=f"{type(e).__name__}: {e}".rstrip(": ") if str(e) else "Connection timed out")
     return Probe(True, time.perf_counter() - started)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import msgspec
-from prometheus_client import Counter, Gauge
+from prometheus_client.core import Counter, Gauge
 
 from pylium.core.api_for_plugins import RpcError, events, hookimpl
 from pylium.plugins.ipam.allocator import FAMILIES, Allocation, Allocator, Exhausted, IpamError, Owner
