@@ -446,9 +446,12 @@ def test_the_replay_cache_keeps_payloads_compressed_and_gives_them_back_exactly(
     payloads["small"] = b'{"a":1}'
     for rev, (key, payload) in enumerate(payloads.items(), 1):
         family.put(key, "service.changed", payload, rev)
-    kept = sum(len(family._entries[k][1]) for k in payloads)
+    kept = sum(len(family._entries[k]) for k in payloads)
     assert kept < sum(map(len, payloads.values())) / 2, "compressed against the family's first payload"
     assert {k: family.get(k) for k in family} == {k: ("service.changed", p, rev)
                                                    for rev, (k, p) in enumerate(payloads.items(), 1)}
+    family.put("other", "service.other", payloads["small"], 2**63)  # each entry keeps its topic and rev
+    assert family.get("other") == ("service.other", payloads["small"], 2**63)
+    assert family.get("small") == ("service.changed", payloads["small"], len(payloads))
     family.pop("small")
     assert family.get("small") is None and "small" not in list(family)

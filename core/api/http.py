@@ -36,6 +36,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]  # names in lower case
     body: bytes
+    raw_path: str = ""  # as sent, percent-encoded (`path` is decoded)
     match_info: dict[str, str] = field(default_factory=dict)
     #: True once the client has gone away (checked by streaming handlers)
     disconnected: Callable[[], bool] = lambda: False
@@ -87,12 +88,13 @@ class Router:
         self.add("POST", path, handler)
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """`path` as sent (percent-encoded): a `{name}` segment may hold an encoded "/"."""
         path_known = False
         for route_method, pattern, handler in self._routes:
             match = pattern.match(path)
             if match:
                 if route_method == method or (method == "HEAD" and route_method == "GET"):
-                    return handler, match.groupdict()
+                    return handler, {k: unquote(v) for k, v in match.groupdict().items()}
                 path_known = True
         raise HTTPError(405 if path_known else 404)
 
@@ -163,7 +165,7 @@ class Server:
     async def _answer(self, request: Request, writer: asyncio.StreamWriter) -> Response | Stream:
         request.disconnected = writer.transport.is_closing
         try:
-            handler, request.match_info = self.router.resolve(request.method, request.path)
+            handler, request.match_info = self.router.resolve(request.method, request.raw_path)
             return await handler(request)
         except HTTPError as e:
             return _error(e)
@@ -195,7 +197,7 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader,
             raise HTTPError(413, f"request body larger than {MAX_BODY} bytes")
     target = urlsplit(event.target.decode("ascii", "replace"))
     return Request(event.method.decode("ascii", "replace"), unquote(target.path), dict(parse_qsl(target.query)),
-                   {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}, bytes(body))
+                   {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}, bytes(body), target.path)
 
 
 def _head(status: int, content_type: str, extra: dict[str, str], length: int | None) -> h11.Response:

@@ -110,8 +110,10 @@ class Catalog:
         self.node_ports.pop(key, None)
         return key
 
-    def put_slice(self, key: tuple[str, str], entry, slice_: EndpointSlice) -> None:
-        service = (slice_.namespace, slice_.service)
+    def put_slice(self, key: tuple[str, str], entry, slice_: EndpointSlice,
+                  service: tuple[str, str] | None = None) -> None:
+        """`service`: the service's key as the caller holds it (one tuple for all its tables)."""
+        service = service or (slice_.namespace, slice_.service)
         self.slices[key] = (entry, service)
         self.slices_of[service] = tuple(sorted({*self.slices_of.get(service, ()), key}))  # a set each: 2 MiB more
 

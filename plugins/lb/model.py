@@ -11,7 +11,7 @@ import re
 import reprlib
 import socket
 import sys
-from dataclasses import dataclass, field
+import msgspec
 
 from pylium.plugins.lb.maps import PROTOCOLS
 
@@ -29,8 +29,7 @@ class ModelError(ValueError):
         self.path = path
 
 
-@dataclass(frozen=True)
-class ServicePort:
+class ServicePort(msgspec.Struct, frozen=True, array_like=True):
     name: str
     protocol: str
     port: int
@@ -38,8 +37,7 @@ class ServicePort:
     node_port: int = 0
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(msgspec.Struct, frozen=True, array_like=True):
     namespace: str
     name: str
     type: str = "ClusterIP"
@@ -56,8 +54,7 @@ class Service:
         return self.namespace, self.name
 
 
-@dataclass(slots=True)
-class Endpoint:
+class Endpoint(msgspec.Struct, array_like=True):
     address: str
     ready: bool = True
     serving: bool = True
@@ -74,13 +71,26 @@ class Endpoint:
         return "quarantined"
 
 
-@dataclass(frozen=True)
-class EndpointSlice:
+class EndpointSlice(msgspec.Struct, frozen=True, array_like=True):
     namespace: str
     name: str
     service: str
     ports: tuple[tuple[str, str, int], ...] = ()  # (name, protocol, port)
-    endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+# Parsed objects wait packed while a change is computed: thousands of them as objects at once,
+# freed between what the load balancer keeps, would leave the heap fragmented (~1 KiB per service)
+_PACK = msgspec.msgpack.Encoder()
+_UNPACK = {Service: msgspec.msgpack.Decoder(Service), EndpointSlice: msgspec.msgpack.Decoder(EndpointSlice)}
+
+
+def pack(obj: Service | EndpointSlice) -> bytes:
+    return _PACK.encode(obj)
+
+
+def unpack(kind: type, packed: bytes) -> Service | EndpointSlice:
+    return _UNPACK[kind].decode(packed)
 
 
 _show = reprlib.repr  # a value in a message: shortened however large or deeply nested it is

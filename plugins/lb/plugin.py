@@ -19,7 +19,8 @@ from pylium.plugins.lb.api import LbApi
 from pylium.plugins.lb.config import LbConfig
 from pylium.plugins.lb.frontends import Catalog, Frontend, Problem, frontends
 from pylium.plugins.lb.maps import LbDevice, ip4, lb_maps
-from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
+from pylium.plugins.lb.model import (EndpointSlice, ModelError, Service, pack, parse_endpoint_slice, parse_service,
+                                     unpack)
 from pylium.plugins.lb.writer import MapFull, Writer
 
 STAGES = (Slot.FROM_LB, Slot.TO_LB)
@@ -199,10 +200,11 @@ class LbPlugin(LbApi):
 
     # ---- services ---------------------------------------------------------------------------
 
-    def _load(self, manifests: PluginManifests, parsed: dict[tuple, object]) -> set[tuple[str, str]]:
+    def _load(self, manifests: PluginManifests, parsed: dict[tuple, bytes]) -> set[tuple[str, str]]:
         """Take in changed Service and EndpointSlice documents; a bad one is reported with its
         file and field, and its previous version (if any) stays in force. Returns the keys
-        of the services to compute again; what was parsed goes into `parsed` by (kind, ns, name)."""
+        of the services to compute again; what was parsed goes into `parsed` by (kind, ns, name),
+        packed (model.pack)."""
         port_range = self.ctx.settings.nodePort.bounds()
         catalog = self.catalog
         dirty: set[tuple[str, str]] = set()
@@ -229,10 +231,18 @@ class LbPlugin(LbApi):
                 self.problems.pop((kind, *key), None)
                 if key in table:
                     dirty.add(drop(key))
-                if obj is not None:
+                if obj is None:
+                    continue
+                parsed[(kind, *key)] = pack(obj)
+                if kind == "Service":
                     put(key, entry, obj)
-                    parsed[(kind, *key)] = obj
-                    dirty.add(obj.key if kind == "Service" else (obj.namespace, obj.service))
+                    dirty.add(key)
+                    continue
+                # the Service's key as its manifest entry holds it: one tuple (and name) kept, not one per table
+                service = manifests.entries("Service").get((obj.namespace, obj.service))
+                service = service.key if service is not None else (obj.namespace, obj.service)
+                put(key, entry, obj, service)
+                dirty.add(service)
         return dirty
 
     def _problem(self, problem: Problem) -> None:
@@ -244,22 +254,22 @@ class LbPlugin(LbApi):
     def _is_local(self, backend) -> bool:
         return backend.node == self.ctx.node_name if backend.node else backend.address in self.local_ips
 
-    def _parsed(self, kind: str, key: tuple[str, str], parsed: dict[tuple, object]):
+    def _parsed(self, kind: str, key: tuple[str, str], parsed: dict[tuple, bytes]):
         """An object in force, parsed: in this change (taken out: it is used once), or again
         from its entry."""
-        obj = parsed.pop((kind, *key), None)
-        if obj is not None:
-            return obj
+        packed = parsed.pop((kind, *key), None)
+        if packed is not None:
+            return unpack(Service if kind == "Service" else EndpointSlice, packed)
         if kind == "Service":
             return parse_service(self.catalog.services[key].doc, self.ctx.settings.nodePort.bounds())
         return parse_endpoint_slice(self.catalog.slices[key][0].doc)
 
-    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[tuple, object]) -> dict[tuple, Frontend | None]:
+    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[tuple, bytes]) -> dict[tuple, bytes | None]:
         """The frontends of the services in `dirty`, computed again: what to write (a
-        Frontend) and what to remove (None)."""
+        Frontend, packed) and what to remove (None)."""
         port_range = self.ctx.settings.nodePort.bounds()
         taken: set[int] | None = None
-        delta: dict[tuple, Frontend | None] = {}
+        delta: dict[tuple, bytes | None] = {}
         for key in dirty:
             old = self.by_service.pop(key, ())
             service = self._parsed("Service", key, parsed) if key in self.catalog.services else None
@@ -284,7 +294,7 @@ class LbPlugin(LbApi):
             if service is not None:
                 self.by_service[key] = keys
             delta.update(dict.fromkeys(old))
-            delta.update(zip(keys, new))
+            delta.update(zip(keys, (f.pack() for f in new)))  # packed now: see Writer.apply
         return delta
 
     async def _changed(self, manifests: PluginManifests | None, dirty: set | None = None) -> None:
@@ -296,7 +306,7 @@ class LbPlugin(LbApi):
         """Take in what changed and write the difference to the maps."""
         started = time.perf_counter()
         dirty = set(dirty or ())
-        parsed: dict[tuple, object] = {}  # this change's, dropped after it
+        parsed: dict[tuple, bytes] = {}  # this change's, dropped after it
         if manifests is not None:
             self._manifests = manifests
             dirty |= self._load(manifests, parsed)
@@ -330,13 +340,13 @@ class LbPlugin(LbApi):
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
         self._publish(written, delta)
 
-    def _publish(self, written: list[tuple], delta: dict[tuple, Frontend | None]) -> None:
+    def _publish(self, written: list[tuple], delta: dict[tuple, bytes | None]) -> None:
         """service.changed / service.deleted for subscribers (replayed to late ones)."""
         for key, f in self.writer.removed.items():
             label = f.label() if f else f"{key[0] or '0.0.0.0'}:{key[1]}/{key[2]}"
             self.ctx.bus.publish(events.ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
         for key in written:
-            f = delta[key]
+            f = Frontend.unpack(delta[key])
             self.ctx.bus.publish(events.ServiceChanged(
                 frontend=f.label(), id=self.writer.frontends[key].id, type=f.type, service="/".join(f.service),
                 backends=[events.ServiceBackend(b.address, b.port, b.state) for b in f.backends]))

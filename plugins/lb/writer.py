@@ -54,6 +54,10 @@ def _backend_keys(f: Frontend) -> list[int]:
     return list({b.key for backends in _scopes(f).values() for b in backends})
 
 
+def _unpacked(packed: dict[tuple, bytes]):
+    return ((k, Frontend.unpack(p)) for k, p in packed.items())
+
+
 def entries_needed(f: Frontend) -> int:
     return sum(1 + sum(map(len, _chosen(b))) for b in _scopes(f).values())
 
@@ -135,28 +139,32 @@ class Writer:
         self._drop_backends([k for k in self.backend_ids if not self.refs_of(k)])
         return written
 
-    def apply(self, delta: dict[tuple, Frontend | None]) -> list[tuple]:
-        """Add, change (a Frontend) or remove (None) frontends; returns the keys written.
-        The frontends removed are in `self.removed` until the next call."""
-        packed = {k: f.pack() for k, f in delta.items() if f is not None}
-        changed = {k: delta[k] for k, p in packed.items() if k not in self.frontends or self.frontends[k].packed != p}
+    def apply(self, delta: dict[tuple, Frontend | bytes | None]) -> list[tuple]:
+        """Add, change (a Frontend, or one packed) or remove (None) frontends; returns the keys
+        written. The frontends removed are in `self.removed` until the next call.
+
+        Each changed frontend is unpacked where it is used, one at a time: thousands of
+        Frontend and Backend objects alive at once, freed between what the writer keeps,
+        would leave the agent's heap fragmented (~1 KiB per service)."""
+        packed = {k: f if isinstance(f, bytes) else f.pack() for k, f in delta.items() if f is not None}
+        changed = {k: p for k, p in packed.items() if k not in self.frontends or self.frontends[k].packed != p}
         removed = [k for k, f in delta.items() if f is None and k in self.frontends]
-        previous = {k: self.frontends[k].frontend for k in [*removed, *changed] if k in self.frontends}
-        self.removed = {k: previous[k] for k in removed}
+        self.removed = {k: self.frontends[k].frontend for k in removed}
         if not changed and not removed:
             return []
-        # what the frontends removed or replaced used (each unpacked once)
-        released = {k: _backend_keys(f) for k, f in previous.items() if f is not None}
+        # what the frontends removed or replaced used
+        released = {k: _backend_keys(self.removed[k] if k in self.removed else self.frontends[k].frontend)
+                    for k in [*removed, *changed] if k in self.frontends and self.frontends[k].packed is not None}
         moved = self._check_room(changed, removed, released)
         for key in removed:
             self._remove(key)
         ids = self._assign_ids(list(changed))
-        self._write_backends(changed.values())
+        self._write_backends(f for _, f in _unpacked(changed))
         # packed into growing buffers, not lists of small bytes: tens of thousands of those,
         # freed between objects that stay, would leave the agent's heap fragmented
         slot_keys, slot_values, master_keys, master_values = bytearray(), bytearray(), bytearray(), bytearray()
         revnat_keys, revnat_values = bytearray(), bytearray()
-        for key, f in changed.items():
+        for key, f in _unpacked(changed):
             fid = ids[key]
             proto = PROTOCOLS[f.protocol]
             flags = ((F_EXTERNAL if f.external else 0) | (F_NODEPORT if f.type == "NodePort" else 0) |
@@ -175,7 +183,7 @@ class Writer:
         services.put_many(slot_keys, slot_values)
         services.put_many(master_keys, master_values)
         self.maps["lb4_reverse_nat"].put_many(revnat_keys, revnat_values)
-        for key, f in changed.items():
+        for key, f in _unpacked(changed):
             old = self.frontends.get(key)
             new_slots = {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
             # shared (never changed in place): most frontends have the same counts, and a dict
@@ -206,7 +214,7 @@ class Writer:
             if old is not None:
                 entries -= sum(old.slots.values())
                 moved.subtract(released.get(key, ()))
-        for f in changed.values():
+        for _, f in _unpacked(changed):
             entries += entries_needed(f)
             moved.update(_backend_keys(f))
         frontends = len(self.frontends) + sum(k not in self.frontends for k in changed) - len(removed)
