@@ -78,12 +78,13 @@ def test_a_yaml_value_msgpack_cannot_carry_reads_back_exactly(tmp_path):
 
 def test_the_agent_costs_a_few_kilobytes_per_service():
     """A real agent, 2,000 then 6,000 services x 4 backends from the manifests directory: all
-    reach the maps, and the resident memory per service stays well below the ~10 KiB it was
-    with parsed documents kept (3.5 KiB at 10,000-50,000)."""
+    reach the maps, and the resident memory per service stays small: ~10 KiB with parsed
+    documents kept, 4.9 KiB here while a change held its parsed objects and Frontends all at
+    once (the heap they left fragmented), 3.3 KiB since they wait packed (2.2 KiB at 10,000-50,000)."""
     r = subprocess.run([sys.executable, str(BENCH / "agent_memory.py"), "--pods", "5", "--services", "2000,6000",
                         "--json"], capture_output=True, text=True, timeout=600)
     assert r.stdout, r.stderr[-3000:]
     report = json.loads(r.stdout)
     assert [row["state"] for row in report["rows"]][2:] == ["5 endpoints, 2,000 services x 4",
                                                              "5 endpoints, 6,000 services x 4"]
-    assert report["per_service_kib"] < 8, report
+    assert report["per_service_kib"] < 4, report

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import sys
 from dataclasses import dataclass, field
 
 import msgspec
@@ -51,7 +52,7 @@ class Frontend(msgspec.Struct, array_like=True):
 
     @property
     def key(self) -> tuple[str, int, str]:
-        return self.address, self.port, self.protocol
+        return self.address, self.port, sys.intern(self.protocol)  # kept per frontend: one "TCP" for all
 
     @property
     def external(self) -> bool:
