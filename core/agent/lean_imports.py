@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import types
 
 LAZY_PACKAGES = ("pyroute2", "prometheus_client")
@@ -31,16 +32,20 @@ def _lazy_package(name: str) -> None:
     package.__spec__, package.__path__, package.__file__ = spec, list(spec.submodule_search_locations), spec.origin
     package.__loader__ = spec.loader
     initialized = False
+    lock = threading.RLock()  # a second thread waits for the first one's __init__
 
     def __getattr__(attribute: str):
         nonlocal initialized
-        if initialized:
-            raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
-        if importlib.util.find_spec(f"{name}.{attribute}") is not None:  # `from pyroute2 import config`
-            return importlib.import_module(f"{name}.{attribute}")
-        initialized = True
-        spec.loader.exec_module(package)
-        return getattr(package, attribute)
+        with lock:
+            if initialized:
+                if attribute in package.__dict__:
+                    return package.__dict__[attribute]
+                raise AttributeError(f"module {name!r} has no attribute {attribute!r}")
+            if importlib.util.find_spec(f"{name}.{attribute}") is not None:  # `from pyroute2 import config`
+                return importlib.import_module(f"{name}.{attribute}")
+            initialized = True
+            spec.loader.exec_module(package)
+            return getattr(package, attribute)
 
     package.__getattr__ = __getattr__
     sys.modules[name] = package

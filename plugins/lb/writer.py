@@ -131,7 +131,7 @@ class Writer:
 
     # ---- apply ------------------------------------------------------------------------------
 
-    def sync(self, desired: dict[tuple, Frontend]) -> list[tuple]:
+    def sync(self, desired: dict[tuple, Frontend | bytes]) -> list[tuple]:
         """Make the maps serve exactly `desired` (and nothing an earlier run left)."""
         delta: dict[tuple, Frontend | None] = {k: None for k in self.frontends if k not in desired}
         delta.update(desired)
