@@ -13,7 +13,7 @@ from pylium.plugins.lb import maglev
 from pylium.plugins.lb.frontends import Backend, backend_key, frontends
 from pylium.plugins.lb.maps import Lb4Backend, Lb4Key, pack_backend
 from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
-from pylium.plugins.lb.writer import MapFull, Writer
+from pylium.plugins.lb.writer import BackendIds, MapFull, Writer
 
 RANGE = (30000, 32767)
 SEED = maglev.seed_bytes(maglev.DEFAULT_SEED)
@@ -267,3 +267,22 @@ def test_writer_deletes_a_maglev_table_only_where_one_was_written():
     writer.sync(web(["10.0.0.2"]))
     writer.sync({})
     assert not [e for e in log if e[1] == "lb4_maglev"]
+
+
+KEYS = st.integers(0, 2**56 - 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.dictionaries(KEYS, st.integers(1, 2**32 - 1), max_size=150),
+                          st.lists(KEYS, max_size=150)), max_size=8))
+def test_the_backend_id_table_behaves_as_a_dict(steps):
+    """Batches small (insert per key) and large (one merge) alike."""
+    table, model = BackendIds(), {}
+    for added, dropped in steps:
+        table.update(added)
+        model.update(added)
+        dropped = dropped + list(model)[: len(dropped)]  # present keys too
+        assert sorted(table.remove(dropped)) == sorted(model.pop(k) for k in set(dropped) if k in model)
+        assert list(table) == sorted(model) and len(table) == len(model)
+        assert all(table[k] == v and k in table for k, v in model.items())
+        assert table.get(2**56) is None and table.ids() == set(model.values())

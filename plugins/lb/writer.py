@@ -7,6 +7,7 @@ does not fit the maps (bpf.lbMapMax) is refused whole: nothing is written."""
 from __future__ import annotations
 
 import array
+import bisect
 import ctypes as ct
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +26,75 @@ BPF_STATE = {"active": STATES["active"], "terminating": STATES["terminating"],
 
 class MapFull(Exception):
     """The frontends do not fit the maps; nothing was changed."""
+
+
+class BackendIds:
+    """backend_key() -> backend id, as two sorted arrays: 12 bytes per backend instead of ~90
+    for a dict of Python ints (200,000 backends: 2.4 MB instead of ~18). Changes come in
+    batches (`update`, `remove`): one merge each, not an insert into the arrays per backend."""
+
+    def __init__(self) -> None:
+        self._keys = array.array("Q")
+        self._ids = array.array("I")
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self):
+        return iter(self._keys.tolist())  # a copy: callers remove while they iterate
+
+    def _index(self, key: int) -> int:
+        i = bisect.bisect_left(self._keys, key)
+        return i if i < len(self._keys) and self._keys[i] == key else -1
+
+    def get(self, key: int, default: int | None = None) -> int | None:
+        i = self._index(key)
+        return self._ids[i] if i >= 0 else default
+
+    def __contains__(self, key: int) -> bool:
+        return self._index(key) >= 0
+
+    def __getitem__(self, key: int) -> int:
+        i = self._index(key)
+        if i < 0:
+            raise KeyError(key)
+        return self._ids[i]
+
+    def ids(self) -> set[int]:
+        return set(self._ids)
+
+    def update(self, pairs: dict[int, int]) -> None:
+        """Add (or change) key -> id pairs."""
+        if len(pairs) < 64:
+            for key, bid in pairs.items():
+                i = bisect.bisect_left(self._keys, key)
+                if i < len(self._keys) and self._keys[i] == key:
+                    self._ids[i] = bid
+                else:
+                    self._keys.insert(i, key)
+                    self._ids.insert(i, bid)
+            return
+        merged = dict(zip(self._keys, self._ids))
+        merged.update(pairs)
+        self._rebuild(merged)
+
+    def remove(self, keys) -> list[int]:
+        """Take out these keys (those present); returns their ids."""
+        found = [i for i in map(self._index, set(keys)) if i >= 0]
+        ids = [self._ids[i] for i in found]
+        if len(found) < 64:
+            for i in sorted(found, reverse=True):
+                del self._keys[i]
+                del self._ids[i]
+        else:
+            gone = set(found)
+            self._rebuild({k: b for i, (k, b) in enumerate(zip(self._keys, self._ids)) if i not in gone})
+        return ids
+
+    def _rebuild(self, pairs: dict[int, int]) -> None:
+        keys = sorted(pairs)
+        self._keys = array.array("Q", keys)
+        self._ids = array.array("I", (pairs[k] for k in keys))
 
 
 @dataclass(slots=True)
@@ -67,7 +137,7 @@ class Writer:
         self.maps, self.map_max, self.maglev_m, self.seed = maps, map_max, maglev_m, seed
         self.algorithm = ALGORITHMS[algorithm]
         self.frontends: dict[tuple, Installed] = {}
-        self.backend_ids: dict[int, int] = {}  # backend_key() -> id
+        self.backend_ids = BackendIds()
         # By backend id (ids are small and dense): the state written to lb4_backends (NO_STATE:
         # none) and how many frontends use it. Arrays, not dicts: ~0.5 KiB less per service.
         self._states = bytearray()
@@ -97,14 +167,14 @@ class Writer:
             if key in ids:
                 self.frontends[key] = Installed(ids[key], None, scopes)
                 self.entries += sum(scopes.values())
-        foreign = []
+        foreign, found = [], {}
         for k, v in self.maps["lb4_backends"].items():
             if k.value > self.map_max:  # not an id this writer gives (its tables are sized by them)
                 foreign.append(k.value)
                 continue
-            self.backend_ids[backend_key(addr_str(v.address), port_of(v.port),
-                                         PROTOCOL_NAMES.get(v.proto, "TCP"))] = k.value
+            found[backend_key(addr_str(v.address), port_of(v.port), PROTOCOL_NAMES.get(v.proto, "TCP"))] = k.value
             self._set_state(k.value, v.state)
+        self.backend_ids.update(found)
         for bid in foreign:
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
         self._maglev = {k.value for k in self.maps["lb4_maglev"].keys()}
@@ -245,22 +315,26 @@ class Writer:
         return ids
 
     def _write_backends(self, frontends) -> None:
-        used = set(self.backend_ids.values())
+        used = self.backend_ids.ids()
+        new: dict[int, int] = {}  # added to the table at once, after the loop
         candidate, keys, values = 1, bytearray(), bytearray()
         for f in frontends:
             for backends in _scopes(f).values():
                 for b in backends:
                     bid = self.backend_ids.get(b.key)
                     if bid is None:
+                        bid = new.get(b.key)
+                    if bid is None:
                         while candidate in used:
                             candidate += 1
-                        bid = self.backend_ids[b.key] = candidate
+                        bid = new[b.key] = candidate
                         used.add(bid)
                     state = BPF_STATE[b.state]
                     if self._state_of(bid) != state:
                         keys += u32(bid)
                         values += pack_backend(b.address, b.port, PROTOCOLS[b.protocol], state)
                         self._set_state(bid, state)
+        self.backend_ids.update(new)
         self.maps["lb4_backends"].put_many(keys, values)
 
     def _write_maglev(self, fid: int, f: Frontend) -> None:
@@ -297,7 +371,6 @@ class Writer:
         self.entries -= sum(installed.slots.values())
 
     def _drop_backends(self, keys: list[int]) -> None:
-        for bkey in set(keys) & self.backend_ids.keys():
-            bid = self.backend_ids.pop(bkey)
+        for bid in self.backend_ids.remove(keys):
             self._set_state(bid, NO_STATE)
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
