@@ -25,8 +25,8 @@ class HTTPError(Exception):
     """Answer with this status; the reason defaults to the status's phrase."""
 
     def __init__(self, status: int, reason: str = ""):
-        super().__init__(reason or HTTPStatus(status).phrase)
         self.status, self.reason = status, reason or HTTPStatus(status).phrase
+        super().__init__(self.reason)
 
 
 @dataclass
@@ -204,7 +204,10 @@ def _head(status: int, content_type: str, extra: dict[str, str], length: int | N
     headers = [("Content-Type", content_type), *extra.items()]
     if length is not None:
         headers.append(("Content-Length", str(length)))
-    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:  # a status a plugin made up: sent without a phrase
+        reason = ""
     return h11.Response(status_code=status, headers=headers, reason=reason)
 
 
