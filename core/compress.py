@@ -16,6 +16,7 @@ class Compressor:
                                                   write_dict_id=False).compress
         self.decompress = zstandard.ZstdDecompressor(dict_data=shared).decompress
 
-    def compress(self, data: bytes) -> bytes:
-        # copied: the compressor's bytes keep the room of the worst case (~300 bytes for 200)
-        return bytes(memoryview(self._compress(data)))
+    def compress(self, data: bytes, prefix: bytes = b"") -> bytes:
+        """`prefix` (uncompressed) + data compressed: one exact-size bytes object (the
+        compressor's keeps the room of the worst case, ~300 bytes for 200)."""
+        return prefix + self._compress(data) if prefix else bytes(memoryview(self._compress(data)))

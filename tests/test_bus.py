@@ -152,6 +152,31 @@ def test_late_joiner_gets_replay_then_synced_then_live(probe_agent, agent_dirs):
     assert h["rev"] > items["item-0"][0]
 
 
+def test_a_family_replayed_from_its_owners_snapshot(probe_agent, agent_dirs):
+    """owns(family, snapshot=fn): the bus keeps no copy; a late subscriber gets the owner's
+    current objects, each with a revision no older than the last one published, then synced."""
+    agent_dirs.client.call("POST", "/v1/busprobe/publish", {"snaps": 200})
+    live = _sub(agent_dirs.run_dir, "probe.snap")
+    _recv(live, lambda g: any(t == "probe.snap.synced" for t, _, _ in g))
+    agent_dirs.client.call("POST", "/v1/busprobe/publish", {"snaps": 10, "value": 99})
+    updates = _recv(live, lambda g: len(g) >= 10)
+    assert {(h["key"], p["value"], h.get("replay", False)) for t, h, p in updates} == {
+        (f"snap-{i}", 99, False) for i in range(10)}
+    late = _sub(agent_dirs.run_dir, "probe.snap")
+    got = _recv(late, lambda g: any(t == "probe.snap.synced" for t, _, _ in g))
+    items = {h["key"]: (h["rev"], p["value"]) for t, h, p in got if t == "probe.snap"}
+    assert all(h["replay"] for t, h, _ in got if t == "probe.snap")
+    assert items == {f"snap-{i}": (items[f"snap-{i}"][0], 99 if i < 10 else i) for i in range(200)}
+    assert min(rev for rev, _ in items.values()) >= max(h["rev"] for _, h, _ in updates)
+    assert got[-1][2] == {"family": "probe.snap", "count": 200}
+    agent_dirs.client.call("POST", "/v1/busprobe/publish", {"snaps": 1, "value": 7})
+    [(t, h, p)] = _recv(late, lambda g: len(g) >= 1)
+    assert (t, h.get("replay", False), p["value"]) == ("probe.snap", False, 7)
+    assert h["rev"] > items["snap-0"][0]
+    live.close()
+    late.close()
+
+
 def test_replay_with_concurrent_updates_is_never_stale(probe_agent, agent_dirs):
     agent_dirs.client.call("POST", "/v1/busprobe/publish", {"items": 50, "value": 1})
     stop = threading.Event()

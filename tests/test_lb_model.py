@@ -4,13 +4,14 @@ policies, maglev tables, and the writer's order and all-or-nothing behaviour (on
 from __future__ import annotations
 
 import ctypes as ct
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pylium.plugins.lb import maglev
-from pylium.plugins.lb.frontends import Backend, backend_key, frontends
+from pylium.plugins.lb.frontends import Backend, Catalog, backend_key, frontend_key, frontends, key_parts
 from pylium.plugins.lb.maps import Lb4Backend, Lb4Key, pack_backend
 from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
 from pylium.plugins.lb.writer import BackendIds, MapFull, Writer
@@ -249,9 +250,8 @@ def test_writer_keeps_what_it_wrote_packed_and_reads_it_back_the_same():
     assert any(f.external_backends is not None for f in fs.values()) and len(fs) == 2
     writer.sync(fs)
     for key, f in fs.items():
-        installed = writer.frontends[key]
-        assert isinstance(installed.packed, bytes) and len(installed.packed) < 300
-        assert installed.frontend == f and installed.frontend.affinity_timeout == 10800
+        assert isinstance(writer.frontends[key], bytes) and len(writer.frontends[key]) < 120
+        assert writer.frontend(key) == f and writer.frontend(key).affinity_timeout == 10800
     assert writer.apply(dict(fs)) == [], "the same frontends again: nothing to write"
 
 
@@ -286,3 +286,29 @@ def test_the_backend_id_table_behaves_as_a_dict(steps):
         assert list(table) == sorted(model) and len(table) == len(model)
         assert all(table[k] == v and k in table for k, v in model.items())
         assert table.get(2**56) is None and table.ids() == set(model.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(["s1", "s2", "s3"]), st.integers(0, 3)), max_size=30))
+def test_the_catalog_keeps_each_services_slices(steps):
+    """One slice is kept as its key, several as a sorted tuple: slice_keys() gives the same
+    either way, and a dropped slice names its service (from its label)."""
+    catalog, model = Catalog(), {}
+    for add, service, n in steps:
+        key = ("shop", f"{service}-{n}")
+        if add and key not in catalog.slices:
+            doc = {"metadata": {"name": key[1], "namespace": "shop", "labels": {"kubernetes.io/service-name": service}}}
+            catalog.put_slice(key, SimpleNamespace(doc=doc), None, ("shop", service))
+            model.setdefault(("shop", service), set()).add(key)
+        elif not add and key in catalog.slices:
+            assert catalog.drop_slice(key) == ("shop", service)
+            model[("shop", service)].discard(key)
+        for svc_key in [("shop", s) for s in ("s1", "s2", "s3")]:
+            assert catalog.slice_keys(svc_key) == tuple(sorted(model.get(svc_key, ())))
+    assert set(catalog.slices_of) == {k for k, keys in model.items() if keys}
+
+
+@given(st.ip_addresses(v=4).map(str), st.integers(1, 65535), st.sampled_from(["TCP", "UDP", "SCTP"]))
+def test_a_frontend_key_gives_back_its_parts(address, port, protocol):
+    address = "" if address == "0.0.0.0" else address
+    assert key_parts(frontend_key(address, port, protocol)) == (address, port, protocol)

@@ -14,7 +14,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import anyio
 import anyio.lowlevel
@@ -146,6 +146,8 @@ class Publisher:
         self._seq: dict[str, int] = {}
         self._state: dict[str, StateFamily] = {}
         self._owned: set[str] = set()
+        self._snapshots: dict[str, Callable[[], Iterable[ev.Event]]] = {}  # families replayed from their owner
+        self._family_rev: dict[str, int] = {}  # the last revision published in each of those
         self._last_rev = 0
         # Prefixes some subscriber holds (the proxy reports each one's last unsubscription), and
         # per topic whether any matches: what nobody receives is neither encoded nor sent.
@@ -158,12 +160,18 @@ class Publisher:
         self._dropped = metrics.bus_dropped.labels(source, "publisher_queue_full")
         spawn(f"bus-replay:{source}", self._serve_replays)
 
-    def owns(self, *families: str) -> None:
-        """Answer subscriptions for these state families even while they are empty."""
+    def owns(self, *families: str, snapshot: Callable[[], Iterable[ev.Event]] | None = None) -> None:
+        """Answer subscriptions for these state families even while they are empty.
+        `snapshot`: replay them from what it gives (their current events) instead of a copy
+        of each event published."""
         unknown = set(families) - self.registry.families()
         if unknown:
             raise ValueError(f"unknown state families: {sorted(unknown)}")
         self._owned.update(families)
+        if snapshot is not None:
+            for family in families:
+                self._snapshots[family] = snapshot
+                self._state.pop(family, None)
 
     def publish(self, event: ev.Event, revision: int | None = None, *, encoded: bytes | None = None) -> int | None:
         """Send now, never blocking. Returns the sequence number, or None when the queue to
@@ -175,16 +183,20 @@ class Publisher:
             raise TypeError(f"{type(event).__name__} is not a registered event type")
         wanted = self.wants(topic)
         payload = encoded
-        if payload is None and (wanted or et.kind == "state"):
+        cached = et.kind == "state" and et.family not in self._snapshots
+        if payload is None and (wanted or cached):
             payload = ev.encode(event)
         key = rev = None
         if et.kind == "state":
             key = str(getattr(event, et.key))
             rev = self._next_rev(revision)
+            self._owned.add(et.family)
+            if not cached:
+                self._family_rev[et.family] = rev
+        if cached:
             family = self._state.get(et.family)
             if family is None:
                 family = self._state[et.family] = StateFamily()
-            self._owned.add(et.family)
             if et.deletes:
                 family.pop(key)
             else:
@@ -264,15 +276,29 @@ class Publisher:
             for prefix in replays:
                 await self._replay(prefix)
 
+    def _cached(self, family: str, prefix: str) -> Iterator[tuple[str, str, bytes, int]]:
+        """(topic, key, payload, rev) of the family's objects kept for replay."""
+        objects = self._state.get(family, StateFamily())
+        for key in objects:
+            entry = objects.get(key)  # read at send time: never older than what was published
+            if entry is not None and entry[0].startswith(prefix):
+                topic, payload, rev = entry
+                yield topic, key, payload, rev
+
+    def _from_owner(self, family: str, prefix: str) -> Iterator[tuple[str, str, bytes, int]]:
+        """The same, from the owner's snapshot. Each object is as current as the family's last
+        revision when it is read: that revision goes with it."""
+        for event in self._snapshots[family]():
+            et = self.registry.types[type(event).topic]
+            if et.topic.startswith(prefix):
+                rev = self._family_rev.get(family) or self._next_rev(None)
+                yield et.topic, str(getattr(event, et.key)), ev.encode(event), rev
+
     async def _replay(self, prefix: str) -> None:
         for family in sorted(self._owned):
-            objects = self._state.get(family, StateFamily())
             count = 0
-            for key in objects:
-                entry = objects.get(key)  # read at send time: never older than what was published
-                if entry is None or not entry[0].startswith(prefix):
-                    continue
-                topic, payload, rev = entry
+            objects = self._from_owner if family in self._snapshots else self._cached
+            for topic, key, payload, rev in objects(family, prefix):
                 header = ev.Header(v=ev.SCHEMA_VERSION, type=topic, source=self.source, node=self.node,
                                    seq=self._seq.get(topic, 0), time=time.time_ns(), key=key, rev=rev,
                                    replay=True)
@@ -511,9 +537,12 @@ class BusClient:
         need not be built (publish() already skips sending it)."""
         return self.publisher.wants(topic)
 
-    def owns(self, *families: str) -> None:
-        """Replay (and mark synced) these state families for new subscribers, even when empty."""
-        self.publisher.owns(*families)
+    def owns(self, *families: str, snapshot: Callable[[], Iterable[ev.Event]] | None = None) -> None:
+        """Replay (and mark synced) these state families for new subscribers, even when empty.
+        With `snapshot`, the bus keeps no copy of what is published in them: each replay
+        iterates `snapshot()`, the families' current events, read lazily (a replay yields to
+        the event loop between objects: iterate over a copy of your keys, skip those gone)."""
+        self.publisher.owns(*families, snapshot=snapshot)
 
     @asynccontextmanager
     async def subscribe(self, *prefixes: str) -> AsyncIterator[Subscription]:

@@ -27,11 +27,8 @@ class LbApi:
 
     async def api_services(self, request) -> dict:
         rows = []
-        for key, installed in sorted(self.writer.frontends.items(), key=lambda kv: kv[1].id):
-            f = installed.frontend
-            if f is None:
-                continue
-            row = {"id": installed.id, "frontend": f.label(), "type": f.type, "service": "/".join(f.service),
+        for fid, f in self.writer.installed():
+            row = {"id": fid, "frontend": f.label(), "type": f.type, "service": "/".join(f.service),
                    "port_name": f.port_name, "backends": _backends(f.backends)}
             if f.external_backends is not None:
                 row["external_backends"] = _backends(f.external_backends)
@@ -72,10 +69,10 @@ class LbApi:
     async def api_maglev(self, request) -> dict:
         wanted = request.path_params["service"]
         ids = []
-        for key, installed in self.writer.frontends.items():
-            f = installed.frontend
-            if str(installed.id) == wanted or (f is not None and "/".join(f.service) == wanted):
-                ids.append((installed.id, f.label() if f else "?"))
+        for key in self.writer.frontends:
+            fid, f = self.writer.id_of(key), self.writer.frontend(key)
+            if str(fid) == wanted or (f is not None and "/".join(f.service) == wanted):
+                ids.append((fid, f.label() if f else "?"))
         if not ids:
             raise ApiError(404, f"service {wanted!r}: no such service id or namespace/name")
         backends = {k.value: f"{addr_str(v.address)}:{port_of(v.port)}" for k, v in

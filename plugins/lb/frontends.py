@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import sys
 from dataclasses import dataclass, field
 
 import msgspec
 
-from pylium.plugins.lb.maps import PROTOCOLS
-from pylium.plugins.lb.model import EndpointSlice, ModelError, Service, ServicePort, target_port
+from pylium.plugins.lb.maps import PROTOCOL_NAMES, PROTOCOLS
+from pylium.plugins.lb.model import (SERVICE_NAME_LABEL, EndpointSlice, ModelError, Service, ServicePort,
+                                     target_port)
 
 
 def backend_key(address: str, port: int, protocol: str) -> int:
@@ -20,7 +20,24 @@ def backend_key(address: str, port: int, protocol: str) -> int:
     return int.from_bytes(socket.inet_aton(address), "big") << 24 | port << 8 | PROTOCOLS[protocol]
 
 
-class Backend(msgspec.Struct, array_like=True, order=True):
+def frontend_key(address: str, port: int, protocol: str) -> int:
+    """A frontend's identity, as backend_key (address "" for NodePort: 0.0.0.0). One int per
+    frontend where a tuple of three would cost ~0.15 KiB with its strings."""
+    return backend_key(address or "0.0.0.0", port, protocol)
+
+
+def key_parts(key: int) -> tuple[str, int, str]:
+    """(address, port, protocol) of a frontend_key; address "" for 0.0.0.0."""
+    address = socket.inet_ntoa((key >> 24).to_bytes(4, "big"))
+    return "" if address == "0.0.0.0" else address, key >> 8 & 0xFFFF, PROTOCOL_NAMES.get(key & 0xFF, "TCP")
+
+
+def key_label(key: int) -> str:
+    address, port, protocol = key_parts(key)
+    return f"{address or '0.0.0.0'}:{port}/{protocol}"
+
+
+class Backend(msgspec.Struct, array_like=True, order=True, omit_defaults=True):
     """Ordered by address first."""
 
     address: str
@@ -28,16 +45,17 @@ class Backend(msgspec.Struct, array_like=True, order=True):
     protocol: str
     state: str = "active"  # active, terminating, terminating-not-serving, quarantined
     node: str = ""
-    key: int = 0  # backend_key(): what the writer's tables key on, made once (and kept packed)
 
-    def __post_init__(self) -> None:
-        if not self.key:
-            self.key = backend_key(self.address, self.port, self.protocol)
+    @property
+    def key(self) -> int:
+        """backend_key(): what the writer's tables key on (computed: kept, it cost 9 bytes of
+        every packed backend)."""
+        return backend_key(self.address, self.port, self.protocol)
 
 
-class Frontend(msgspec.Struct, array_like=True):
-    """Kept packed (`pack`/`unpack`) once written: a frontend with four backends is ~0.2 KiB
-    of bytes instead of ~1 KiB of objects."""
+class Frontend(msgspec.Struct, array_like=True, omit_defaults=True):
+    """Kept packed (`pack`/`unpack`) once written, and compressed by the writer: a frontend
+    with four backends is ~0.1 KiB of bytes instead of ~1 KiB of objects."""
 
     address: str  # "" for NodePort: any address of the node's devices
     port: int
@@ -51,8 +69,8 @@ class Frontend(msgspec.Struct, array_like=True):
     external_local: bool = False
 
     @property
-    def key(self) -> tuple[str, int, str]:
-        return self.address, self.port, sys.intern(self.protocol)  # kept per frontend: one "TCP" for all
+    def key(self) -> int:
+        return frontend_key(self.address, self.port, self.protocol)
 
     @property
     def external(self) -> bool:
@@ -81,6 +99,7 @@ class Problem:
     key: tuple[str, str]
     file: str
     error: ModelError
+    entry: object = None  # the manifest entry found bad (reported once)
 
     def __str__(self) -> str:
         return f"{self.file}: {self.kind} {self.key[0]}/{self.key[1]}: {self.error}"
@@ -93,8 +112,10 @@ class Catalog:
     kept parsed, 10,000 services would hold ~16 MiB more."""
 
     services: dict[tuple[str, str], object] = field(default_factory=dict)
-    slices: dict[tuple[str, str], tuple[object, tuple[str, str]]] = field(default_factory=dict)  # entry, service
-    slices_of: dict[tuple[str, str], tuple] = field(default_factory=dict)  # service -> slice keys (sorted)
+    slices: dict[tuple[str, str], object] = field(default_factory=dict)
+    # service -> its slices' keys: the key itself for one slice (most services), else a sorted
+    # tuple of keys (a tuple for each would cost 1 MiB per 20,000 services)
+    slices_of: dict[tuple[str, str], tuple] = field(default_factory=dict)
     local: set[tuple[str, str]] = field(default_factory=set)  # services with a Local traffic policy
     node_ports: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # the ones services name
 
@@ -111,22 +132,30 @@ class Catalog:
         self.node_ports.pop(key, None)
         return key
 
+    def slice_keys(self, service: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        keys = self.slices_of.get(service, ())
+        return (keys,) if keys and isinstance(keys[0], str) else keys
+
     def put_slice(self, key: tuple[str, str], entry, slice_: EndpointSlice,
                   service: tuple[str, str] | None = None) -> None:
         """`service`: the service's key as the caller holds it (one tuple for all its tables)."""
         service = service or (slice_.namespace, slice_.service)
-        self.slices[key] = (entry, service)
-        self.slices_of[service] = tuple(sorted({*self.slices_of.get(service, ()), key}))  # a set each: 2 MiB more
+        self.slices[key] = entry
+        self._set_slices(service, {*self.slice_keys(service), key})
 
     def drop_slice(self, key: tuple[str, str]) -> tuple[str, str]:
-        """Returns the service the slice belonged to."""
-        _, service = self.slices.pop(key)
-        keys = tuple(k for k in self.slices_of[service] if k != key)
-        if keys:
-            self.slices_of[service] = keys
-        else:
-            del self.slices_of[service]
+        """Returns the service the slice belonged to (named in its label)."""
+        entry = self.slices.pop(key)
+        labels = (entry.doc.get("metadata") or {}).get("labels") or {}
+        service = (key[0], labels[SERVICE_NAME_LABEL])
+        self._set_slices(service, set(self.slice_keys(service)) - {key})
         return service
+
+    def _set_slices(self, service: tuple[str, str], keys: set) -> None:
+        if not keys:
+            self.slices_of.pop(service, None)
+        else:
+            self.slices_of[service] = next(iter(keys)) if len(keys) == 1 else tuple(sorted(keys))
 
 
 def node_port_for(service: Service, port: ServicePort, taken: set[int], port_range: tuple[int, int]) -> int:

@@ -12,12 +12,12 @@ from typing import Any
 
 import anyio
 
-from pylium.core.api_for_plugins import (Health, ManifestEntry, NoService, PluginManifests, Slot, events, gc_paused,
+from pylium.core.api_for_plugins import (Health, NoService, PluginManifests, Slot, events, gc_paused,
                                         hookimpl, libbpf, netns, release_freed_memory)
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.api import LbApi
 from pylium.plugins.lb.config import LbConfig
-from pylium.plugins.lb.frontends import Catalog, Frontend, Problem, frontends
+from pylium.plugins.lb.frontends import Catalog, Frontend, Problem, frontends, key_label, key_parts
 from pylium.plugins.lb.maps import LbDevice, ip4, lb_maps
 from pylium.plugins.lb.model import (EndpointSlice, ModelError, Service, pack, parse_endpoint_slice, parse_service,
                                      unpack)
@@ -36,13 +36,20 @@ def cgroup2_root() -> Path:
     raise OSError("no cgroup2 file system is mounted (socket LB needs one; or set socketLB.enabled=false)")
 
 
+def _frontend_keys(kept: int | tuple[int, ...]) -> tuple[int, ...]:
+    """A service's frontend keys as by_service keeps them: one int, or a tuple of them (a
+    tuple of one would cost 1 MiB per 20,000 services)."""
+    return (kept,) if isinstance(kept, int) else kept
+
+
 class LbPlugin(LbApi):
     def __init__(self) -> None:
         self.ctx: Any = None
         self.catalog = Catalog()
-        self.seen: dict[str, dict[tuple, ManifestEntry]] = {}  # kind -> (ns, name) -> the entry last read
         self.problems: dict[tuple, Problem] = {}
-        self.by_service: dict[tuple[str, str], tuple[tuple, ...]] = {}  # frontend keys, as written in the maps
+        # service -> its frontends' keys as written in the maps: the one key of most services, else
+        # a tuple (see _frontend_keys)
+        self.by_service: dict[tuple[str, str], int | tuple[int, ...]] = {}
         self._synced = False  # the first write replaces whatever an earlier run left
         self._manifests: PluginManifests | None = None
         self.writer: Writer | None = None
@@ -100,7 +107,7 @@ class LbPlugin(LbApi):
             ctx.bpf_maps["lb_netns"].delete(key)
         if self._socket_lb_on():  # the node's own processes
             ctx.bpf_maps["lb_netns"].put(ct.c_uint64(netns.netns_cookie("/proc/self/ns/net")), ct.c_uint32(0))
-        ctx.bus.owns("service")  # late subscribers get the frontends (none is an answer too)
+        ctx.bus.owns("service", snapshot=self._snapshot)  # late subscribers get the frontends (none is an answer too)
         await self._changed(ctx.manifests)
         ctx.manifests.on_change(lambda: self._changed(ctx.manifests))
         ctx.set_health(Health.OK)
@@ -212,25 +219,25 @@ class LbPlugin(LbApi):
                 ("Service", lambda d: parse_service(d, port_range), catalog.services, catalog.put_service,
                  catalog.drop_service),
                 ("EndpointSlice", parse_endpoint_slice, catalog.slices, catalog.put_slice, catalog.drop_slice)):
-            entries, seen = manifests.entries(kind), self.seen.setdefault(kind, {})
+            entries = manifests.entries(kind)
             for key in [k for k in table if k not in entries]:
-                dirty.add(drop(key))
-            for key in [k for k in seen if k not in entries]:
-                del seen[key]
+                dirty.add(self._service_key(drop(key)))
             for key in [k for k in self.problems if k[0] == kind and k[1:] not in entries]:
                 del self.problems[key]
             for key, entry in entries.items():
-                if seen.get(key) is entry:
-                    continue
-                seen[key] = entry  # a bad one is reported once; its previous version stays
+                if table.get(key) is entry:
+                    continue  # unchanged
+                problem = self.problems.get((kind, *key))
+                if problem is not None and problem.entry is entry:
+                    continue  # a bad one is reported once; its previous version stays
                 try:
                     obj = parse(entry.doc)
                 except ModelError as e:
-                    self._problem(Problem(kind, key, str(entry.path), e))
+                    self._problem(Problem(kind, key, str(entry.path), e, entry))
                     continue
                 self.problems.pop((kind, *key), None)
                 if key in table:
-                    dirty.add(drop(key))
+                    dirty.add(self._service_key(drop(key)))
                 if obj is None:
                     continue
                 parsed[(kind, *key)] = pack(obj)
@@ -238,12 +245,16 @@ class LbPlugin(LbApi):
                     put(key, entry, obj)
                     dirty.add(key)
                     continue
-                # the Service's key as its manifest entry holds it: one tuple (and name) kept, not one per table
-                service = manifests.entries("Service").get((obj.namespace, obj.service))
-                service = service.key if service is not None else (obj.namespace, obj.service)
+                service = self._service_key((obj.namespace, obj.service))
                 put(key, entry, obj, service)
                 dirty.add(service)
         return dirty
+
+    def _service_key(self, key: tuple[str, str]) -> tuple[str, str]:
+        """The Service's key as its manifest entry holds it: one tuple (and name) kept across
+        the tables, not one per table."""
+        entry = self._manifests.entries("Service").get(key) if self._manifests else None
+        return entry.key if entry is not None else key
 
     def _problem(self, problem: Problem) -> None:
         self.problems[(problem.kind, *problem.key)] = problem
@@ -262,24 +273,25 @@ class LbPlugin(LbApi):
             return unpack(Service if kind == "Service" else EndpointSlice, packed)
         if kind == "Service":
             return parse_service(self.catalog.services[key].doc, self.ctx.settings.nodePort.bounds())
-        return parse_endpoint_slice(self.catalog.slices[key][0].doc)
+        return parse_endpoint_slice(self.catalog.slices[key].doc)
 
-    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[tuple, bytes]) -> dict[tuple, bytes | None]:
+    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[tuple, bytes]) -> dict[int, bytes | None]:
         """The frontends of the services in `dirty`, computed again: what to write (a
         Frontend, packed) and what to remove (None)."""
         port_range = self.ctx.settings.nodePort.bounds()
         taken: set[int] | None = None
-        delta: dict[tuple, bytes | None] = {}
+        delta: dict[int, bytes | None] = {}
         for key in dirty:
-            old = self.by_service.pop(key, ())
+            old = _frontend_keys(self.by_service.pop(key, ()))
             service = self._parsed("Service", key, parsed) if key in self.catalog.services else None
             new: list[Frontend] = []
             if service is not None:
                 if taken is None and service.type in ("NodePort", "LoadBalancer"):
                     taken = set().union(*self.catalog.node_ports.values())
-                    taken |= {port for keys in self.by_service.values() for address, port, _ in keys if not address}
+                    taken |= {key_parts(k)[1] for keys in self.by_service.values() for k in _frontend_keys(keys)
+                              if not k >> 24}  # NodePort frontends: address 0.0.0.0
                 slices = [self._parsed("EndpointSlice", k, parsed)
-                          for k in self.catalog.slices_of.get(key, ())]
+                          for k in self.catalog.slice_keys(key)]
                 try:
                     new = frontends(service, slices, self._is_local, taken or set(), port_range)
                     self.problems.pop(("Service", *key), None)
@@ -290,9 +302,9 @@ class LbPlugin(LbApi):
                     continue
                 if not self.ctx.settings.kubeProxyReplacement:  # ClusterIP only, per packet
                     new = [f for f in new if f.type == "ClusterIP"]
-            keys = tuple(f.key for f in new)  # one tuple each, shared with the writer's table
+            keys = tuple(f.key for f in new)  # one int each, shared with the writer's table
             if service is not None:
-                self.by_service[key] = keys
+                self.by_service[key] = keys[0] if len(keys) == 1 else keys
             delta.update(dict.fromkeys(old))
             delta.update(zip(keys, (f.pack() for f in new)))  # packed now: see Writer.apply
         return delta
@@ -340,16 +352,29 @@ class LbPlugin(LbApi):
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
         self._publish(written, delta)
 
-    def _publish(self, written: list[tuple], delta: dict[tuple, bytes | None]) -> None:
-        """service.changed / service.deleted for subscribers (replayed to late ones)."""
+    def _publish(self, written: list[int], delta: dict[int, bytes | None]) -> None:
+        """service.changed / service.deleted for subscribers (built only when some subscriber
+        is there to receive them; late ones get the _snapshot)."""
+        bus = self.ctx.bus
         for key, f in self.writer.removed.items():
-            label = f.label() if f else f"{key[0] or '0.0.0.0'}:{key[1]}/{key[2]}"
-            self.ctx.bus.publish(events.ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
-        for key in written:
-            f = Frontend.unpack(delta[key])
-            self.ctx.bus.publish(events.ServiceChanged(
-                frontend=f.label(), id=self.writer.frontends[key].id, type=f.type, service="/".join(f.service),
-                backends=[events.ServiceBackend(b.address, b.port, b.state) for b in f.backends]))
+            label = f.label() if f else key_label(key)
+            bus.publish(events.ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
+        if written and bus.wants("service.changed"):
+            for key in written:
+                bus.publish(self._changed_event(key, Frontend.unpack(delta[key])))
+
+    def _changed_event(self, key: int, f: Frontend) -> events.ServiceChanged:
+        return events.ServiceChanged(frontend=f.label(), id=self.writer.id_of(key), type=f.type,
+                                     service="/".join(f.service),
+                                     backends=[events.ServiceBackend(b.address, b.port, b.state) for b in f.backends])
+
+    def _snapshot(self):
+        """service.changed for every frontend written: what the bus replays to a new
+        subscriber (it keeps no copy of them: ~0.2 KiB per service)."""
+        for key in list(self.writer.frontends):  # a replay yields between events: some may go meanwhile
+            f = self.writer.frontend(key)
+            if f is not None:
+                yield self._changed_event(key, f)
 
     def _pressure(self, full: bool = False) -> None:
         """A change refused for want of room shows as a full map (cilium_bpf_map_pressure 1.0)

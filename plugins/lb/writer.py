@@ -9,11 +9,13 @@ from __future__ import annotations
 import array
 import bisect
 import ctypes as ct
+import struct
 from collections import Counter
 from dataclasses import dataclass
 
 from pylium.plugins.lb import maglev
-from pylium.plugins.lb.frontends import Backend, Frontend, backend_key
+from pylium.core.compress import Compressor
+from pylium.plugins.lb.frontends import Backend, Frontend, backend_key, frontend_key, key_parts
 from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_EXT, F_NODEPORT, PROTOCOL_NAMES, PROTOCOLS,
                                     SCOPE_EXTERNAL, SCOPE_INTERNAL, STATES, Lb4Key, addr_str, maglev_struct,
                                     pack_backend, pack_key, pack_revnat, pack_service, port_of, u32)
@@ -98,14 +100,20 @@ class BackendIds:
 
 
 @dataclass(slots=True)
-class Installed:
+class Adopted:
+    """A frontend found in the maps at start, not (yet) claimed by a service."""
+
     id: int
-    packed: bytes | None  # the Frontend, packed; None: found in the maps at start, not (yet) claimed
     slots: dict[int, int]  # scope -> slots written (1 + backends)
 
-    @property
-    def frontend(self) -> Frontend | None:
-        return None if self.packed is None else Frontend.unpack(self.packed)
+
+# What the writer keeps of a frontend it wrote: its id, then the Frontend packed and compressed
+# against a typical one (~0.1 KiB instead of ~0.25 packed, ~0.3 more with an object per frontend)
+_ID = struct.Struct("<H")
+_TYPICAL = Frontend("10.96.0.10", 80, "TCP", "ClusterIP", ("default", "service"), "http",
+                    tuple(Backend(f"10.0.0.{i}", 8080, "TCP") for i in range(1, 5)))
+_PACKED = Compressor(_TYPICAL.pack() + Frontend("", 30080, "TCP", "NodePort", ("default", "service"), "", (
+    Backend("10.0.0.1", 8080, "TCP", "terminating", "node"),), (), 10800, True).pack())
 
 
 def _scopes(f: Frontend) -> dict[int, tuple[Backend, ...]]:
@@ -124,7 +132,12 @@ def _backend_keys(f: Frontend) -> list[int]:
     return list({b.key for backends in _scopes(f).values() for b in backends})
 
 
-def _unpacked(packed: dict[tuple, bytes]):
+def _slots(f: Frontend) -> dict[int, int]:
+    """Entries per scope in lb4_services: slot 0 and one per backend new connections may use."""
+    return {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
+
+
+def _unpacked(packed: dict[int, bytes]):
     return ((k, Frontend.unpack(p)) for k, p in packed.items())
 
 
@@ -136,16 +149,17 @@ class Writer:
     def __init__(self, maps: dict, map_max: int, algorithm: str, maglev_m: int, seed: bytes):
         self.maps, self.map_max, self.maglev_m, self.seed = maps, map_max, maglev_m, seed
         self.algorithm = ALGORITHMS[algorithm]
-        self.frontends: dict[tuple, Installed] = {}
+        self.frontends: dict[int, bytes | Adopted] = {}  # by frontend_key(): see _ID
+        self._id_used = bytearray(MAX_IDS + 1)  # by frontend id: 1 if taken (id 0 is never given)
+        self._id_used[0] = 1
         self.backend_ids = BackendIds()
         # By backend id (ids are small and dense): the state written to lb4_backends (NO_STATE:
         # none) and how many frontends use it. Arrays, not dicts: ~0.5 KiB less per service.
         self._states = bytearray()
         self._refs = array.array("I")
         self.live_backends = 0  # ids with users
-        self.removed: dict[tuple, Frontend | None] = {}  # by the last apply()
+        self.removed: dict[int, Frontend | None] = {}  # by the last apply()
         self.entries = 0  # in lb4_services
-        self._slot_counts: dict[tuple, dict[int, int]] = {}
         self._maglev: set[int] = set()  # frontend ids with a table in lb4_maglev (deleting none costs a syscall)
 
     # ---- start: adopt what an earlier run left -------------------------------------------
@@ -153,19 +167,18 @@ class Writer:
     def restore(self) -> None:
         """Ids of frontends and backends already in the maps stay theirs: connections in
         flight keep their translation while the new desired state is written over them."""
-        slots: dict[tuple, dict[int, int]] = {}
-        ids: dict[tuple, int] = {}
+        slots: dict[int, dict[int, int]] = {}
+        ids: dict[int, int] = {}
         for k, v in self.maps["lb4_services"].items():
-            address = addr_str(k.address)
-            key = ("" if address == "0.0.0.0" else address, port_of(k.dport),
-                   PROTOCOL_NAMES.get(k.proto, "TCP"))
+            key = frontend_key(addr_str(k.address), port_of(k.dport), PROTOCOL_NAMES.get(k.proto, "TCP"))
             scopes = slots.setdefault(key, {})
             scopes[k.scope] = max(scopes.get(k.scope, 0), k.slot + 1)
             if k.slot == 0:
                 ids[key] = v.rev_nat_index
         for key, scopes in slots.items():
             if key in ids:
-                self.frontends[key] = Installed(ids[key], None, scopes)
+                self.frontends[key] = Adopted(ids[key], scopes)
+                self._id_used[ids[key]] = 1
                 self.entries += sum(scopes.values())
         foreign, found = [], {}
         for k, v in self.maps["lb4_backends"].items():
@@ -178,6 +191,30 @@ class Writer:
         for bid in foreign:
             self.maps["lb4_backends"].delete(ct.c_uint32(bid))
         self._maglev = {k.value for k in self.maps["lb4_maglev"].keys()}
+
+    # ---- per frontend -------------------------------------------------------------------------
+
+    def id_of(self, key: int) -> int:
+        kept = self.frontends[key]
+        return kept.id if isinstance(kept, Adopted) else _ID.unpack_from(kept)[0]
+
+    def packed_of(self, key: int) -> bytes | None:
+        """The Frontend written for `key`, packed; None if none was (or adopted at start)."""
+        kept = self.frontends.get(key)
+        return None if kept is None or isinstance(kept, Adopted) else _PACKED.decompress(kept[_ID.size:])
+
+    def frontend(self, key: int) -> Frontend | None:
+        packed = self.packed_of(key)
+        return None if packed is None else Frontend.unpack(packed)
+
+    def installed(self):
+        """(id, Frontend) of every frontend written, by id."""
+        found = ((self.id_of(key), self.frontend(key)) for key in self.frontends)
+        return sorted(((fid, f) for fid, f in found if f is not None), key=lambda row: row[0])
+
+    def _slots_of(self, key: int) -> dict[int, int]:
+        kept = self.frontends[key]
+        return kept.slots if isinstance(kept, Adopted) else _slots(self.frontend(key))
 
     # ---- per backend id ------------------------------------------------------------------
 
@@ -201,15 +238,15 @@ class Writer:
 
     # ---- apply ------------------------------------------------------------------------------
 
-    def sync(self, desired: dict[tuple, Frontend | bytes]) -> list[tuple]:
+    def sync(self, desired: dict[int, Frontend | bytes]) -> list[int]:
         """Make the maps serve exactly `desired` (and nothing an earlier run left)."""
-        delta: dict[tuple, Frontend | None] = {k: None for k in self.frontends if k not in desired}
+        delta: dict[int, Frontend | None] = {k: None for k in self.frontends if k not in desired}
         delta.update(desired)
         written = self.apply(delta)
         self._drop_backends([k for k in self.backend_ids if not self.refs_of(k)])
         return written
 
-    def apply(self, delta: dict[tuple, Frontend | bytes | None]) -> list[tuple]:
+    def apply(self, delta: dict[int, Frontend | bytes | None]) -> list[int]:
         """Add, change (a Frontend, or one packed) or remove (None) frontends; returns the keys
         written. The frontends removed are in `self.removed` until the next call.
 
@@ -217,14 +254,14 @@ class Writer:
         Frontend and Backend objects alive at once, freed between what the writer keeps,
         would leave the agent's heap fragmented (~1 KiB per service)."""
         packed = {k: f if isinstance(f, bytes) else f.pack() for k, f in delta.items() if f is not None}
-        changed = {k: p for k, p in packed.items() if k not in self.frontends or self.frontends[k].packed != p}
+        changed = {k: p for k, p in packed.items() if k not in self.frontends or self.packed_of(k) != p}
         removed = [k for k, f in delta.items() if f is None and k in self.frontends]
-        self.removed = {k: self.frontends[k].frontend for k in removed}
+        self.removed = {k: self.frontend(k) for k in removed}
         if not changed and not removed:
             return []
         # what the frontends removed or replaced used
-        released = {k: _backend_keys(self.removed[k] if k in self.removed else self.frontends[k].frontend)
-                    for k in [*removed, *changed] if k in self.frontends and self.frontends[k].packed is not None}
+        released = {k: _backend_keys(self.removed[k] if k in self.removed else self.frontend(k))
+                    for k in [*removed, *changed] if self.packed_of(k) is not None}
         moved = self._check_room(changed, removed, released)
         for key in removed:
             self._remove(key)
@@ -254,17 +291,15 @@ class Writer:
         services.put_many(master_keys, master_values)
         self.maps["lb4_reverse_nat"].put_many(revnat_keys, revnat_values)
         for key, f in _unpacked(changed):
-            old = self.frontends.get(key)
-            new_slots = {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
-            # shared (never changed in place): most frontends have the same counts, and a dict
-            # each would cost 2 MiB per 10,000 services
-            new_slots = self._slot_counts.setdefault(tuple(new_slots.items()), new_slots)
-            if old is not None:
-                self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old.slots, new_slots)
-                self.entries -= sum(old.slots.values())
+            new_slots = _slots(f)
+            if key in self.frontends:
+                old_slots = self._slots_of(key)
+                self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old_slots, new_slots)
+                self.entries -= sum(old_slots.values())
             self.entries += sum(new_slots.values())
             self._write_maglev(ids[key], f)
-            self.frontends[key] = Installed(ids[key], packed[key], new_slots)
+            self.frontends[key] = _PACKED.compress(packed[key], prefix=_ID.pack(ids[key]))
+            self._id_used[ids[key]] = 1
         for bkey, n in moved.items():
             if n:
                 bid = self.backend_ids[bkey]
@@ -280,9 +315,8 @@ class Writer:
         moved: Counter = Counter()
         entries = self.entries
         for key in [*removed, *changed]:
-            old = self.frontends.get(key)
-            if old is not None:
-                entries -= sum(old.slots.values())
+            if key in self.frontends:
+                entries -= sum(self._slots_of(key).values())
                 moved.subtract(released.get(key, ()))
         for _, f in _unpacked(changed):
             entries += entries_needed(f)
@@ -301,17 +335,16 @@ class Writer:
                           f"the change was not applied")
         return moved
 
-    def _assign_ids(self, changed: list) -> dict[tuple, int]:
-        used = {i.id for i in self.frontends.values()}
-        ids = {k: self.frontends[k].id for k in changed if k in self.frontends}
+    def _assign_ids(self, changed: list) -> dict[int, int]:
+        """Frontends keep their ids; new ones get the lowest free (_check_room made sure
+        there are enough)."""
+        ids = {k: self.id_of(k) for k in changed if k in self.frontends}
         candidate = 1
         for key in changed:
-            if key in ids:
-                continue
-            while candidate in used:
+            if key not in ids:
+                candidate = self._id_used.find(0, candidate)
+                ids[key] = candidate
                 candidate += 1
-            ids[key] = candidate
-            used.add(candidate)
         return ids
 
     def _write_backends(self, frontends) -> None:
@@ -321,13 +354,14 @@ class Writer:
         for f in frontends:
             for backends in _scopes(f).values():
                 for b in backends:
-                    bid = self.backend_ids.get(b.key)
+                    key = b.key
+                    bid = self.backend_ids.get(key)
                     if bid is None:
-                        bid = new.get(b.key)
+                        bid = new.get(key)
                     if bid is None:
                         while candidate in used:
                             candidate += 1
-                        bid = new[b.key] = candidate
+                        bid = new[key] = candidate
                         used.add(bid)
                     state = BPF_STATE[b.state]
                     if self._state_of(bid) != state:
@@ -360,15 +394,17 @@ class Writer:
             for slot in range(new.get(scope, 0), count):
                 services.delete(Lb4Key.from_buffer_copy(pack_key(address, port, proto, slot, scope)))
 
-    def _remove(self, key: tuple) -> None:
-        installed = self.frontends.pop(key)
-        address, port, protocol = key
+    def _remove(self, key: int) -> None:
+        fid, slots = self.id_of(key), self._slots_of(key)
+        del self.frontends[key]
+        self._id_used[fid] = 0
+        address, port, protocol = key_parts(key)
         proto = PROTOCOLS[protocol]
-        self._drop_slots(address, port, proto, {s: 1 for s in installed.slots}, {})  # slot 0 first
-        self._drop_slots(address, port, proto, installed.slots, {s: 1 for s in installed.slots})
-        self.maps["lb4_reverse_nat"].delete(ct.c_uint32(installed.id))
-        self._drop_maglev(installed.id)
-        self.entries -= sum(installed.slots.values())
+        self._drop_slots(address, port, proto, {s: 1 for s in slots}, {})  # slot 0 first
+        self._drop_slots(address, port, proto, slots, {s: 1 for s in slots})
+        self.maps["lb4_reverse_nat"].delete(ct.c_uint32(fid))
+        self._drop_maglev(fid)
+        self.entries -= sum(slots.values())
 
     def _drop_backends(self, keys: list[int]) -> None:
         for bid in self.backend_ids.remove(keys):

@@ -28,16 +28,25 @@ class ProbeItem(Event, frozen=True):
     value: int
 
 
+class ProbeSnap(Event, frozen=True):
+    """A test state object replayed from the plugin's own state (owns(..., snapshot=))."""
+
+    name: str
+    value: int
+
+
 class BusProbe:
     def __init__(self):
         self.received = []
         self.lost = 0
+        self.snaps: dict[str, int] = {}
 
     @hookimpl
     def pylium_declare(self, declare):
         declare.event_type("probe.tick", ProbeTick)
         declare.event_type("probe.item", ProbeItem, state_family="probe.item", key="name")
         declare.event_type("quiet.tick", QuietTick)
+        declare.event_type("probe.snap", ProbeSnap, state_family="probe.snap", key="name")
         declare.api_route("POST", "/v1/busprobe/publish", self.publish)
         declare.api_route("GET", "/v1/busprobe/received", self.get_received)
         declare.api_route("POST", "/v1/busprobe/request", self.request)
@@ -50,6 +59,7 @@ class BusProbe:
     async def _life(self, ctx):
         self.ctx = ctx
         ctx.bus.owns("probe.item")
+        ctx.bus.owns("probe.snap", snapshot=self._snapshot)
         await ctx.bus.serve("probe.echo", self.echo)
         await ctx.bus.serve("probe.slow", self.slow)
         ready = anyio.Event()
@@ -74,7 +84,15 @@ class BusProbe:
             seqs.append(self.ctx.bus.publish(QuietTick(n=i)))
         for i in range(body.get("items", 0)):
             self.ctx.bus.publish(ProbeItem(name=f"item-{i}", value=body.get("value", i)))
+        for i in range(body.get("snaps", 0)):
+            self.snaps[f"snap-{i}"] = body.get("value", i)
+            self.ctx.bus.publish(ProbeSnap(name=f"snap-{i}", value=self.snaps[f"snap-{i}"]))
         return {"seqs": seqs}
+
+    def _snapshot(self):
+        for name in list(self.snaps):
+            if name in self.snaps:
+                yield ProbeSnap(name=name, value=self.snaps[name])
 
     async def get_received(self, request):
         return {"events": self.received, "lost": self.lost}
