@@ -62,9 +62,6 @@ class BackendIds:
             raise KeyError(key)
         return self._ids[i]
 
-    def ids(self) -> set[int]:
-        return set(self._ids)
-
     def update(self, pairs: dict[int, int]) -> None:
         """Add (or change) key -> id pairs."""
         if len(pairs) < 64:
@@ -347,8 +344,13 @@ class Writer:
                 candidate += 1
         return ids
 
+    def _free_backend_id(self, start: int) -> int:
+        """The lowest id from `start` with nothing written: the state table marks the ids in
+        use (a set of them would be ~6 MB of ints at 200,000 backends)."""
+        bid = self._states.find(NO_STATE, start)
+        return bid if bid >= 0 else max(start, len(self._states))
+
     def _write_backends(self, frontends) -> None:
-        used = self.backend_ids.ids()
         new: dict[int, int] = {}  # added to the table at once, after the loop
         candidate, keys, values = 1, bytearray(), bytearray()
         for f in frontends:
@@ -358,11 +360,9 @@ class Writer:
                     bid = self.backend_ids.get(key)
                     if bid is None:
                         bid = new.get(key)
-                    if bid is None:
-                        while candidate in used:
-                            candidate += 1
-                        bid = new[key] = candidate
-                        used.add(bid)
+                    if bid is None:  # its state is written below: the id is taken
+                        bid = new[key] = self._free_backend_id(candidate)
+                        candidate = bid + 1
                     state = BPF_STATE[b.state]
                     if self._state_of(bid) != state:
                         keys += u32(bid)
