@@ -55,6 +55,7 @@ _EXPORTS = {
     "ManifestEntry": "pylium.core.state.manifests",
     "gc_paused": "pylium.core.state.manifests",
     "release_freed_memory": "pylium.core.agent.memory",
+    "Compressor": "pylium.core.compress",  # small similar byte strings kept compressed
     # the datapath
     "consts": "pylium.core.datapath:consts",
     "libbpf": "pylium.core.datapath:libbpf",
@@ -134,6 +135,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from pylium.core.plugin_api import (ApiError, ApiRequest, Declarations, EndpointError, Health,  # noqa: F401
                                         PluginContext, PluginRegistry)
     from pylium.core.agent.memory import release_freed_memory  # noqa: F401
+    from pylium.core.compress import Compressor  # noqa: F401
     from pylium.core.state.manifests import ManifestEntry, Manifests, PluginManifests, gc_paused  # noqa: F401
     from pylium.core.state import keys as store_keys  # noqa: F401
     from pylium.core.state.store import ClusterStore, Mirror, StoreUnavailable  # noqa: F401

@@ -13,8 +13,8 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
+from pylium.core.api_for_plugins import Compressor
 from pylium.plugins.lb import maglev
-from pylium.core.compress import Compressor
 from pylium.plugins.lb.frontends import Backend, Frontend, backend_key, frontend_key, key_parts
 from pylium.plugins.lb.maps import (ALGORITHMS, F_AFFINITY, F_EXTERNAL, F_LOCAL_EXT, F_NODEPORT, PROTOCOL_NAMES, PROTOCOLS,
                                     SCOPE_EXTERNAL, SCOPE_INTERNAL, STATES, Lb4Key, addr_str, maglev_struct,
