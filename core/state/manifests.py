@@ -54,6 +54,8 @@ def _packer(kind: str | None, first: bytes = b"") -> Compressor:
     if packer is None:
         packer = _PACKERS[kind] = Compressor(VOCABULARY + first[:4096])
     return packer
+
+
 _JSON_TOP = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, msgspec.Raw])
 _JSON_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 

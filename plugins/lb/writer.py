@@ -256,12 +256,13 @@ class Writer:
         self.removed = {k: self.frontend(k) for k in removed}
         if not changed and not removed:
             return []
-        # what the frontends removed or replaced used
+        # what the frontends removed or replaced used (each unpacked once here)
+        old_slots = {k: self._slots_of(k) for k in [*removed, *changed] if k in self.frontends}
         released = {k: _backend_keys(self.removed[k] if k in self.removed else self.frontend(k))
-                    for k in [*removed, *changed] if self.packed_of(k) is not None}
-        moved = self._check_room(changed, removed, released)
+                    for k in old_slots if isinstance(self.frontends[k], bytes)}
+        moved = self._check_room(changed, old_slots, released)
         for key in removed:
-            self._remove(key)
+            self._remove(key, old_slots[key])
         ids = self._assign_ids(list(changed))
         self._write_backends(f for _, f in _unpacked(changed))
         # packed into growing buffers, not lists of small bytes: tens of thousands of those,
@@ -289,10 +290,9 @@ class Writer:
         self.maps["lb4_reverse_nat"].put_many(revnat_keys, revnat_values)
         for key, f in _unpacked(changed):
             new_slots = _slots(f)
-            if key in self.frontends:
-                old_slots = self._slots_of(key)
-                self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old_slots, new_slots)
-                self.entries -= sum(old_slots.values())
+            if key in old_slots:
+                self._drop_slots(f.address, f.port, PROTOCOLS[f.protocol], old_slots[key], new_slots)
+                self.entries -= sum(old_slots[key].values())
             self.entries += sum(new_slots.values())
             self._write_maglev(ids[key], f)
             self.frontends[key] = _PACKED.compress(packed[key], prefix=_ID.pack(ids[key]))
@@ -307,18 +307,18 @@ class Writer:
         self._drop_backends([k for keys in released.values() for k in keys if not self.refs_of(k)])
         return list(changed)
 
-    def _check_room(self, changed: dict, removed: list, released: dict[tuple, list[int]]) -> Counter:
-        """How the change moves backend reference counts, if it fits; MapFull otherwise."""
+    def _check_room(self, changed: dict, old_slots: dict[int, dict[int, int]],
+                    released: dict[int, list[int]]) -> Counter:
+        """How the change moves backend reference counts, if it fits; MapFull otherwise.
+        `old_slots`: the entries of the frontends the change removes or replaces."""
         moved: Counter = Counter()
-        entries = self.entries
-        for key in [*removed, *changed]:
-            if key in self.frontends:
-                entries -= sum(self._slots_of(key).values())
-                moved.subtract(released.get(key, ()))
+        entries = self.entries - sum(sum(slots.values()) for slots in old_slots.values())
+        for keys in released.values():
+            moved.subtract(keys)
         for _, f in _unpacked(changed):
             entries += entries_needed(f)
             moved.update(_backend_keys(f))
-        frontends = len(self.frontends) + sum(k not in self.frontends for k in changed) - len(removed)
+        frontends = len(self.frontends) - len(old_slots) + len(changed)
         backends = self.live_backends + sum((self.refs_of(k) > 0) != (self.refs_of(k) + n > 0) and
                                         (1 if n > 0 else -1) for k, n in moved.items())
         if entries > self.map_max:
@@ -394,8 +394,8 @@ class Writer:
             for slot in range(new.get(scope, 0), count):
                 services.delete(Lb4Key.from_buffer_copy(pack_key(address, port, proto, slot, scope)))
 
-    def _remove(self, key: int) -> None:
-        fid, slots = self.id_of(key), self._slots_of(key)
+    def _remove(self, key: int, slots: dict[int, int]) -> None:
+        fid = self.id_of(key)
         del self.frontends[key]
         self._id_used[fid] = 0
         address, port, protocol = key_parts(key)
