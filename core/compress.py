@@ -12,9 +12,13 @@ class Compressor:
 
     def __init__(self, dictionary: bytes):
         shared = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-        self._compress = zstandard.ZstdCompressor(level=1, dict_data=shared, write_checksum=False,
-                                                  write_dict_id=False).compress
-        self.decompress = zstandard.ZstdDecompressor(dict_data=shared).decompress
+        # No magic number, checksum or dictionary id (these bytes never leave the process), and
+        # level 7: an EndpointSlice ~64 -> ~47 bytes, a Service ~38 -> ~31, for ~1 us more each
+        params = zstandard.ZstdCompressionParameters.from_level(7, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+                                                                write_checksum=False, write_dict_id=False)
+        self._compress = zstandard.ZstdCompressor(dict_data=shared, compression_params=params).compress
+        self.decompress = zstandard.ZstdDecompressor(dict_data=shared,
+                                                     format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompress
 
     def compress(self, data: bytes, prefix: bytes = b"") -> bytes:
         """`prefix` (uncompressed) + data compressed: one exact-size bytes object (the

@@ -293,15 +293,16 @@ def test_the_backend_id_table_behaves_as_a_dict(steps):
 def test_the_catalog_keeps_each_services_slices(steps):
     """One slice is kept as its key, several as a sorted tuple: slice_keys() gives the same
     either way, and a dropped slice names its service (from its label)."""
-    catalog, model = Catalog(), {}
+    catalog, model, entries = Catalog(), {}, {}
     for add, service, n in steps:
         key = ("shop", f"{service}-{n}")
-        if add and key not in catalog.slices:
+        if add and key not in entries:
             doc = {"metadata": {"name": key[1], "namespace": "shop", "labels": {"kubernetes.io/service-name": service}}}
-            catalog.put_slice(key, SimpleNamespace(doc=doc), None, ("shop", service))
+            entries[key] = SimpleNamespace(doc=doc)
+            catalog.put_slice(key, None, ("shop", service))
             model.setdefault(("shop", service), set()).add(key)
-        elif not add and key in catalog.slices:
-            assert catalog.drop_slice(key) == ("shop", service)
+        elif not add and key in entries:
+            assert catalog.drop_slice(key, entries.pop(key)) == ("shop", service)
             model[("shop", service)].discard(key)
         for svc_key in [("shop", s) for s in ("s1", "s2", "s3")]:
             assert catalog.slice_keys(svc_key) == tuple(sorted(model.get(svc_key, ())))
@@ -312,3 +313,61 @@ def test_the_catalog_keeps_each_services_slices(steps):
 def test_a_frontend_key_gives_back_its_parts(address, port, protocol):
     address = "" if address == "0.0.0.0" else address
     assert key_parts(frontend_key(address, port, protocol)) == (address, port, protocol)
+
+
+class NoMap:
+    def put_many(self, keys, values): pass
+    def put(self, key, value): pass
+    def delete(self, key): pass
+    def items(self): return iter(())
+    def keys(self): return iter(())
+
+
+def test_a_bad_version_leaves_the_last_good_one_in_force_until_fixed_or_removed(tmp_path):
+    """The plugin reads what each manifests scan changed (`changes()`): a bad Service or
+    EndpointSlice is reported once and its last good version stays in force through further
+    bad versions; a good one replaces it; removing the file while bad removes what was in force."""
+    import json
+
+    from pylium.core.state.manifests import Manifests, PluginManifests
+    from pylium.plugins.lb.plugin import LbPlugin
+
+    errors = []
+    lb = LbPlugin()
+    lb.ctx = SimpleNamespace(settings=SimpleNamespace(nodePort=SimpleNamespace(bounds=lambda: RANGE),
+                                                      kubeProxyReplacement=True),
+                             node_name="n", log=SimpleNamespace(info=lambda *a, **k: None,
+                                                                error=lambda *a, **k: errors.append(k)),
+                             bus=SimpleNamespace(publish=lambda e: None, wants=lambda t: False),
+                             datapath=SimpleNamespace(bypass=lambda *a: None, set_pressure=lambda *a: None))
+    lb.writer = Writer({name: NoMap() for name in ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb4_maglev")},
+                       1 << 16, "random", 16381, SEED)
+    manifests = Manifests(tmp_path, SimpleNamespace(error=lambda *a, **k: None, debug=lambda *a, **k: None))
+    view = PluginManifests(manifests)
+    key = frontend_key("10.96.0.10", 80, "TCP")
+
+    def step(**files):
+        for name, doc in files.items():
+            path = tmp_path / f"{name}.json"
+            if doc is None:
+                path.unlink()
+            else:
+                path.write_text(json.dumps(doc) + " " * len(errors))  # a new size: the scan sees a change
+        assert manifests.scan()
+        lb._apply(view, None)
+        f = lb.writer.frontend(key)
+        return f and sorted(b.address for b in f.backends)
+
+    good = [{"addresses": [f"10.0.0.{i}"]} for i in (1, 2)]
+    assert step(svc=svc(), slice=eps(good)) == ["10.0.0.1", "10.0.0.2"]
+    assert step(slice=eps([{"addresses": ["10.0.0.999"]}])) == ["10.0.0.1", "10.0.0.2"]
+    assert len(errors) == 1 and errors[0]["field"] == "endpoints[0].addresses[0]" and len(lb.problems) == 1
+    assert step(slice=eps([{"addresses": ["nope"]}])) == ["10.0.0.1", "10.0.0.2"], "still the last good one"
+    assert step(svc=svc(type="ClusterIP")) == ["10.0.0.1", "10.0.0.2"], "computed again from the good slice"
+    assert step(slice=eps(good + [{"addresses": ["10.0.0.3"]}])) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    assert not lb.problems
+    step(slice=eps([{"addresses": ["10.0.0.999"]}]))
+    assert step(slice=None) == [] and not lb.problems, "the slice in force goes with its file"
+    assert step(svc=svc(ports=[{"port": 70000}])) == [] and lb.writer.frontend(key) is not None
+    assert lb.problems
+    assert step(svc=None) is None and not lb.problems and not lb.by_service and not lb.catalog.slices_of

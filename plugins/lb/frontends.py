@@ -100,6 +100,7 @@ class Problem:
     file: str
     error: ModelError
     entry: object = None  # the manifest entry found bad (reported once)
+    kept: object = None  # the entry in force instead: the last good version, if any
 
     def __str__(self) -> str:
         return f"{self.file}: {self.kind} {self.key[0]}/{self.key[1]}: {self.error}"
@@ -107,27 +108,22 @@ class Problem:
 
 @dataclass
 class Catalog:
-    """The services and slices in force: the manifest entry (anything with a `.doc`) of the
-    last good version of each object. They are parsed again when their service is computed:
-    kept parsed, 10,000 services would hold ~16 MiB more."""
+    """What the load balancer needs to know of the services and slices in force (their
+    manifest entries are the manifests index's own, or a Problem's `kept`)."""
 
-    services: dict[tuple[str, str], object] = field(default_factory=dict)
-    slices: dict[tuple[str, str], object] = field(default_factory=dict)
     # service -> its slices' keys: the key itself for one slice (most services), else a sorted
     # tuple of keys (a tuple for each would cost 1 MiB per 20,000 services)
     slices_of: dict[tuple[str, str], tuple] = field(default_factory=dict)
     local: set[tuple[str, str]] = field(default_factory=set)  # services with a Local traffic policy
     node_ports: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # the ones services name
 
-    def put_service(self, key: tuple[str, str], entry, service: Service) -> None:
-        self.services[key] = entry
+    def put_service(self, key: tuple[str, str], service: Service) -> None:
         if service.internal_local or service.external_local:
             self.local.add(key)
         if any(p.node_port for p in service.ports):
             self.node_ports[key] = {p.node_port for p in service.ports if p.node_port}
 
-    def drop_service(self, key: tuple[str, str]) -> tuple[str, str]:
-        del self.services[key]
+    def drop_service(self, key: tuple[str, str], entry=None) -> tuple[str, str]:
         self.local.discard(key)
         self.node_ports.pop(key, None)
         return key
@@ -136,16 +132,14 @@ class Catalog:
         keys = self.slices_of.get(service, ())
         return (keys,) if keys and isinstance(keys[0], str) else keys
 
-    def put_slice(self, key: tuple[str, str], entry, slice_: EndpointSlice,
-                  service: tuple[str, str] | None = None) -> None:
+    def put_slice(self, key: tuple[str, str], slice_: EndpointSlice, service: tuple[str, str] | None = None) -> None:
         """`service`: the service's key as the caller holds it (one tuple for all its tables)."""
         service = service or (slice_.namespace, slice_.service)
-        self.slices[key] = entry
         self._set_slices(service, {*self.slice_keys(service), key})
 
-    def drop_slice(self, key: tuple[str, str]) -> tuple[str, str]:
-        """Returns the service the slice belonged to (named in its label)."""
-        entry = self.slices.pop(key)
+    def drop_slice(self, key: tuple[str, str], entry) -> tuple[str, str]:
+        """`entry`: the slice's manifest entry in force. Returns the service the slice
+        belonged to (named in its label)."""
         labels = (entry.doc.get("metadata") or {}).get("labels") or {}
         service = (key[0], labels[SERVICE_NAME_LABEL])
         self._set_slices(service, set(self.slice_keys(service)) - {key})

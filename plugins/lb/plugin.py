@@ -36,6 +36,9 @@ def cgroup2_root() -> Path:
     raise OSError("no cgroup2 file system is mounted (socket LB needs one; or set socketLB.enabled=false)")
 
 
+_NOW = object()  # _in_force(): the entry in the manifests now
+
+
 def _frontend_keys(kept: int | tuple[int, ...]) -> tuple[int, ...]:
     """A service's frontend keys as by_service keeps them: one int, or a tuple of them (a
     tuple of one would cost 1 MiB per 20,000 services)."""
@@ -207,48 +210,57 @@ class LbPlugin(LbApi):
 
     # ---- services ---------------------------------------------------------------------------
 
-    def _load(self, manifests: PluginManifests, parsed: dict[tuple, bytes]) -> set[tuple[str, str]]:
-        """Take in changed Service and EndpointSlice documents; a bad one is reported with its
-        file and field, and its previous version (if any) stays in force. Returns the keys
-        of the services to compute again; what was parsed goes into `parsed` by (kind, ns, name),
-        packed (model.pack)."""
+    def _load(self, manifests: PluginManifests, parsed: dict[str, dict]) -> set[tuple[str, str]]:
+        """Take in changed Service and EndpointSlice documents (all of them the first time); a
+        bad one is reported with its file and field, and its previous version (if any) stays
+        in force. Returns the keys of the services to compute again; what was parsed goes into
+        `parsed[kind][key]`, packed (model.pack)."""
         port_range = self.ctx.settings.nodePort.bounds()
         catalog = self.catalog
+        first = self._manifests is None
+        self._manifests = manifests
         dirty: set[tuple[str, str]] = set()
-        for kind, parse, table, put, drop in (
-                ("Service", lambda d: parse_service(d, port_range), catalog.services, catalog.put_service,
-                 catalog.drop_service),
-                ("EndpointSlice", parse_endpoint_slice, catalog.slices, catalog.put_slice, catalog.drop_slice)):
+        for kind, parse, put, drop in (
+                ("Service", lambda d: parse_service(d, port_range), catalog.put_service, catalog.drop_service),
+                ("EndpointSlice", parse_endpoint_slice, catalog.put_slice, catalog.drop_slice)):
             entries = manifests.entries(kind)
-            for key in [k for k in table if k not in entries]:
-                dirty.add(self._service_key(drop(key)))
-            for key in [k for k in self.problems if k[0] == kind and k[1:] not in entries]:
-                del self.problems[key]
-            for key, entry in entries.items():
-                if table.get(key) is entry:
-                    continue  # unchanged
-                problem = self.problems.get((kind, *key))
-                if problem is not None and problem.entry is entry:
-                    continue  # a bad one is reported once; its previous version stays
+            for key, before in (dict.fromkeys(entries) if first else manifests.changes(kind)).items():
+                old = self._in_force(kind, key, before)
+                entry = entries.get(key)
+                if entry is None:  # gone
+                    self.problems.pop((kind, *key), None)
+                    if old is not None:
+                        dirty.add(self._service_key(drop(key, old)))
+                    continue
                 try:
                     obj = parse(entry.doc)
                 except ModelError as e:
-                    self._problem(Problem(kind, key, str(entry.path), e, entry))
+                    self._problem(Problem(kind, key, str(entry.path), e, entry, old))
                     continue
                 self.problems.pop((kind, *key), None)
-                if key in table:
-                    dirty.add(self._service_key(drop(key)))
+                if old is not None:
+                    dirty.add(self._service_key(drop(key, old)))
                 if obj is None:
                     continue
-                parsed[(kind, *key)] = pack(obj)
+                parsed[kind][key] = pack(obj)  # keyed by the manifests' own key: no tuple made
                 if kind == "Service":
-                    put(key, entry, obj)
+                    put(key, obj)
                     dirty.add(key)
                     continue
                 service = self._service_key((obj.namespace, obj.service))
-                put(key, entry, obj, service)
+                put(key, obj, service)
                 dirty.add(service)
         return dirty
+
+    def _in_force(self, kind: str, key: tuple[str, str], entry=_NOW):
+        """The manifest entry in force for an object: `entry` (by default the one in the
+        manifests now) unless it was found bad, then the last good one (None if none)."""
+        if entry is _NOW:
+            entry = self._manifests.entries(kind).get(key) if self._manifests else None
+        problem = self.problems.get((kind, *key))
+        if problem is not None and problem.entry is not None and problem.entry is entry:
+            return problem.kept
+        return entry
 
     def _service_key(self, key: tuple[str, str]) -> tuple[str, str]:
         """The Service's key as its manifest entry holds it: one tuple (and name) kept across
@@ -265,17 +277,17 @@ class LbPlugin(LbApi):
     def _is_local(self, backend) -> bool:
         return backend.node == self.ctx.node_name if backend.node else backend.address in self.local_ips
 
-    def _parsed(self, kind: str, key: tuple[str, str], parsed: dict[tuple, bytes]):
+    def _parsed(self, kind: str, key: tuple[str, str], parsed: dict[str, dict]):
         """An object in force, parsed: in this change (taken out: it is used once), or again
         from its entry."""
-        packed = parsed.pop((kind, *key), None)
+        packed = parsed[kind].pop(key, None)
         if packed is not None:
             return unpack(Service if kind == "Service" else EndpointSlice, packed)
         if kind == "Service":
-            return parse_service(self.catalog.services[key].doc, self.ctx.settings.nodePort.bounds())
-        return parse_endpoint_slice(self.catalog.slices[key].doc)
+            return parse_service(self._in_force(kind, key).doc, self.ctx.settings.nodePort.bounds())
+        return parse_endpoint_slice(self._in_force(kind, key).doc)
 
-    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[tuple, bytes]) -> dict[int, bytes | None]:
+    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[str, dict]) -> dict[int, bytes | None]:
         """The frontends of the services in `dirty`, computed again: what to write (a
         Frontend, packed) and what to remove (None)."""
         port_range = self.ctx.settings.nodePort.bounds()
@@ -283,7 +295,7 @@ class LbPlugin(LbApi):
         delta: dict[int, bytes | None] = {}
         for key in dirty:
             old = _frontend_keys(self.by_service.pop(key, ()))
-            service = self._parsed("Service", key, parsed) if key in self.catalog.services else None
+            service = self._parsed("Service", key, parsed) if self._in_force("Service", key) else None
             new: list[Frontend] = []
             if service is not None:
                 if taken is None and service.type in ("NodePort", "LoadBalancer"):
@@ -318,13 +330,13 @@ class LbPlugin(LbApi):
         """Take in what changed and write the difference to the maps."""
         started = time.perf_counter()
         dirty = set(dirty or ())
-        parsed: dict[tuple, bytes] = {}  # this change's, dropped after it
+        parsed: dict[str, dict] = {"Service": {}, "EndpointSlice": {}}  # this change's, dropped after it
         if manifests is not None:
-            self._manifests = manifests
             dirty |= self._load(manifests, parsed)
         first = not self._synced
         if first:
-            dirty = set(self.catalog.services) | set(self.by_service)
+            services = self._manifests.entries("Service") if self._manifests else {}
+            dirty = {k for k in services if self._in_force("Service", k)} | set(self.by_service)
         before = {k: self.by_service[k] for k in dirty if k in self.by_service}
         delta = self._delta(dirty, parsed)
         del parsed
@@ -345,18 +357,37 @@ class LbPlugin(LbApi):
         idle = not self.writer.frontends
         for slot in STAGES:
             self.ctx.datapath.bypass(slot, idle)
-        if len(written) + len(self.writer.removed) > 1000:
-            release_freed_memory()  # what computing them used
         if written or self.writer.removed:
             self.ctx.log.info("services programmed", frontends=len(written), removed=len(self.writer.removed),
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
         self._publish(written, delta)
+        if len(written) + len(self.writer.removed) > 1000:
+            del delta
+            self._settle(written, dirty)
+            release_freed_memory()  # what computing them used
+
+    def _settle(self, written: list[int], dirty: set[tuple[str, str]]) -> None:
+        """Python ints are objects: the keys of the frontends just written were made among the
+        change's temporaries, and each holds on to a piece of the heap those left free (the
+        allocator gives its arenas back whole): ~5 MB at 50,000 services. Made anew now that
+        the temporaries are gone, they sit together."""
+        fresh = {k: int.from_bytes(k.to_bytes(8, "little"), "little") for k in written}
+        frontends = self.writer.frontends
+        for key in written:
+            frontends[fresh[key]] = frontends.pop(key)
+        for service in dirty:
+            kept = self.by_service.get(service)
+            if isinstance(kept, int):
+                self.by_service[service] = fresh.get(kept, kept)
+            elif kept is not None:
+                self.by_service[service] = tuple(fresh.get(k, k) for k in kept)
 
     def _publish(self, written: list[int], delta: dict[int, bytes | None]) -> None:
         """service.changed / service.deleted for subscribers (built only when some subscriber
         is there to receive them; late ones get the _snapshot)."""
         bus = self.ctx.bus
-        for key, f in self.writer.removed.items():
+        for key in self.writer.removed:
+            f = self.writer.removed_frontend(key)
             label = f.label() if f else key_label(key)
             bus.publish(events.ServiceDeleted(frontend=label, service="/".join(f.service) if f else ""))
         if written and bus.wants("service.changed"):

@@ -134,6 +134,15 @@ def _slots(f: Frontend) -> dict[int, int]:
     return {scope: 1 + sum(map(len, _chosen(b))) for scope, b in _scopes(f).items()}
 
 
+def _packed(kept: bytes | Adopted | None) -> bytes | None:
+    return None if kept is None or isinstance(kept, Adopted) else _PACKED.decompress(kept[_ID.size:])
+
+
+def _frontend(kept: bytes | Adopted | None) -> Frontend | None:
+    packed = _packed(kept)
+    return None if packed is None else Frontend.unpack(packed)
+
+
 def _unpacked(packed: dict[int, bytes]):
     return ((k, Frontend.unpack(p)) for k, p in packed.items())
 
@@ -155,7 +164,7 @@ class Writer:
         self._states = bytearray()
         self._refs = array.array("I")
         self.live_backends = 0  # ids with users
-        self.removed: dict[int, Frontend | None] = {}  # by the last apply()
+        self.removed: dict[int, bytes | Adopted] = {}  # by the last apply(): what was kept of them
         self.entries = 0  # in lb4_services
         self._maglev: set[int] = set()  # frontend ids with a table in lb4_maglev (deleting none costs a syscall)
 
@@ -197,12 +206,14 @@ class Writer:
 
     def packed_of(self, key: int) -> bytes | None:
         """The Frontend written for `key`, packed; None if none was (or adopted at start)."""
-        kept = self.frontends.get(key)
-        return None if kept is None or isinstance(kept, Adopted) else _PACKED.decompress(kept[_ID.size:])
+        return _packed(self.frontends.get(key))
 
     def frontend(self, key: int) -> Frontend | None:
-        packed = self.packed_of(key)
-        return None if packed is None else Frontend.unpack(packed)
+        return _frontend(self.frontends.get(key))
+
+    def removed_frontend(self, key: int) -> Frontend | None:
+        """A frontend the last apply() removed (None: adopted at start, never written)."""
+        return _frontend(self.removed[key])
 
     def installed(self):
         """(id, Frontend) of every frontend written, by id."""
@@ -245,7 +256,8 @@ class Writer:
 
     def apply(self, delta: dict[int, Frontend | bytes | None]) -> list[int]:
         """Add, change (a Frontend, or one packed) or remove (None) frontends; returns the keys
-        written. The frontends removed are in `self.removed` until the next call.
+        written. The frontends removed are in `self.removed` until the next call
+        (`removed_frontend()`).
 
         Each changed frontend is unpacked where it is used, one at a time: thousands of
         Frontend and Backend objects alive at once, freed between what the writer keeps,
@@ -253,13 +265,12 @@ class Writer:
         packed = {k: f if isinstance(f, bytes) else f.pack() for k, f in delta.items() if f is not None}
         changed = {k: p for k, p in packed.items() if k not in self.frontends or self.packed_of(k) != p}
         removed = [k for k, f in delta.items() if f is None and k in self.frontends]
-        self.removed = {k: self.frontend(k) for k in removed}
+        self.removed = {k: self.frontends[k] for k in removed}
         if not changed and not removed:
             return []
         # what the frontends removed or replaced used (each unpacked once here)
         old_slots = {k: self._slots_of(k) for k in [*removed, *changed] if k in self.frontends}
-        released = {k: _backend_keys(self.removed[k] if k in self.removed else self.frontend(k))
-                    for k in old_slots if isinstance(self.frontends[k], bytes)}
+        released = {k: _backend_keys(self.frontend(k)) for k in old_slots if isinstance(self.frontends[k], bytes)}
         moved = self._check_room(changed, old_slots, released)
         for key in removed:
             self._remove(key, old_slots[key])
@@ -295,7 +306,6 @@ class Writer:
                 self.entries -= sum(old_slots[key].values())
             self.entries += sum(new_slots.values())
             self._write_maglev(ids[key], f)
-            self.frontends[key] = _PACKED.compress(packed[key], prefix=_ID.pack(ids[key]))
             self._id_used[ids[key]] = 1
         for bkey, n in moved.items():
             if n:
@@ -305,6 +315,13 @@ class Writer:
                 self._refs[bid] = max(before + n, 0)
                 self.live_backends += (self._refs[bid] > 0) - (before > 0)
         self._drop_backends([k for keys in released.values() for k in keys if not self.refs_of(k)])
+        # what is kept is made last, once the change's temporaries are gone: made among them,
+        # each would hold on to memory they leave free (the heap's arenas are given back whole)
+        del moved, released, old_slots
+        fids = array.array("H", (ids[k] for k in changed))
+        del ids
+        for key, fid in zip(changed, fids):
+            self.frontends[key] = _PACKED.compress(packed[key], prefix=_ID.pack(fid))
         return list(changed)
 
     def _check_room(self, changed: dict, old_slots: dict[int, dict[int, int]],
