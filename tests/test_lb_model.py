@@ -14,7 +14,7 @@ from pylium.plugins.lb import maglev
 from pylium.plugins.lb.frontends import Backend, Catalog, backend_key, frontend_key, frontends, key_parts
 from pylium.plugins.lb.maps import Lb4Backend, Lb4Key, pack_backend
 from pylium.plugins.lb.model import ModelError, parse_endpoint_slice, parse_service
-from pylium.plugins.lb.writer import BackendIds, MapFull, Writer
+from pylium.plugins.lb.writer import BackendIds, MapFull, SortedTable, Writer
 
 RANGE = (30000, 32767)
 SEED = maglev.seed_bytes(maglev.DEFAULT_SEED)
@@ -272,12 +272,14 @@ def test_writer_deletes_a_maglev_table_only_where_one_was_written():
 KEYS = st.integers(0, 2**56 - 1)
 
 
+@pytest.mark.parametrize("table_type", [BackendIds, SortedTable])
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.dictionaries(KEYS, st.integers(1, 2**32 - 1), max_size=150),
                           st.lists(KEYS, max_size=150)), max_size=8))
-def test_the_backend_id_table_behaves_as_a_dict(steps):
-    """Batches small (insert per key) and large (one merge) alike."""
-    table, model = BackendIds(), {}
+def test_the_writers_sorted_tables_behave_as_dicts(table_type, steps):
+    """The backend ids and the frontends kept: batches small (insert per key) and large (one
+    merge) alike."""
+    table, model = table_type(), {}
     for added, dropped in steps:
         table.update(added)
         model.update(added)

@@ -367,14 +367,11 @@ class LbPlugin(LbApi):
             release_freed_memory()  # what computing them used
 
     def _settle(self, written: list[int], dirty: set[tuple[str, str]]) -> None:
-        """Python ints are objects: the keys of the frontends just written were made among the
+        """Python ints are objects: the frontend keys by_service keeps were made among the
         change's temporaries, and each holds on to a piece of the heap those left free (the
         allocator gives its arenas back whole): ~5 MB at 50,000 services. Made anew now that
         the temporaries are gone, they sit together."""
         fresh = {k: int.from_bytes(k.to_bytes(8, "little"), "little") for k in written}
-        frontends = self.writer.frontends
-        for key in written:
-            frontends[fresh[key]] = frontends.pop(key)
         for service in dirty:
             kept = self.by_service.get(service)
             if isinstance(kept, int):
