@@ -19,6 +19,7 @@ import anyio
 import msgspec
 import yaml
 
+from pylium.core.agent.memory import release_freed_memory
 from pylium.core.compress import Compressor
 from pylium.core.state.vocabulary import VOCABULARY
 
@@ -287,7 +288,10 @@ class Manifests:
             for callback in ([first] if first else []) + list(self._listeners):
                 await callback()
         finally:
+            large = sum(map(len, self._changes.values())) > 1000
             self._changes = {}  # told: kept, they would hold the entries they replaced
+            if large:
+                release_freed_memory()  # what the scan and its listeners used
 
     def pod_labels(self, namespace: str, name: str) -> dict[str, str]:
         """Cilium's labels for a pod: its own (k8s:key), its namespace's, and the namespace."""

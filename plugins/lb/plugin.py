@@ -324,10 +324,12 @@ class LbPlugin(LbApi):
     async def _changed(self, manifests: PluginManifests | None, dirty: set | None = None) -> None:
         async with self._lock:
             with gc_paused():
-                self._apply(manifests, dirty)
+                large = self._apply(manifests, dirty)
+            if large:  # now that all it used is freed
+                release_freed_memory()
 
-    def _apply(self, manifests: PluginManifests | None, dirty: set | None) -> None:
-        """Take in what changed and write the difference to the maps."""
+    def _apply(self, manifests: PluginManifests | None, dirty: set | None) -> bool:
+        """Take in what changed and write the difference to the maps; True for a large change."""
         started = time.perf_counter()
         dirty = set(dirty or ())
         parsed: dict[str, dict] = {"Service": {}, "EndpointSlice": {}}  # this change's, dropped after it
@@ -352,7 +354,7 @@ class LbPlugin(LbApi):
             for key in dirty:  # as written in the maps
                 self.by_service.pop(key, None)
             self.by_service.update(before)
-            return
+            return False
         self._pressure()
         idle = not self.writer.frontends
         for slot in STAGES:
@@ -361,10 +363,11 @@ class LbPlugin(LbApi):
             self.ctx.log.info("services programmed", frontends=len(written), removed=len(self.writer.removed),
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
         self._publish(written, delta)
-        if len(written) + len(self.writer.removed) > 1000:
-            del delta
-            self._settle(written, dirty)
-            release_freed_memory()  # what computing them used
+        if len(written) + len(self.writer.removed) <= 1000:
+            return False
+        del delta
+        self._settle(written, dirty)
+        return True
 
     def _settle(self, written: list[int], dirty: set[tuple[str, str]]) -> None:
         """Python ints are objects: the frontend keys by_service keeps were made among the
