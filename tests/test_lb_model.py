@@ -325,38 +325,49 @@ class NoMap:
     def keys(self): return iter(())
 
 
+class LbOnManifests:
+    """The lb plugin over a real manifests directory and fake maps: each step writes files (a
+    document, a list of them, or None to remove the file), scans and applies, as the agent does."""
+
+    def __init__(self, tmp_path):
+        from pylium.core.state.manifests import Manifests, PluginManifests
+        from pylium.plugins.lb.plugin import LbPlugin
+
+        self.dir, self.errors = tmp_path, []
+        self.lb = LbPlugin()
+        self.lb.ctx = SimpleNamespace(
+            settings=SimpleNamespace(nodePort=SimpleNamespace(bounds=lambda: RANGE), kubeProxyReplacement=True),
+            node_name="n", log=SimpleNamespace(info=lambda *a, **k: None, error=lambda *a, **k: self.errors.append(k)),
+            bus=SimpleNamespace(publish=lambda e: None, wants=lambda t: False),
+            datapath=SimpleNamespace(bypass=lambda *a: None, set_pressure=lambda *a: None))
+        self.lb.writer = Writer({name: NoMap() for name in ("lb4_services", "lb4_backends", "lb4_reverse_nat",
+                                                            "lb4_maglev")}, 1 << 16, "random", 16381, SEED)
+        self.manifests = Manifests(tmp_path, SimpleNamespace(error=lambda *a, **k: None, debug=lambda *a, **k: None))
+        self.view = PluginManifests(self.manifests)
+
+    def step(self, **files) -> None:
+        import json
+
+        for name, doc in files.items():
+            path = self.dir / f"{name}.json"
+            if doc is None:
+                path.unlink()
+            else:
+                path.write_text(json.dumps(doc))
+        assert self.manifests.scan()
+        self.lb._apply(self.view, None)
+
+
 def test_a_bad_version_leaves_the_last_good_one_in_force_until_fixed_or_removed(tmp_path):
     """The plugin reads what each manifests scan changed (`changes()`): a bad Service or
     EndpointSlice is reported once and its last good version stays in force through further
     bad versions; a good one replaces it; removing the file while bad removes what was in force."""
-    import json
-
-    from pylium.core.state.manifests import Manifests, PluginManifests
-    from pylium.plugins.lb.plugin import LbPlugin
-
-    errors = []
-    lb = LbPlugin()
-    lb.ctx = SimpleNamespace(settings=SimpleNamespace(nodePort=SimpleNamespace(bounds=lambda: RANGE),
-                                                      kubeProxyReplacement=True),
-                             node_name="n", log=SimpleNamespace(info=lambda *a, **k: None,
-                                                                error=lambda *a, **k: errors.append(k)),
-                             bus=SimpleNamespace(publish=lambda e: None, wants=lambda t: False),
-                             datapath=SimpleNamespace(bypass=lambda *a: None, set_pressure=lambda *a: None))
-    lb.writer = Writer({name: NoMap() for name in ("lb4_services", "lb4_backends", "lb4_reverse_nat", "lb4_maglev")},
-                       1 << 16, "random", 16381, SEED)
-    manifests = Manifests(tmp_path, SimpleNamespace(error=lambda *a, **k: None, debug=lambda *a, **k: None))
-    view = PluginManifests(manifests)
+    lab = LbOnManifests(tmp_path)
+    lb, errors = lab.lb, lab.errors
     key = frontend_key("10.96.0.10", 80, "TCP")
 
     def step(**files):
-        for name, doc in files.items():
-            path = tmp_path / f"{name}.json"
-            if doc is None:
-                path.unlink()
-            else:
-                path.write_text(json.dumps(doc) + " " * len(errors))  # a new size: the scan sees a change
-        assert manifests.scan()
-        lb._apply(view, None)
+        lab.step(**files)
         f = lb.writer.frontend(key)
         return f and sorted(b.address for b in f.backends)
 
@@ -372,4 +383,25 @@ def test_a_bad_version_leaves_the_last_good_one_in_force_until_fixed_or_removed(
     assert step(slice=None) == [] and not lb.problems, "the slice in force goes with its file"
     assert step(svc=svc(ports=[{"port": 70000}])) == [] and lb.writer.frontend(key) is not None
     assert lb.problems
-    assert step(svc=None) is None and not lb.problems and not lb.by_service and not lb.catalog.slices_of
+    assert step(svc=None) is None and not lb.problems and not lb.owners and not lb.catalog.slices_of
+
+
+def test_services_computed_again_in_one_change_keep_their_node_ports(tmp_path):
+    """A NodePort the service did not name is derived from its name: computed again, each of
+    several services changed at once finds its own port free, not taken by its old frontend."""
+    def services(target):
+        return [{"kind": "Service", "metadata": {"name": f"np{i}", "namespace": "shop"},
+                 "spec": {"type": "NodePort", "clusterIP": f"10.96.1.{i}", "ports": [{"port": 80, "targetPort": target}]}}
+                for i in range(1, 5)]
+
+    lab = LbOnManifests(tmp_path)
+
+    def node_ports():
+        return {lab.lb.writer.frontend(k).service: key_parts(k)[1] for k in lab.lb.writer.frontends if not k >> 24}
+
+    lab.step(services=services(8080))
+    before = node_ports()
+    assert len(before) == 4 and len(set(before.values())) == 4
+    lab.step(services=services(8081))
+    assert node_ports() == before
+    assert {lab.lb.writer.frontend(k).backends for k in lab.lb.writer.frontends} == {()}

@@ -21,7 +21,7 @@ from pylium.plugins.lb.frontends import Catalog, Frontend, Problem, frontends, k
 from pylium.plugins.lb.maps import LbDevice, ip4, lb_maps
 from pylium.plugins.lb.model import (EndpointSlice, ModelError, Service, pack, parse_endpoint_slice, parse_service,
                                      unpack)
-from pylium.plugins.lb.writer import MapFull, Writer
+from pylium.plugins.lb.writer import MapFull, SortedTable, Writer
 
 STAGES = (Slot.FROM_LB, Slot.TO_LB)
 SOCKET_HOOKS = {"sock4_connect": libbpf.CGROUP_INET4_CONNECT, "sock4_sendmsg": libbpf.CGROUP_UDP4_SENDMSG,
@@ -39,20 +39,15 @@ def cgroup2_root() -> Path:
 _NOW = object()  # _in_force(): the entry in the manifests now
 
 
-def _frontend_keys(kept: int | tuple[int, ...]) -> tuple[int, ...]:
-    """A service's frontend keys as by_service keeps them: one int, or a tuple of them (a
-    tuple of one would cost 1 MiB per 20,000 services)."""
-    return (kept,) if isinstance(kept, int) else kept
-
-
 class LbPlugin(LbApi):
     def __init__(self) -> None:
         self.ctx: Any = None
         self.catalog = Catalog()
         self.problems: dict[tuple, Problem] = {}
-        # service -> its frontends' keys as written in the maps: the one key of most services, else
-        # a tuple (see _frontend_keys)
-        self.by_service: dict[tuple[str, str], int | tuple[int, ...]] = {}
+        # frontend key -> the service whose frontend is written there: a sorted table (16 bytes a
+        # frontend), not a dict of each service's keys (~84 bytes a service with the int objects);
+        # a service's frontends are found in one pass over it per change
+        self.owners = SortedTable()
         self._synced = False  # the first write replaces whatever an earlier run left
         self._manifests: PluginManifests | None = None
         self.writer: Writer | None = None
@@ -90,7 +85,7 @@ class LbPlugin(LbApi):
         return {"KubeProxyReplacement": f"{kpr} [{', '.join(self.devices) or 'no devices'}] "
                                         f"(Socket LB: {socket_lb}, algorithm {cfg.loadBalancer.algorithm}, "
                                         f"mode {cfg.loadBalancer.mode})",
-                "Services": f"{len(self.by_service)} services, {len(self.writer.frontends) if self.writer else 0} "
+                "Services": f"{len(self.services_written())} services, {len(self.writer.frontends) if self.writer else 0} "
                             f"frontends" + (f", {len(self.problems)} not loaded" if self.problems else "")}
 
     def _socket_lb_on(self) -> bool:
@@ -287,21 +282,36 @@ class LbPlugin(LbApi):
             return parse_service(self._in_force(kind, key).doc, self.ctx.settings.nodePort.bounds())
         return parse_endpoint_slice(self._in_force(kind, key).doc)
 
-    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[str, dict]) -> dict[int, bytes | None]:
+    def services_written(self) -> set[tuple[str, str]]:
+        """The services with frontends in the maps."""
+        return set(self.owners.values())
+
+    def _written_for(self, dirty: set[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+        """The frontend keys written for each of these services."""
+        found: dict[tuple[str, str], list[int]] = {}
+        for key, service in self.owners.items():
+            if service in dirty:
+                found.setdefault(service, []).append(key)
+        return found
+
+    def _delta(self, dirty: set[tuple[str, str]], parsed: dict[str, dict]) -> tuple[dict, dict]:
         """The frontends of the services in `dirty`, computed again: what to write (a
-        Frontend, packed) and what to remove (None)."""
+        Frontend, packed) and what to remove (None); and the service of each one written."""
         port_range = self.ctx.settings.nodePort.bounds()
+        written = self._written_for(dirty)
         taken: set[int] | None = None
         delta: dict[int, bytes | None] = {}
+        owners: dict[int, tuple[str, str]] = {}
         for key in dirty:
-            old = _frontend_keys(self.by_service.pop(key, ()))
+            old = written.get(key, ())
             service = self._parsed("Service", key, parsed) if self._in_force("Service", key) else None
             new: list[Frontend] = []
             if service is not None:
                 if taken is None and service.type in ("NodePort", "LoadBalancer"):
+                    # NodePorts in use (frontends on 0.0.0.0), but for those about to be computed again
+                    again = {k for keys in written.values() for k in keys}
                     taken = set().union(*self.catalog.node_ports.values())
-                    taken |= {key_parts(k)[1] for keys in self.by_service.values() for k in _frontend_keys(keys)
-                              if not k >> 24}  # NodePort frontends: address 0.0.0.0
+                    taken |= {key_parts(k)[1] for k in self.writer.frontends if not k >> 24 and k not in again}
                 slices = [self._parsed("EndpointSlice", k, parsed)
                           for k in self.catalog.slice_keys(key)]
                 try:
@@ -310,16 +320,15 @@ class LbPlugin(LbApi):
                 except ModelError as e:  # found only with the slices: an unknown targetPort name
                     entry = self._manifests.entries("Service").get(key)
                     self._problem(Problem("Service", key, str(entry.path if entry else "?"), e))
-                    self.by_service[key] = old  # its frontends as written stay in force
-                    continue
+                    continue  # its frontends as written stay in force
                 if not self.ctx.settings.kubeProxyReplacement:  # ClusterIP only, per packet
                     new = [f for f in new if f.type == "ClusterIP"]
-            keys = tuple(f.key for f in new)  # one int each, shared with the writer's table
-            if service is not None:
-                self.by_service[key] = keys[0] if len(keys) == 1 else keys
-            delta.update(dict.fromkeys(old))
-            delta.update(zip(keys, (f.pack() for f in new)))  # packed now: see Writer.apply
-        return delta
+            for k in old:
+                delta.setdefault(k, None)  # unless another service of this change writes it
+            for f in new:
+                delta[f.key] = f.pack()  # packed now: see Writer.apply
+                owners[f.key] = key
+        return delta, owners
 
     async def _changed(self, manifests: PluginManifests | None, dirty: set | None = None) -> None:
         async with self._lock:
@@ -338,9 +347,8 @@ class LbPlugin(LbApi):
         first = not self._synced
         if first:
             services = self._manifests.entries("Service") if self._manifests else {}
-            dirty = {k for k in services if self._in_force("Service", k)} | set(self.by_service)
-        before = {k: self.by_service[k] for k in dirty if k in self.by_service}
-        delta = self._delta(dirty, parsed)
+            dirty = {k for k in services if self._in_force("Service", k)} | self.services_written()
+        delta, owners = self._delta(dirty, parsed)
         del parsed
         try:
             if first:
@@ -351,10 +359,9 @@ class LbPlugin(LbApi):
         except MapFull as e:
             self.ctx.log.error("services not programmed", error=str(e))
             self._pressure(full=True)
-            for key in dirty:  # as written in the maps
-                self.by_service.pop(key, None)
-            self.by_service.update(before)
             return False
+        self.owners.remove([k for k, f in delta.items() if f is None])
+        self.owners.update(owners)
         self._pressure()
         idle = not self.writer.frontends
         for slot in STAGES:
@@ -363,24 +370,7 @@ class LbPlugin(LbApi):
             self.ctx.log.info("services programmed", frontends=len(written), removed=len(self.writer.removed),
                               total=len(self.writer.frontends), ms=round((time.perf_counter() - started) * 1000, 1))
         self._publish(written, delta)
-        if len(written) + len(self.writer.removed) <= 1000:
-            return False
-        del delta
-        self._settle(written, dirty)
-        return True
-
-    def _settle(self, written: list[int], dirty: set[tuple[str, str]]) -> None:
-        """Python ints are objects: the frontend keys by_service keeps were made among the
-        change's temporaries, and each holds on to a piece of the heap those left free (the
-        allocator gives its arenas back whole): ~5 MB at 50,000 services. Made anew now that
-        the temporaries are gone, they sit together."""
-        fresh = {k: int.from_bytes(k.to_bytes(8, "little"), "little") for k in written}
-        for service in dirty:
-            kept = self.by_service.get(service)
-            if isinstance(kept, int):
-                self.by_service[service] = fresh.get(kept, kept)
-            elif kept is not None:
-                self.by_service[service] = tuple(fresh.get(k, k) for k in kept)
+        return len(written) + len(self.writer.removed) > 1000
 
     def _publish(self, written: list[int], delta: dict[int, bytes | None]) -> None:
         """service.changed / service.deleted for subscribers (built only when some subscriber

@@ -57,6 +57,12 @@ class SortedTable:
     def __contains__(self, key: int) -> bool:
         return self._index(key) >= 0
 
+    def items(self):
+        return zip(self._keys.tolist(), list(self._values))  # a copy, as __iter__
+
+    def values(self) -> list:
+        return list(self._values)
+
     def __getitem__(self, key: int):
         i = self._index(key)
         if i < 0:
