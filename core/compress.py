@@ -10,11 +10,11 @@ class Compressor:
     """Compresses against a fixed dictionary; not for concurrent use from several threads
     (the agent's users run on its event loop)."""
 
-    def __init__(self, dictionary: bytes):
+    def __init__(self, dictionary: bytes, level: int = 7):
         shared = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
         # No magic number, checksum or dictionary id (these bytes never leave the process), and
         # level 7: an EndpointSlice ~64 -> ~47 bytes, a Service ~38 -> ~31, for ~1 us more each
-        params = zstandard.ZstdCompressionParameters.from_level(7, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        params = zstandard.ZstdCompressionParameters.from_level(level, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
                                                                 write_checksum=False, write_dict_id=False)
         self._compress = zstandard.ZstdCompressor(dict_data=shared, compression_params=params).compress
         self.decompress = zstandard.ZstdDecompressor(dict_data=shared,

@@ -391,7 +391,8 @@ def test_services_computed_again_in_one_change_keep_their_node_ports(tmp_path):
     several services changed at once finds its own port free, not taken by its old frontend."""
     def services(target):
         return [{"kind": "Service", "metadata": {"name": f"np{i}", "namespace": "shop"},
-                 "spec": {"type": "NodePort", "clusterIP": f"10.96.1.{i}", "ports": [{"port": 80, "targetPort": target}]}}
+                 "spec": {"type": "NodePort", "clusterIP": f"10.96.1.{i}",
+                          "ports": [{"port": 80, "targetPort": target}]}}
                 for i in range(1, 5)]
 
     lab = LbOnManifests(tmp_path)

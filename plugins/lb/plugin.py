@@ -85,7 +85,8 @@ class LbPlugin(LbApi):
         return {"KubeProxyReplacement": f"{kpr} [{', '.join(self.devices) or 'no devices'}] "
                                         f"(Socket LB: {socket_lb}, algorithm {cfg.loadBalancer.algorithm}, "
                                         f"mode {cfg.loadBalancer.mode})",
-                "Services": f"{len(self.services_written())} services, {len(self.writer.frontends) if self.writer else 0} "
+                "Services": f"{len(self.services_written())} services, "
+                            f"{len(self.writer.frontends) if self.writer else 0} "
                             f"frontends" + (f", {len(self.problems)} not loaded" if self.problems else "")}
 
     def _socket_lb_on(self) -> bool:

@@ -137,7 +137,7 @@ _ID = struct.Struct("<H")
 _TYPICAL = Frontend("10.96.0.10", 80, "TCP", "ClusterIP", ("default", "service"), "http",
                     tuple(Backend(f"10.0.0.{i}", 8080, "TCP") for i in range(1, 5)))
 _PACKED = Compressor(_TYPICAL.pack() + Frontend("", 30080, "TCP", "NodePort", ("default", "service"), "", (
-    Backend("10.0.0.1", 8080, "TCP", "terminating", "node"),), (), 10800, True).pack())
+    Backend("10.0.0.1", 8080, "TCP", "terminating", "node"),), (), 10800, True).pack(), level=3)  # 7: no smaller
 
 
 def _scopes(f: Frontend) -> dict[int, tuple[Backend, ...]]:

@@ -215,7 +215,6 @@ class Decoder:
             traffic_direction=DIRECTIONS.get(direction, "TRAFFIC_DIRECTION_UNKNOWN"),
             trace_observation_point=point, trace_reason=trace_reason, drop_reason_desc=desc,
             is_reply=is_reply, interface=self._interface(ifindex), file=self._file(file_id, line))
-        return base
 
     def _headers(self, pkt: bytes) -> tuple[Ethernet | None, IP | None, Layer4 | None, str]:
         """Ethernet, IP and L4 of a captured packet. The objects repeat with the packets of a
