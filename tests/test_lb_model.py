@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import NoMap
+
 from pylium.plugins.lb import maglev
 from pylium.plugins.lb.frontends import Backend, Catalog, backend_key, frontend_key, frontends, key_parts
 from pylium.plugins.lb.maps import Lb4Backend, Lb4Key, pack_backend
@@ -315,14 +317,6 @@ def test_the_catalog_keeps_each_services_slices(steps):
 def test_a_frontend_key_gives_back_its_parts(address, port, protocol):
     address = "" if address == "0.0.0.0" else address
     assert key_parts(frontend_key(address, port, protocol)) == (address, port, protocol)
-
-
-class NoMap:
-    def put_many(self, keys, values): pass
-    def put(self, key, value): pass
-    def delete(self, key): pass
-    def items(self): return iter(())
-    def keys(self): return iter(())
 
 
 class LbOnManifests:

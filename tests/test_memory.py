@@ -17,6 +17,7 @@ import yaml
 BENCH = Path(__file__).parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 from _services import decoys, write_manifest  # noqa: E402
+from helpers import NoMap  # noqa: E402
 
 from pylium.core.state.manifests import Manifests  # noqa: E402
 
@@ -103,16 +104,6 @@ def test_a_yaml_value_msgpack_cannot_carry_reads_back_exactly(tmp_path):
     data = manifests.objects("ConfigMap")[("default", "odd")]["data"]
     assert data == {"when": datetime.date(2001, 12, 14), "tags": {"a", "b"}, "ports": {80: "web"}}
     assert isinstance(data["tags"], set)
-
-
-class NoMap:
-    """A BPF map that takes everything and holds nothing: what is measured is the plugin."""
-
-    def put_many(self, keys, values): pass
-    def put(self, key, value): pass
-    def delete(self, key): pass
-    def items(self): return iter(())
-    def keys(self): return iter(())
 
 
 def test_the_load_balancer_keeps_under_half_a_kilobyte_per_service(tmp_path):
