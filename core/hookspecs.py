@@ -129,8 +129,9 @@ def pylium_lifespan(ctx: PluginContext) -> AsyncIterator[None] | AsyncContextMan
     ``ctx.bus`` is the plugin's connection to the event bus: ``publish(event)``,
     ``subscribe(*prefixes)``, ``await serve(method, handler)``, ``await request(method, payload)``,
     ``owns(family, snapshot=None)`` (replay a state family; see docs/events.md, docs/plugins.md
-    §9). Long-running work goes in named tasks: ``ctx.start_task("sync", fn, *args)``. Tasks are cancelled before the lifespan exits. A task that raises marks the
-    plugin DEGRADED and stops the agent (exit 1), so a broken loop is never silently dead.
+    §9). Long-running work goes in named tasks: ``ctx.start_task("sync", fn, *args)``. Tasks
+    are cancelled before the lifespan exits. A task that raises marks the plugin DEGRADED and
+    stops the agent (exit 1), so a broken loop is never silently dead.
     ``ctx.datapath`` (the core's maps read-only, attach, bypass, pressure), ``ctx.bpf_maps``
     and ``ctx.ipcache`` are set when the node has a datapath.
 

@@ -349,10 +349,7 @@ class Writer:
         # what is kept is made last, once the change's temporaries are gone: made among them,
         # each would hold on to memory they leave free (the heap's arenas are given back whole)
         del moved, released, old_slots
-        fids = array.array("H", (ids[k] for k in changed))
-        del ids
-        self.frontends.update({key: _PACKED.compress(packed[key], prefix=_ID.pack(fid))
-                               for key, fid in zip(changed, fids)})
+        self.frontends.update({key: _PACKED.compress(packed[key], prefix=_ID.pack(ids[key])) for key in changed})
         return list(changed)
 
     def _check_room(self, changed: dict, old_slots: dict[int, dict[int, int]],
