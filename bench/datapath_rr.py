@@ -72,9 +72,11 @@ def in_turn(probe: str, setups: dict[str, tuple[str, str]], rounds: int, seconds
     results = {}
     for mode in ("rr", "crr"):
         runs = results[mode] = {name: [] for name in setups}
-        for _ in range(rounds):
-            for name, setup in setups.items():
-                runs[name].append(measure(probe, *setup, mode, seconds))
+        for r in range(rounds):
+            # every other round in reverse order: a drift of the machine's speed within a round
+            # favours no setup
+            for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
+                runs[name].append(measure(probe, *setups[name], mode, seconds))
     return results
 
 

@@ -137,6 +137,14 @@ class BpfEventsSettings(Section):
         return v
 
 
+class BpfFastPathSettings(Section):
+    enabled: bool = Field(True, description="Forward the packets of established connections between local pods "
+                                            "(IPv4 TCP and UDP) without running the stages again, while nothing "
+                                            "they read changed, and at most a second; off when any installed "
+                                            "stage does not declare that it keeps the fast path's contract, or "
+                                            "when trace events are aggregated below medium (docs/datapath.md).")
+
+
 class BpfSettings(Section):
     monitorAggregation: str = Field(
         "medium", description="How much the datapath aggregates trace events: none (every packet at every "
@@ -150,6 +158,7 @@ class BpfSettings(Section):
                                    "reported (comma-separated syn, fin, rst, psh, ack, urg, ece, cwr, or all). "
                                    "Alias: bpf.monitorFlags.")
     events: BpfEventsSettings = Field(default_factory=BpfEventsSettings)
+    fastPath: BpfFastPathSettings = Field(default_factory=BpfFastPathSettings)
 
     @field_validator("monitorAggregation")
     @classmethod

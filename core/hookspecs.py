@@ -99,7 +99,8 @@ def pylium_declare(declare: Declarations) -> None:
     - ``declare.bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")`` or
       ``declare.bpf_stage("from-container", 6, source, function)`` for a free slot: a program
       tail-called by the core's dispatcher, its source relative to the plugin's package;
-      two plugins in one slot is a load error;
+      two plugins in one slot is a load error; ``fast_path=True`` when the program keeps the
+      fast path's contract (docs/datapath.md), else the fast path is off while it runs;
     - ``declare.endpoint_fields(*names)``: the endpoint fields this plugin sets (by returning
       an ``EndpointContribution`` from its endpoint hooks); one owner per field;
     - ``declare.ipcache_owner(name, source, waits_for_sync=False)``: write ipcache records as

@@ -128,11 +128,15 @@ class Declarations:
         map sizes from its configuration: `declare.bpf_defines(LB_MAP_MAX=65536)`."""
         self.defines.update({k: str(v) for k, v in defines.items()})
 
-    def bpf_stage(self, slot: Slot | str, *args: Any) -> None:
+    def bpf_stage(self, slot: Slot | str, *args: Any, fast_path: bool = False) -> None:
         """Put a program in a slot of an attach point, tail-called by the core's dispatcher:
         `bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")`, or for a free slot
         `bpf_stage("from-container", 6, "bpf/count.c", "count_from")`. The source is relative
-        to the plugin's package (or absolute)."""
+        to the plugin's package (or absolute). `fast_path=True` declares that the program keeps
+        the fast path's contract (docs/datapath.md): its decisions depend only on the packet's
+        connection and on maps the agent writes, and it calls fast_forbid() for a packet it
+        changes or must see again; while a stage without it is installed, every packet runs
+        through all stages."""
         from pylium.core.datapath.consts import Slot
         from pylium.core.datapath.datapath import Stage
         from pylium.core.datapath.structs import ATTACH_POINTS, SLOTS
@@ -151,7 +155,7 @@ class Declarations:
         path = self.package_dir / source
         if not path.is_file():
             raise ValueError(f"bpf_stage: source {source!r} not found (looked for {path})")
-        self.stages.append(Stage(self.plugin, attach, index, str(path), function))
+        self.stages.append(Stage(self.plugin, attach, index, str(path), function, fast_path))
 
     def endpoint_fields(self, *names: str) -> None:
         """Endpoint fields this plugin sets, by returning an EndpointContribution from its

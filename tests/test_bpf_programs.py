@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 import struct
 import uuid
 from pathlib import Path
@@ -51,8 +52,8 @@ def dp():
     try:
         datapath.open_maps({"connectivity": [LOCAL_BLOCKS]})
         delivery = str(CONNECTIVITY / "bpf" / "delivery.c")
-        stages = [Stage("connectivity", "from-container", 7, delivery, "from_delivery"),
-                  Stage("connectivity", "to-container", 7, delivery, "to_delivery")]
+        stages = [Stage("connectivity", "from-container", 7, delivery, "from_delivery", fast_path=True),
+                  Stage("connectivity", "to-container", 7, delivery, "to_delivery", fast_path=True)]
         anyio.run(datapath.compile, stages)
         datapath.install_stages()
         m = datapath.maps
@@ -189,6 +190,69 @@ def test_every_tail_call_has_a_constant_slot(dp):
         for n in calls:
             r3 = next(insn for insn in reversed(insns[:n]) if " r3 = " in insn)
             assert re.fullmatch(r"\(b7\) r3 = \d+", r3), f"{pin.name}: tail call slot from {r3!r}"
+
+
+# ---- the fast path ----------------------------------------------------------------------------
+
+def data_to_b(sport: int, flags: int = 0x18) -> bytes:
+    """A TCP segment from A to B (ACK|PSH by default) with a byte of payload."""
+    return ether(HOST_A, MAC_A, 0x0800) + ipv4(POD_A, POD_B, tcp(sport, 80, flags) + b"x", proto=6)
+
+
+def took_fast_path(dp, packet: bytes) -> bool:
+    """Run a packet from A; True when the fast path forwarded it (the stages, which mark
+    skb->cb, did not run), after checking it left as the stages would have sent it."""
+    ret, out, ctx, _ = run(dp, "from-container", packet)
+    assert ret == TC_ACT_REDIRECT
+    assert out[0:6] == mac(MAC_B) and out[6:12] == mac(HOST_B) and out[22] == 63 and checksum(out[14:34]) == 0
+    return ctx.cb[Cb.FLAGS] == 0
+
+
+def established(dp, sport: int) -> bytes:
+    """A connection from A to B whose direction the monitor reported over a millisecond ago,
+    so that delivery remembers it: the next packet takes the fast path."""
+    assert not took_fast_path(dp, data_to_b(sport))  # first seen: reported, not remembered
+    time.sleep(0.002)
+    assert not took_fast_path(dp, data_to_b(sport))  # remembered now
+    return data_to_b(sport)
+
+
+def test_an_established_connection_takes_the_fast_path_until_a_map_changes(dp):
+    packet = established(dp, 42001)
+    assert dp.fast_path.enabled
+    before = sum(v.count for v in dp.maps["metrics"].get(ct.c_uint32(metrics_index(0, 2))))
+    assert took_fast_path(dp, packet) and took_fast_path(dp, packet)
+    assert sum(v.count for v in dp.maps["metrics"].get(ct.c_uint32(metrics_index(0, 2)))) == before + 2
+    # any write to a map the stages read makes a new generation: the stages decide again
+    generation = dp.fast_path.generation
+    dp.maps["endpoints"].put(EndpointKey.of(POD_B), dp.maps["endpoints"].get(EndpointKey.of(POD_B)))
+    assert dp.fast_path.generation == generation + 1
+    assert not took_fast_path(dp, packet)
+    assert took_fast_path(dp, packet)  # remembered again, under the new generation
+
+
+@pytest.mark.parametrize("flags", [0x02, 0x11, 0x04], ids=["syn", "fin", "rst"])
+def test_connection_flags_the_monitor_reports_take_the_stages(dp, flags):
+    established(dp, 42100 + flags)
+    assert not took_fast_path(dp, data_to_b(42100 + flags, flags))
+
+
+def test_a_stage_without_the_fast_path_contract_turns_it_off_while_it_runs(dp):
+    packet = established(dp, 42002)
+    foreign = Stage("third-party", "from-container", 3, "/nowhere.c", "count_from")
+    dp.stages.append(foreign)
+    try:
+        dp.fast_path_changed()
+        assert not dp.fast_path.enabled
+        assert not took_fast_path(dp, packet) and not took_fast_path(dp, packet)
+        dp.bypassed.add(("from-container", 3))  # its plugin has nothing for it to do: it does not run
+        dp.fast_path_changed()
+        assert dp.fast_path.enabled
+    finally:
+        dp.stages.remove(foreign)
+        dp.bypassed.discard(("from-container", 3))
+        dp.fast_path_changed()
+    assert not took_fast_path(dp, packet) and took_fast_path(dp, packet)
 
 
 def test_cost_of_dispatch_and_delivery(dp):

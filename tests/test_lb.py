@@ -187,6 +187,17 @@ def test_cluster_ip_through_the_per_packet_path(lab, per_packet, backends):
     ct_entries = lab.node("bpftool", "map", "dump", "pinned", str(lab.bpf_root / lab.dirs.node / "lb" / "lb4_ct_v1"),
                           "-j").stdout
     assert len(json.loads(ct_entries)) >= 2
+    # a held connection is translated packet by packet also past its first millisecond, when the
+    # fast path would remember a flow: the fast path remembers no translated packet
+    live = Live(lab, client, VIP, 80)
+    answers = []
+    for _ in range(5):
+        answers.append(live.ask())
+        time.sleep(0.01)
+    assert len(set(answers)) == 1 and answers[0] in {"web0", "web1", "web2"}, answers
+    remembered = lab.node("bpftool", "map", "dump", "pinned",
+                          str(lab.bpf_root / lab.dirs.node / "core" / "fast_flows_v1"), "-j").stdout
+    assert json.loads(remembered) == []
 
 
 def test_hairpin_a_pod_reaches_itself_through_its_service(lab, per_packet, backends):

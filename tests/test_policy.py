@@ -144,6 +144,46 @@ def test_star_wars_rule1_lets_the_empire_in_on_port_80_only(empire, tmp_path):
                                                   "revision": allowed[0]["ingress_allowed_by"][0]["revision"]}]
 
 
+HELD_FLOW = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.settimeout(1)
+    for _ in iter(sys.stdin.readline, ""):
+        s.send(b"x")
+        try:
+            print(s.recv(100).decode(), flush=True)
+        except socket.timeout:
+            print("timeout", flush=True)
+""")
+
+
+def test_a_policy_stops_a_flow_the_fast_path_forwards(empire, tmp_path):
+    """A flow between local pods goes by the fast path once established; a policy that denies
+    it applies to its next packet all the same (the write makes a new generation)."""
+    lab, start = empire
+    _, pods = start()
+    death, xwing = pods["deathstar"], pods["xwing"]
+    serve(lab, death.netns, "udp", death.ip, 80)
+    flow = subprocess.Popen(["ip", "netns", "exec", xwing.netns, sys.executable, "-c", HELD_FLOW, death.ip, "80"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lab.servers.append(flow)
+
+    def ask() -> str:
+        flow.stdin.write("\n")
+        flow.stdin.flush()
+        return flow.stdout.readline().strip()
+
+    for _ in range(5):  # one socket, one 5-tuple: remembered after its first millisecond
+        assert ask() == xwing.ip
+        time.sleep(0.01)
+    remembered = lab.node("bpftool", "map", "dump", "pinned",
+                          str(lab.bpf_root / lab.dirs.node / "core" / "fast_flows_v1"), "-j").stdout
+    assert json.loads(remembered), "the flow went by the fast path"
+    import_policy(lab, tmp_path, RULE1)  # deathstar admits only TCP 80 from the empire
+    assert ask() == "timeout"
+
+
 SEED = textwrap.dedent("""
     apiVersion: "cilium.io/v2"
     kind: CiliumNetworkPolicy

@@ -4,11 +4,19 @@
 
 /* tc ingress of an endpoint's host-side veth: a packet from the pod. */
 int from_container(struct __sk_buff *skb) {
+    struct fast_state *fast = fast_settings();
+    if (fast && fast->enabled) {
+        int verdict = fast_forward(skb, fast);
+        if (verdict >= 0)
+            return verdict;
+    }
     __u32 ifindex = skb->ifindex;
     struct lxc_info *lxc = lxc_by_ifindex.lookup(&ifindex);
     if (!lxc)
         return TC_ACT_OK; /* not (or no longer) an endpoint of ours */
     cb_reset(skb, lxc->ep_id, 0, lxc->identity, 0);
+    if (fast && fast->enabled)
+        fast_allow(skb, fast);
 
     void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
     struct ethhdr *eth = data;

@@ -29,6 +29,8 @@
 #define CB_F_LOCAL 0x1      /* delivered from another local endpoint: finish with redirect_peer */
 #define CB_F_FROM_PROXY 0x2 /* sent by this node's ingress proxy, which decided on it: no redirect */
 #define CB_F_TC_EGRESS 0x4  /* the stages run at tc egress (from the stack): no socket can be assigned */
+#define CB_F_FAST_OK 0x8    /* no stage did per-packet work (a translation): delivery may remember the flow */
+#define CB_FAST_GEN_SHIFT 4 /* bits 4-19 of CB_FLAGS: the fast path generation the stages started under */
 
 /* ---- skb->mark: L7 proxy redirection (Cilium's values) ------------------------------------ */
 #define MARK_MAGIC_MASK 0x0f00
@@ -171,6 +173,13 @@
 #ifndef PYLIUM_POLICY_VERDICT_EVENTS
 #define PYLIUM_POLICY_VERDICT_EVENTS 1 /* bpf.events.policyVerdict.enabled: for the policy stages */
 #endif
+#ifndef PYLIUM_FAST_PATH
+#define PYLIUM_FAST_PATH 1 /* bpf.fastPath.enabled, and traces aggregated at medium or above (or off) */
+#endif
+#define FAST_LIFETIME_NS 1000000000ULL /* a fast path entry's longest life: the stages see each flow once a second */
+#define FAST_ENTRIES 8192 /* fast_flows: few buckets, so that a lookup that misses stays in the cache */
+#define FAST_MIN_AGE_NS 1000000ULL     /* remembered once a direction was first (or last) reported this long ago */
+
 #ifndef PYLIUM_FILE_ID
 #define PYLIUM_FILE_ID 0 /* source file of a record when call sites are not numbered by the agent */
 #endif
@@ -202,7 +211,7 @@
 
 #define RB_NO_WAKEUP 1    /* BPF_RB_NO_WAKEUP */
 #define RB_FORCE_WAKEUP 2 /* BPF_RB_FORCE_WAKEUP */
-#define EVENTS_WAKEUP_BATCH 64 /* records a CPU writes before it wakes the reader */
+#define EVENTS_WAKEUP_BATCH 4096 /* records a CPU writes before it wakes the reader (it also drains every 10 ms) */
 
 #ifndef PYLIUM_EVENTS_BYTES
 #define PYLIUM_EVENTS_BYTES 0x400000 /* events ring buffer: 4 MiB (bpf.events.ringBufferSize) */

@@ -171,8 +171,9 @@ static __always_inline void emit_rules(struct __sk_buff *skb, __u8 type, __u8 su
     if (len < 1 || bpf_skb_load_bytes(skb, 0, e->data, len) < 0)
         len = 0;
     e->cap_len = len;
-    /* Wake the reader once per EVENTS_WAKEUP_BATCH records of a CPU, not per record (a wake-up
-     * costs more than the record); the reader also drains on a short timer. */
+    /* The reader drains every 10 ms; a CPU wakes it only after EVENTS_WAKEUP_BATCH records, so
+     * that a burst does not fill the ring. A wake-up is an inter-processor interrupt, a trap to
+     * the hypervisor in a VM: at one per 64 records they took 2% of a CPU under TCP_CRR. */
     __u32 zero = 0;
     __u32 *unsignalled = events_unsignalled.lookup(&zero);
     __u64 wake = RB_NO_WAKEUP;
@@ -199,23 +200,24 @@ static __always_inline int rx_point(__u8 obs) {
  * direction's FIN while FIN is a reported flag), and what follows without payload (the last
  * ACK) is not a new one. Under TCP_CRR the map stays nearly empty instead of full, and the
  * client node's programs ran ~140 ns per packet faster (bpf_stats): an insert that must evict
- * costs about 1 us. */
-static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u32 ifindex, __u8 file,
-                                  __u16 line) {
+ * costs about 1 us. Returns the time before which a packet of this direction without new TCP
+ * flags is not reported (0: the next one may be): the fast path's entries live no longer. */
+static __always_inline __u64 trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u32 ifindex, __u8 file,
+                                   __u16 line) {
 #if PYLIUM_TRACE_EVENTS
     if (MONITOR_AGGREGATION >= AGGREGATE_LOWEST && rx_point(obs))
-        return;
+        return 0;
     struct flow_key k;
     __u8 tcp_flags;
     int parsed = flow_of(skb, &k, &tcp_flags);
     if (!parsed) {
         if (MONITOR_AGGREGATION < AGGREGATE_MEDIUM)
             emit(skb, MSG_TRACE, obs, dir, TRACE_REASON_UNKNOWN, 0, ifindex, file, line);
-        return;
+        return 0;
     }
     if (rx_point(obs)) { /* aggregation none: report, the transmit point keeps the state */
         emit(skb, MSG_TRACE, obs, dir, TRACE_REASON_UNKNOWN, reply_flags(&k), ifindex, file, line);
-        return;
+        return 0;
     }
     __u8 d = flow_normalize(&k);
     __u64 now = bpf_ktime_get_ns();
@@ -223,7 +225,7 @@ static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u
     struct flow_state *s = trace_flows.lookup(&k);
     __u8 tcp_aggregated = k.proto == IPPROTO_TCP && MONITOR_AGGREGATION >= AGGREGATE_MEDIUM;
     if (!s && tcp_aggregated && !(tcp_flags & 0x02) && parsed != FLOW_TCP_DATA)
-        return; /* the tail of a connection already closed (or never seen) */
+        return 0; /* the tail of a connection already closed (or never seen) */
     if (!s || (tcp_flags & 0x12) == 0x02) { /* unseen, or a SYN: a new connection on this tuple */
         struct flow_state fresh = {.origin = d};
         if (d) { /* constant indexes: the verifier rejects variable offsets into the stack */
@@ -235,7 +237,7 @@ static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u
         }
         trace_flows.update(&k, &fresh);
         emit(skb, MSG_TRACE, obs, dir, TRACE_REASON_NEW, EVENT_F_REPLY_KNOWN, ifindex, file, line);
-        return;
+        return 0;
     }
     __u8 is_reply = d != s->origin;
     __u64 *last = &s->last_report[d & 1];
@@ -250,8 +252,14 @@ static __always_inline void trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u
         emit(skb, MSG_TRACE, obs, dir, is_reply ? TRACE_REASON_REPLY : TRACE_REASON_ESTABLISHED,
              EVENT_F_REPLY_KNOWN | (is_reply ? EVENT_F_REPLY : 0), ifindex, file, line);
     }
-    if (closing)
+    if (closing) {
         trace_flows.delete(&k);
+        return 0;
+    }
+    /* a packet of this direction without new flags is not reported before then */
+    return MONITOR_AGGREGATION >= AGGREGATE_MEDIUM ? *last + MONITOR_INTERVAL_NS : 0;
+#else
+    return ~0ULL;
 #endif
 }
 /* TRACE: at the packet's device; TRACE_DEV: naming another device (where it is delivered).
@@ -349,6 +357,111 @@ static __always_inline int from_chain(struct __sk_buff *skb, int from) {
         return DROP(skb, DROP_MISSED_TAIL_CALL, METRIC_EGRESS);
     }
     return TC_ACT_OK;
+}
+
+/* ---- the fast path ---------------------------------------------------------------------- */
+
+/* The TTL of an IPv4 header goes down by one (RFC 1624 incremental checksum update: the TTL
+ * is the high byte of its 16-bit word). The caller checked it is above 1. */
+static __always_inline void ip4_ttl_decrement(struct iphdr *ip) {
+    __u32 sum = (__u16)~ip->check + (__u16)~bpf_htons(ip->ttl << 8) + bpf_htons((ip->ttl - 1) << 8);
+    sum = (sum & 0xffff) + (sum >> 16);
+    ip->check = ~((sum & 0xffff) + (sum >> 16));
+    ip->ttl -= 1;
+}
+
+/* The fast path's key of a packet from a pod, when the fast path may take it: IPv4 without
+ * options or fragments, TTL above 1, TCP without SYN, FIN or RST (nor another flag the monitor
+ * reports on first sight), or UDP. Returns the IPv4 header, or 0. */
+static __always_inline struct iphdr *fast_tuple(struct __sk_buff *skb, struct fast_key *k) {
+    void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
+        (ip->frag_off & bpf_htons(0x3fff)) || ip->ttl <= 1)
+        return 0;
+    __u8 *l4 = (void *)(ip + 1);
+    if (ip->protocol == IPPROTO_TCP) {
+        if ((void *)(l4 + 14) > data_end || (l4[13] & (0x07 | MONITOR_FLAGS)))
+            return 0;
+    } else if (ip->protocol != IPPROTO_UDP || (void *)(l4 + 4) > data_end) {
+        return 0;
+    }
+    k->ifindex = skb->ifindex;
+    k->saddr = ip->saddr;
+    k->daddr = ip->daddr;
+    __builtin_memcpy(&k->sport, l4, 4); /* source and destination port */
+    k->proto = ip->protocol;
+    k->pad[0] = k->pad[1] = k->pad[2] = 0;
+    return ip;
+}
+
+static __always_inline struct fast_state *fast_settings(void) {
+    __u32 zero = 0;
+    return fast_state.lookup(&zero);
+}
+
+/* The stages may let delivery remember the flow; the generation they start under goes along. */
+static __always_inline void fast_allow(struct __sk_buff *skb, struct fast_state *st) {
+#if PYLIUM_FAST_PATH
+    skb->cb[CB_FLAGS] |= CB_F_FAST_OK | ((st->generation & 0xffff) << CB_FAST_GEN_SHIFT);
+#endif
+}
+
+/* A stage that did per-packet work (a translation) keeps delivery from remembering the flow. */
+static __always_inline void fast_forbid(struct __sk_buff *skb) { skb->cb[CB_FLAGS] &= ~CB_F_FAST_OK; }
+
+/* from-container, first: a packet of a connection the stages delivered to a local pod, under
+ * the generation still in force, goes the way they sent it (MACs, TTL, counters, redirect)
+ * without them. -1: not such a packet; the stages decide. */
+static __always_inline int fast_forward(struct __sk_buff *skb, struct fast_state *st) {
+#if PYLIUM_FAST_PATH
+    struct fast_key k;
+    struct iphdr *ip = fast_tuple(skb, &k);
+    if (!ip)
+        return -1;
+    struct fast_entry *e = fast_flows.lookup(&k);
+    if (!e || e->generation != st->generation || bpf_ktime_get_ns() >= e->expires)
+        return -1;
+    __u32 ifindex = e->ifindex;
+    struct ethhdr *eth = (struct ethhdr *)ip - 1; /* checked by fast_tuple() */
+    __builtin_memcpy(eth->h_dest, e->mac, 6);
+    __builtin_memcpy(eth->h_source, e->host_mac, 6);
+    ip4_ttl_decrement(ip);
+    count(skb, 0, METRIC_EGRESS);
+    count(skb, 0, METRIC_INGRESS);
+    return bpf_redirect_peer(ifindex, 0);
+#else
+    return -1;
+#endif
+}
+
+/* to-container delivery of a packet from a local pod: remember what the stages did, when none
+ * did per-packet work, nothing changed since they started (the generation in skb->cb), and the
+ * monitor will not report the direction's next packets before `quiet_until`. */
+static __always_inline void fast_remember(struct __sk_buff *skb, __u64 quiet_until) {
+#if PYLIUM_FAST_PATH
+    __u32 flags = skb->cb[CB_FLAGS];
+    struct fast_state *st = fast_settings();
+    __u64 now = bpf_ktime_get_ns();
+    if (!(flags & CB_F_FAST_OK) || !st || !st->enabled ||
+        ((flags >> CB_FAST_GEN_SHIFT) & 0xffff) != (st->generation & 0xffff) ||
+        quiet_until < now + FAST_MIN_AGE_NS ||
+        (quiet_until != ~0ULL && now - (quiet_until - MONITOR_INTERVAL_NS) < FAST_MIN_AGE_NS))
+        return; /* fresh connections (TCP_CRR) are not worth an insert */
+    struct fast_key k;
+    struct iphdr *ip = fast_tuple(skb, &k);
+    if (!ip)
+        return;
+    struct ethhdr *eth = (struct ethhdr *)ip - 1;
+    struct fast_entry e = {.expires = now + FAST_LIFETIME_NS, .generation = st->generation,
+                           .ifindex = skb->cb[CB_DELIVER]};
+    if (quiet_until < e.expires)
+        e.expires = quiet_until;
+    __builtin_memcpy(e.mac, eth->h_dest, 6);
+    __builtin_memcpy(e.host_mac, eth->h_source, 6);
+    fast_flows.update(&k, &e);
+#endif
 }
 
 /* ---- parsing --------------------------------------------------------------------------- */

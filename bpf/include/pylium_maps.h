@@ -33,6 +33,13 @@ BPF_TABLE_PINNED("array", __u32, __u32, slot_mask, 2, PYLIUM_CORE_PIN "/slot_mas
 BPF_TABLE_PINNED("lru_hash", struct flow_key, struct flow_state, trace_flows, 65536,
                  PYLIUM_CORE_PIN "/trace_flows_v2");
 
+/* The fast path: established local connections, forwarded without the stages while the
+ * generation they were decided under holds (fast_key -> fast_entry). */
+BPF_TABLE_PINNED("lru_hash", struct fast_key, struct fast_entry, fast_flows, FAST_ENTRIES, PYLIUM_CORE_PIN "/fast_flows_v1");
+
+/* The fast path's generation and whether it may be used at all (one entry). */
+BPF_TABLE_PINNED("array", __u32, struct fast_state, fast_state, 1, PYLIUM_CORE_PIN "/fast_state_v1");
+
 /* Records the events ring buffer had no room for, per CPU (reported as lost events). */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, events_lost, 1, PYLIUM_CORE_PIN "/events_lost_v1");
 

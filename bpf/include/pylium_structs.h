@@ -95,3 +95,32 @@ struct flow_state {
     __u8 origin;
     __u8 pad[5];
 };
+
+/* The fast path (docs/datapath.md): one direction of an IPv4 TCP or UDP connection between two
+ * local pods, by the host-side device it enters through. */
+struct fast_key {
+    __u32 ifindex;
+    __be32 saddr;
+    __be32 daddr;
+    __be16 sport;
+    __be16 dport;
+    __u8 proto;
+    __u8 pad[3];
+};
+
+/* What the slow path did with that direction's last packet, while nothing it depends on changed. */
+struct fast_entry {
+    __u64 expires;     /* bpf_ktime_get_ns(): from then on the stages decide again */
+    __u32 generation;  /* fast_state's when they decided */
+    __u32 ifindex;     /* delivered to: the destination's host-side veth (bpf_redirect_peer) */
+    __u8 mac[6];       /* the MACs delivery wrote: the destination pod's */
+    __u8 host_mac[6];  /* and its gateway's */
+    __u32 pad;
+};
+
+/* generation: bumped by the agent after each change to a map the stages read; enabled: every
+ * stage installed (and not bypassed) keeps the fast path's contract. */
+struct fast_state {
+    __u32 generation;
+    __u32 enabled;
+};

@@ -23,6 +23,8 @@ PYLIUM_CB_MAGIC = 0xd1500000
 CB_F_LOCAL = 0x1  # delivered from another local endpoint: finish with redirect_peer
 CB_F_FROM_PROXY = 0x2  # sent by this node's ingress proxy, which decided on it: no redirect
 CB_F_TC_EGRESS = 0x4  # the stages run at tc egress (from the stack): no socket can be assigned
+CB_F_FAST_OK = 0x8  # no stage did per-packet work (a translation): delivery may remember the flow
+CB_FAST_GEN_SHIFT = 4  # bits 4-19 of CB_FLAGS: the fast path generation the stages started under
 MARK_MAGIC_MASK = 0x0f00
 MARK_MAGIC_TO_PROXY = 0x0200  # assigned to a proxy socket: routed locally (PROXY_ROUTE_TABLE)
 MARK_MAGIC_INGRESS_PROXY = 0x0a00  # sent by the ingress proxy: its peer's identity in the other bits
@@ -134,6 +136,10 @@ MONITOR_FLAGS = 0x07  # TCP flags whose first appearance is reported: FIN 0x01, 
 PYLIUM_TRACE_EVENTS = 1  # bpf.events.trace.enabled
 PYLIUM_DROP_EVENTS = 1  # bpf.events.drop.enabled
 PYLIUM_POLICY_VERDICT_EVENTS = 1  # bpf.events.policyVerdict.enabled: for the policy stages
+PYLIUM_FAST_PATH = 1  # bpf.fastPath.enabled, and traces aggregated at medium or above (or off)
+FAST_LIFETIME_NS = 1000000000  # a fast path entry's longest life: the stages see each flow once a second
+FAST_ENTRIES = 8192  # fast_flows: few buckets, so that a lookup that misses stays in the cache
+FAST_MIN_AGE_NS = 1000000  # remembered once a direction was first (or last) reported this long ago
 PYLIUM_FILE_ID = 0  # source file of a record when call sites are not numbered by the agent
 METRIC_INGRESS = 1  # INGRESS
 METRIC_EGRESS = 2  # EGRESS
@@ -152,7 +158,7 @@ IDENTITY_LOCAL_MIN = 0x1000000
 PYLIUM_CAPTURE_LEN = 128  # packet bytes copied into drop and trace records
 RB_NO_WAKEUP = 1  # BPF_RB_NO_WAKEUP
 RB_FORCE_WAKEUP = 2  # BPF_RB_FORCE_WAKEUP
-EVENTS_WAKEUP_BATCH = 64  # records a CPU writes before it wakes the reader
+EVENTS_WAKEUP_BATCH = 4096  # records a CPU writes before it wakes the reader (it also drains every 10 ms)
 PYLIUM_EVENTS_BYTES = 0x400000  # events ring buffer: 4 MiB (bpf.events.ringBufferSize)
 
 
@@ -182,6 +188,7 @@ class CbFlag(IntFlag):
     LOCAL = CB_F_LOCAL
     FROM_PROXY = CB_F_FROM_PROXY
     TC_EGRESS = CB_F_TC_EGRESS
+    FAST_OK = CB_F_FAST_OK
 
 
 class Cb(IntEnum):
@@ -192,6 +199,7 @@ class Cb(IntEnum):
     DELIVER = CB_DELIVER
     SRC_ID = CB_SRC_ID
     DST_ID = CB_DST_ID
+    FAST_GEN_SHIFT = CB_FAST_GEN_SHIFT
 
 
 class DropReason(IntEnum):

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ctypes as ct
 import json
+import mmap
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ import anyio
 from pylium.core.datapath import libbpf
 from pylium.core.datapath.compiler import CompileError, Job, compile_job, source_files
 from pylium.core.datapath.maps import MapSpec, PinnedMap
-from pylium.core.datapath.structs import ATTACH_POINTS, EVENTS_BYTES, SLOTS, core_maps
+from pylium.core.datapath.consts import AGGREGATE_MEDIUM
+from pylium.core.datapath.structs import ATTACH_POINTS, EVENTS_BYTES, SLOTS, FastState, core_maps
 
 DISPATCHERS = {"from-container": "from_container", "to-container": "to_container"}
 
@@ -40,6 +43,7 @@ class MonitorSettings:
     drop_events: bool = True
     policy_verdict_events: bool = True
     events_bytes: int = EVENTS_BYTES
+    fast_path: bool = True  # bpf.fastPath.enabled
 
     @classmethod
     def from_config(cls, bpf: Any) -> MonitorSettings:
@@ -47,14 +51,19 @@ class MonitorSettings:
 
         return cls(bpf.aggregation_level(), int(parse_duration(bpf.monitorAggregationInterval) * 1e9),
                    bpf.tcp_flag_mask(), bpf.events.trace.enabled, bpf.events.drop.enabled,
-                   bpf.events.policyVerdict.enabled, bpf.events.ringBufferSize)
+                   bpf.events.policyVerdict.enabled, bpf.events.ringBufferSize, bpf.fastPath.enabled)
+
+    @property
+    def fast_path_compiled(self) -> bool:
+        """The fast path skips the stages' trace points: only where they report per connection."""
+        return self.fast_path and (not self.trace_events or self.aggregation >= AGGREGATE_MEDIUM)
 
     def defines(self) -> dict[str, str]:
         return {"MONITOR_AGGREGATION": str(self.aggregation), "MONITOR_INTERVAL_NS": f"{self.interval_ns}ULL",
                 "MONITOR_FLAGS": str(self.tcp_flags), "PYLIUM_TRACE_EVENTS": str(int(self.trace_events)),
                 "PYLIUM_DROP_EVENTS": str(int(self.drop_events)),
                 "PYLIUM_POLICY_VERDICT_EVENTS": str(int(self.policy_verdict_events)),
-                "PYLIUM_EVENTS_BYTES": str(self.events_bytes)}
+                "PYLIUM_EVENTS_BYTES": str(self.events_bytes), "PYLIUM_FAST_PATH": str(int(self.fast_path_compiled))}
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class Stage:
     slot: int
     source: str  # the C file: absolute (a plugin's, resolved in its package), or relative to bpf/
     function: str
+    fast_path: bool = False  # keeps the fast path's contract (docs/datapath.md)
 
 
 class Datapath:
@@ -87,6 +97,8 @@ class Datapath:
         self.stages: list[Stage] = []
         self.compile_seconds = 0.0
         self._ours: dict[str, set[int]] = {}  # program pin -> ids it held in earlier runs
+        self._fast_state: mmap.mmap | None = None  # the fast_state map's value, mapped
+        self._fast_lock = threading.Lock()
 
     def pin_dir(self, owner: str) -> Path:
         return self.root / owner
@@ -115,6 +127,10 @@ class Datapath:
             self.plugin_maps[plugin] = {s.name: PinnedMap.open_or_create(s, self.pin_dir(plugin), self.log)
                                         for s in specs}
             self._remove_old_versions(plugin, specs)
+        self._fast_state = mmap.mmap(self.maps["fast_state"].fd, mmap.PAGESIZE)
+        for m in self.all_maps():
+            if m.spec.name not in ("fast_flows", "fast_state"):
+                m.on_write = self.fast_path_changed
 
     def _remove_old_versions(self, owner: str, specs: list[MapSpec]) -> None:
         """Pins of an earlier layout (<name>_v<older>) are dead weight once the new one exists.
@@ -225,6 +241,24 @@ class Datapath:
         (self.bypassed.add if bypassed else self.bypassed.discard)((attach, slot))
         installed = sum(1 << s.slot for s in self.stages if s.attach == attach)
         self.maps["slot_mask"].put(ct.c_uint32(ATTACH_POINTS[attach]), ct.c_uint32(self._active(attach, installed)))
+
+    # ---- the fast path (docs/datapath.md) ------------------------------------------------
+
+    def fast_path_changed(self) -> None:
+        """After each write to a map (the stages read them; a slot or slot_mask write changes the
+        stages): a new generation, so that what the fast path remembered from before is decided
+        by the stages again. A store into the mapped map value: no system call per write."""
+        active = {(s.attach, s.slot): s for s in self.stages if (s.attach, s.slot) not in self.bypassed}
+        enabled = self.monitor.fast_path_compiled and all(s.fast_path for s in active.values())
+        with self._fast_lock:
+            state = FastState.from_buffer(self._fast_state)
+            state.enabled = enabled
+            state.generation = (state.generation + 1) & 0xFFFFFFFF
+
+    @property
+    def fast_path(self) -> FastState:
+        """The generation in force and whether the fast path is used."""
+        return FastState.from_buffer_copy(self._fast_state)
 
     # ---- attachment ---------------------------------------------------------------------
 
@@ -385,6 +419,9 @@ class Datapath:
         return {attach: libbpf.prog_info(fd).id for attach, fd in self.dispatch_fds.items()}
 
     def close(self) -> None:
+        if self._fast_state is not None:
+            self._fast_state.close()
+            self._fast_state = None
         for fd in self.dispatch_fds.values():
             os.close(fd)
         self.dispatch_fds.clear()

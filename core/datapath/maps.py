@@ -10,7 +10,7 @@ import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pylium.core.datapath import libbpf
 
@@ -66,6 +66,8 @@ class PinnedMap:
         self._percpu = spec.type in libbpf.PERCPU_TYPES
         #: (operation, outcome) -> count of the agent's writes (cilium_bpf_map_ops_total)
         self.ops: collections.Counter = collections.Counter()
+        #: called after each write that took effect (the datapath's fast path generation)
+        self.on_write: Callable[[], None] | None = None
 
     @classmethod
     def open_or_create(cls, spec: MapSpec, directory: Path, log=None) -> PinnedMap:
@@ -107,6 +109,8 @@ class PinnedMap:
             self.ops[(operation, "fail")] += 1
             raise
         self.ops[(operation, "success")] += 1
+        if self.on_write is not None:
+            self.on_write()
         return result
 
     def get(self, key) -> Any | None:
@@ -133,6 +137,8 @@ class PinnedMap:
             self.ops[("update", "fail")] += n
             raise
         self.ops[("update", "success")] += n
+        if self.on_write is not None:
+            self.on_write()
 
     def delete(self, key) -> bool:
         return self._counted("delete", libbpf.delete, key)

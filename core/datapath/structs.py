@@ -8,7 +8,7 @@ import ipaddress
 import struct
 
 from pylium.core.datapath import libbpf
-from pylium.core.datapath.consts import (ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER, METRICS_ENTRIES, PYLIUM_CAPTURE_LEN,
+from pylium.core.datapath.consts import (ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER, FAST_ENTRIES, METRICS_ENTRIES, PYLIUM_CAPTURE_LEN,
                                          PYLIUM_EVENTS_BYTES, PYLIUM_SLOTS, Slot)
 from pylium.core.datapath.maps import MapSpec
 
@@ -118,6 +118,22 @@ class FlowState(ct.Structure):
                 ("pad", ct.c_uint8 * 5)]
 
 
+class FastKey(ct.Structure):
+    """struct fast_key: one direction of a local IPv4 connection, by the device it enters by."""
+
+    _fields_ = [("ifindex", ct.c_uint32), ("saddr", ct.c_uint8 * 4), ("daddr", ct.c_uint8 * 4),
+                ("sport", ct.c_uint16), ("dport", ct.c_uint16), ("proto", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
+
+
+class FastEntry(ct.Structure):
+    _fields_ = [("expires", ct.c_uint64), ("generation", ct.c_uint32), ("ifindex", ct.c_uint32),
+                ("mac", ct.c_uint8 * 6), ("host_mac", ct.c_uint8 * 6), ("pad", ct.c_uint32)]
+
+
+class FastState(ct.Structure):
+    _fields_ = [("generation", ct.c_uint32), ("enabled", ct.c_uint32)]
+
+
 def mac_bytes(mac: str) -> ct.Array:
     return (ct.c_uint8 * 6)(*bytes.fromhex(mac.replace(":", "")))
 
@@ -137,6 +153,8 @@ def core_maps(events_bytes: int = EVENTS_BYTES) -> list[MapSpec]:
         MapSpec("calls_to_container", libbpf.MAP_PROG_ARRAY, ct.c_uint32, ct.c_uint32, SLOTS),
         MapSpec("slot_mask", libbpf.MAP_ARRAY, ct.c_uint32, ct.c_uint32, 2),
         MapSpec("trace_flows", libbpf.MAP_LRU_HASH, FlowKey, FlowState, 65536, version=2),
+        MapSpec("fast_flows", libbpf.MAP_LRU_HASH, FastKey, FastEntry, FAST_ENTRIES),
+        MapSpec("fast_state", libbpf.MAP_ARRAY, ct.c_uint32, FastState, 1, flags=libbpf.F_MMAPABLE),
         MapSpec("events_lost", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, ct.c_uint64, 1),
         MapSpec("events_unsignalled", libbpf.MAP_PERCPU_ARRAY, ct.c_uint32, ct.c_uint32, 1),
         MapSpec("events", libbpf.MAP_RINGBUF, None, None, events_bytes, version=2),

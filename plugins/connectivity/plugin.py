@@ -39,8 +39,8 @@ class ConnectivityPlugin:
         tunnel = declare.settings.routingMode == "tunnel"
         declare.bpf_maps(LOCAL_BLOCKS, TUNNEL_CONFIG)
         declare.bpf_defines(CONN_TUNNEL=int(tunnel))
-        declare.bpf_stage(Slot.FROM_DELIVERY, "bpf/delivery.c", "from_delivery")
-        declare.bpf_stage(Slot.TO_DELIVERY, "bpf/delivery.c", "to_delivery")
+        declare.bpf_stage(Slot.FROM_DELIVERY, "bpf/delivery.c", "from_delivery", fast_path=True)
+        declare.bpf_stage(Slot.TO_DELIVERY, "bpf/delivery.c", "to_delivery", fast_path=True)
         declare.endpoint_fields("host_ifname", "host_ifindex", "mac", "host_mac", "mtu")
         declare.ipcache_owner(HOST, Source.LOCAL)
         declare.ipcache_owner(NODES, Source.KVSTORE, waits_for_sync=True)

@@ -72,8 +72,8 @@ class LbPlugin(LbApi):
         seed = int.from_bytes(maglev.seed_bytes(cfg.maglev.hashSeed)[:4], "little")
         declare.bpf_defines(LB_MAP_MAX=cfg.bpf.lbMapMax, LB_CT_MAX=cfg.bpf.natMax, LB_MAGLEV_M=cfg.maglev.tableSize,
                             LB_HASH_SEED=f"{seed}U", LB_REJECT=int(cfg.serviceNoBackendResponse == "reject"))
-        declare.bpf_stage(Slot.FROM_LB, "bpf/lb.c", "lb_from_container")
-        declare.bpf_stage(Slot.TO_LB, "bpf/lb.c", "lb_to_container")
+        declare.bpf_stage(Slot.FROM_LB, "bpf/lb.c", "lb_from_container", fast_path=True)
+        declare.bpf_stage(Slot.TO_LB, "bpf/lb.c", "lb_to_container", fast_path=True)
         declare.api_routes(("GET", "/v1/service", self.api_services), ("GET", "/v1/bpf/lb", self.api_bpf_lb),
                            ("GET", "/v1/bpf/lb/maglev/{service}", self.api_maglev))
 

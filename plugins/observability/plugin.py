@@ -38,7 +38,7 @@ from pylium.plugins.observability.remote import RemoteEndpoints
 from pylium.plugins.observability.servicemap import ServiceMap
 
 BATCH = 512  # records decoded per turn of the event loop (and at most the flows of one batch.flow)
-DRAIN_SECONDS = 0.01  # the datapath wakes the reader only every 64 records of a CPU: drain on a timer too
+DRAIN_SECONDS = 0.01  # the datapath wakes the reader only every 4096 records of a CPU: drain on a timer
 LOSS_POLL_SECONDS = 0.5
 IDENTITY_CACHE_SECONDS = 5.0
 

@@ -78,8 +78,8 @@ class PolicyPlugin(PolicyApi):
         ct_max = bpf.ctTcpMax + bpf.ctAnyMax  # one table for every protocol
         declare.bpf_maps(*maps.policy_maps(ct_max))
         declare.bpf_defines(POLICY_CT_MAX=ct_max)
-        declare.bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress")
-        declare.bpf_stage(Slot.TO_POLICY, "bpf/policy.c", "policy_ingress")
+        declare.bpf_stage(Slot.FROM_POLICY, "bpf/policy.c", "policy_egress", fast_path=True)
+        declare.bpf_stage(Slot.TO_POLICY, "bpf/policy.c", "policy_ingress", fast_path=True)
         declare.endpoint_fields("identity")
         declare.ipcache_owner(CIDR, Source.GENERATED)
         declare.ipcache_owner(FQDN, Source.GENERATED)

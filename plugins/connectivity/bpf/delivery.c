@@ -64,11 +64,7 @@ static __always_inline int ttl_decrement(struct __sk_buff *skb, int v6) {
     struct iphdr *ip = (void *)(eth + 1);
     if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
         return -1;
-    /* RFC 1624 incremental update: the TTL is the high byte of its 16-bit word */
-    __u32 sum = (__u16)~ip->check + (__u16)~bpf_htons(ip->ttl << 8) + bpf_htons((ip->ttl - 1) << 8);
-    sum = (sum & 0xffff) + (sum >> 16);
-    ip->check = ~((sum & 0xffff) + (sum >> 16));
-    ip->ttl -= 1;
+    ip4_ttl_decrement(ip);
     return 0;
 }
 
@@ -204,7 +200,8 @@ int from_delivery(struct __sk_buff *skb) {
 int to_delivery(struct __sk_buff *skb) {
     count(skb, 0, METRIC_INGRESS);
     if (skb->cb[CB_FLAGS] & CB_F_LOCAL) {
-        TRACE_DEV(skb, TRACE_TO_LXC, METRIC_INGRESS, skb->cb[CB_DELIVER]);
+        __u64 quiet_until = TRACE_DEV(skb, TRACE_TO_LXC, METRIC_INGRESS, skb->cb[CB_DELIVER]);
+        fast_remember(skb, quiet_until);
         return bpf_redirect_peer(skb->cb[CB_DELIVER], 0);
     }
     TRACE(skb, TRACE_TO_LXC, METRIC_INGRESS);

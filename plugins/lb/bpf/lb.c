@@ -11,6 +11,8 @@ static __always_inline int reply_out(struct __sk_buff *skb, struct l4_tuple *t, 
     int done = ct_reverse(skb, t, &ifindex);
     if (done < 0)
         return DROP(skb, DROP_WRITE_ERROR, from_pod ? METRIC_EGRESS : METRIC_INGRESS);
+    if (done)
+        fast_forbid(skb); /* translated back: each packet must be */
     if (done && ifindex) { /* the reply of a NodePort/external connection: out of its device */
         count(skb, 0, METRIC_EGRESS);
         TRACE_DEV(skb, TRACE_TO_STACK, METRIC_EGRESS, ifindex);
@@ -44,6 +46,7 @@ int lb_from_container(struct __sk_buff *skb) {
     if (!found)
         return DROP(skb, DROP_NO_SERVICE, METRIC_EGRESS);
     struct lb4_backend b = *found;
+    fast_forbid(skb); /* translated: each packet must be */
     /* a pod reaching itself through a service: the reply must come back through here */
     __be32 snat = b.address == t.saddr ? LB_LOOPBACK_IP4 : 0;
     if (fresh)
