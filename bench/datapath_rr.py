@@ -11,7 +11,10 @@ pairs and tc programs can cost here. Two "pods" with veths into a "host" namespa
 ingress programs do nothing but bpf_redirect_peer() to the other pod (static neighbours, no
 lookup, no policy, no trace). pylium's ratio cannot pass the floor's.
 
-    .venv/bin/python bench/datapath_rr.py [--rounds 7] [--seconds 3] [--set KEY=VALUE ...]
+    .venv/bin/python bench/datapath_rr.py [--rounds 15] [--seconds 1] [--set KEY=VALUE ...]
+
+Short rounds in alternating order: this VM's speed drifts by 10-30% over seconds (no steal
+reported), so setups measured close together compare best.
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ def report(results: dict[str, tuple[float, float, float]], first: str, second: s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="Agent configuration, as pylium-agent --set (repeatable).")
     args = parser.parse_args()

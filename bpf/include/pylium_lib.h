@@ -200,8 +200,8 @@ static __always_inline int rx_point(__u8 obs) {
  * direction's FIN while FIN is a reported flag), and what follows without payload (the last
  * ACK) is not a new one. Under TCP_CRR the map stays nearly empty instead of full, and the
  * client node's programs ran ~140 ns per packet faster (bpf_stats): an insert that must evict
- * costs about 1 us. Returns the time before which a packet of this direction without new TCP
- * flags is not reported (0: the next one may be): the fast path's entries live no longer. */
+ * costs about 1 us. Returns until when the fast path may forward this direction's packets
+ * without new TCP flags (0: not at all): never past the direction's next report. */
 static __always_inline __u64 trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __u32 ifindex, __u8 file,
                                    __u16 line) {
 #if PYLIUM_TRACE_EVENTS
@@ -256,10 +256,15 @@ static __always_inline __u64 trace(struct __sk_buff *skb, __u8 obs, __u8 dir, __
         trace_flows.delete(&k);
         return 0;
     }
-    /* a packet of this direction without new flags is not reported before then */
-    return MONITOR_AGGREGATION >= AGGREGATE_MEDIUM ? *last + MONITOR_INTERVAL_NS : 0;
+    /* the fast path may forward this direction until its next report (or for its lifetime),
+     * once the last report is FAST_MIN_AGE_NS old: fresh connections (TCP_CRR's) would cost
+     * an insert each and rarely be looked up again */
+    if (MONITOR_AGGREGATION < AGGREGATE_MEDIUM || now - *last < FAST_MIN_AGE_NS)
+        return 0;
+    __u64 until = *last + MONITOR_INTERVAL_NS;
+    return until < now + FAST_LIFETIME_NS ? until : now + FAST_LIFETIME_NS;
 #else
-    return ~0ULL;
+    return ~0ULL; /* no reports: the fast path's lifetime alone */
 #endif
 }
 /* TRACE: at the packet's device; TRACE_DEV: naming another device (where it is delivered).
@@ -436,28 +441,25 @@ static __always_inline int fast_forward(struct __sk_buff *skb, struct fast_state
 #endif
 }
 
-/* to-container delivery of a packet from a local pod: remember what the stages did, when none
- * did per-packet work, nothing changed since they started (the generation in skb->cb), and the
- * monitor will not report the direction's next packets before `quiet_until`. */
-static __always_inline void fast_remember(struct __sk_buff *skb, __u64 quiet_until) {
+/* to-container delivery of a packet from a local pod: remember what the stages did until
+ * `until` (trace()'s answer), when no stage did per-packet work and nothing changed since they
+ * started (the generation in skb->cb). */
+static __always_inline void fast_remember(struct __sk_buff *skb, __u64 until) {
 #if PYLIUM_FAST_PATH
     __u32 flags = skb->cb[CB_FLAGS];
+    if (!until || !(flags & CB_F_FAST_OK))
+        return;
     struct fast_state *st = fast_settings();
-    __u64 now = bpf_ktime_get_ns();
-    if (!(flags & CB_F_FAST_OK) || !st || !st->enabled ||
-        ((flags >> CB_FAST_GEN_SHIFT) & 0xffff) != (st->generation & 0xffff) ||
-        quiet_until < now + FAST_MIN_AGE_NS ||
-        (quiet_until != ~0ULL && now - (quiet_until - MONITOR_INTERVAL_NS) < FAST_MIN_AGE_NS))
-        return; /* fresh connections (TCP_CRR) are not worth an insert */
+    if (!st || !st->enabled || ((flags >> CB_FAST_GEN_SHIFT) & 0xffff) != (st->generation & 0xffff))
+        return;
     struct fast_key k;
     struct iphdr *ip = fast_tuple(skb, &k);
     if (!ip)
         return;
     struct ethhdr *eth = (struct ethhdr *)ip - 1;
-    struct fast_entry e = {.expires = now + FAST_LIFETIME_NS, .generation = st->generation,
-                           .ifindex = skb->cb[CB_DELIVER]};
-    if (quiet_until < e.expires)
-        e.expires = quiet_until;
+    struct fast_entry e = {.expires = until, .generation = st->generation, .ifindex = skb->cb[CB_DELIVER]};
+    if (until == ~0ULL)
+        e.expires = bpf_ktime_get_ns() + FAST_LIFETIME_NS;
     __builtin_memcpy(e.mac, eth->h_dest, 6);
     __builtin_memcpy(e.host_mac, eth->h_source, 6);
     fast_flows.update(&k, &e);

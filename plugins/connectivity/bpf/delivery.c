@@ -200,8 +200,8 @@ int from_delivery(struct __sk_buff *skb) {
 int to_delivery(struct __sk_buff *skb) {
     count(skb, 0, METRIC_INGRESS);
     if (skb->cb[CB_FLAGS] & CB_F_LOCAL) {
-        __u64 quiet_until = TRACE_DEV(skb, TRACE_TO_LXC, METRIC_INGRESS, skb->cb[CB_DELIVER]);
-        fast_remember(skb, quiet_until);
+        __u64 fast_until = TRACE_DEV(skb, TRACE_TO_LXC, METRIC_INGRESS, skb->cb[CB_DELIVER]);
+        fast_remember(skb, fast_until);
         return bpf_redirect_peer(skb->cb[CB_DELIVER], 0);
     }
     TRACE(skb, TRACE_TO_LXC, METRIC_INGRESS);
