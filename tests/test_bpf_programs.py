@@ -239,19 +239,21 @@ def test_connection_flags_the_monitor_reports_take_the_stages(dp, flags):
 
 def test_a_stage_without_the_fast_path_contract_turns_it_off_while_it_runs(dp):
     packet = established(dp, 42002)
-    foreign = Stage("third-party", "from-container", 3, "/nowhere.c", "count_from")
+    # delivery's program once more, in a free slot, as a stage that does not declare the contract
+    foreign = Stage("connectivity", "from-container", 3, "delivery.c", "from_delivery")
     dp.stages.append(foreign)
     try:
-        dp.fast_path_changed()
+        dp.install_stages()
         assert not dp.fast_path.enabled
+        assert dp.fast_path_status() == ("Disabled (stage connectivity/from_delivery (from-container slot 3) not "
+                                         "declared with fast_path=True)")
         assert not took_fast_path(dp, packet) and not took_fast_path(dp, packet)
-        dp.bypassed.add(("from-container", 3))  # its plugin has nothing for it to do: it does not run
-        dp.fast_path_changed()
-        assert dp.fast_path.enabled
+        dp.bypass("from-container", 3, True)  # its plugin has nothing for it to do: it does not run
+        assert dp.fast_path.enabled and dp.fast_path_status().startswith("Enabled (generation ")
     finally:
         dp.stages.remove(foreign)
-        dp.bypassed.discard(("from-container", 3))
-        dp.fast_path_changed()
+        dp.bypass("from-container", 3, False)
+        dp.install_stages()
     assert not took_fast_path(dp, packet) and took_fast_path(dp, packet)
 
 

@@ -98,6 +98,7 @@ class Datapath:
         self.compile_seconds = 0.0
         self._ours: dict[str, set[int]] = {}  # program pin -> ids it held in earlier runs
         self._fast_state: mmap.mmap | None = None  # the fast_state map's value, mapped
+        self._fast_enabled = False  # no stage that runs forbids it (kept by install_stages and bypass)
         self._fast_lock = threading.Lock()
 
     def pin_dir(self, owner: str) -> Path:
@@ -210,6 +211,7 @@ class Datapath:
     def install_stages(self) -> None:
         """Put each stage in its slot (atomic replace); empty the slots nobody claims now."""
         wanted: dict[tuple[str, int], Stage] = {(s.attach, s.slot): s for s in self.stages}
+        self._fast_enabled = self._fast_path_off_because() is None
         for attach, attach_id in ATTACH_POINTS.items():
             slots = self.maps[f"calls_{attach.replace('-', '_')}"]
             mask = 0  # slots holding a program
@@ -239,20 +241,35 @@ class Datapath:
         if ((attach, slot) in self.bypassed) == bypassed:
             return
         (self.bypassed.add if bypassed else self.bypassed.discard)((attach, slot))
+        self._fast_enabled = self._fast_path_off_because() is None
         installed = sum(1 << s.slot for s in self.stages if s.attach == attach)
         self.maps["slot_mask"].put(ct.c_uint32(ATTACH_POINTS[attach]), ct.c_uint32(self._active(attach, installed)))
 
     # ---- the fast path (docs/datapath.md) ------------------------------------------------
 
+    def _fast_path_off_because(self) -> str | None:
+        if not self.monitor.fast_path:
+            return "bpf.fastPath.enabled=false"
+        if not self.monitor.fast_path_compiled:
+            return "trace events aggregated below medium"
+        foreign = [s for s in self.stages if not s.fast_path and (s.attach, s.slot) not in self.bypassed]
+        if foreign:
+            return "stage " + ", ".join(f"{s.plugin}/{s.function} ({s.attach} slot {s.slot})" for s in foreign) + \
+                " not declared with fast_path=True"
+        return None
+
+    def fast_path_status(self) -> str:
+        """One line for `pylium status`: on, or why not."""
+        why = self._fast_path_off_because()
+        return f"Disabled ({why})" if why else f"Enabled (generation {self.fast_path.generation})"
+
     def fast_path_changed(self) -> None:
         """After each write to a map (the stages read them; a slot or slot_mask write changes the
         stages): a new generation, so that what the fast path remembered from before is decided
         by the stages again. A store into the mapped map value: no system call per write."""
-        active = {(s.attach, s.slot): s for s in self.stages if (s.attach, s.slot) not in self.bypassed}
-        enabled = self.monitor.fast_path_compiled and all(s.fast_path for s in active.values())
         with self._fast_lock:
             state = FastState.from_buffer(self._fast_state)
-            state.enabled = enabled
+            state.enabled = self._fast_enabled
             state.generation = (state.generation + 1) & 0xFFFFFFFF
 
     @property

@@ -87,6 +87,10 @@ class PluginDatapath:
             raise ValueError(f"plugin {self.plugin} has no stage in slot {index} of {attach}")
         self._dp.bypass(attach, index, bypassed)
 
+    def fast_path_status(self) -> str:
+        """Whether the fast path is on (with its generation), or why not."""
+        return self._dp.fast_path_status()
+
     def set_pressure(self, map_name: str, ratio: float | None) -> None:
         """How full a map (or this plugin's part of one) is, served as
         cilium_bpf_map_pressure{map_name}; None: let the core report the map's own fill."""

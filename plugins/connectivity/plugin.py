@@ -187,4 +187,5 @@ class ConnectivityPlugin:
         unreachable = f"  Unreachable: {'; '.join(self.peers.problems.values())}" if self.peers and \
             self.peers.problems else ""
         return {"Routing": f"Network: {network}  Host: BPF (local delivery by redirect){unreachable}",
-                "Masquerading": f"{masq} [{', '.join(self._blocks) or 'no blocks'}]"}
+                "Masquerading": f"{masq} [{', '.join(self._blocks) or 'no blocks'}]",
+                "Fast path": ctx.datapath.fast_path_status()}
