@@ -30,7 +30,6 @@
 #define CB_F_FROM_PROXY 0x2 /* sent by this node's ingress proxy, which decided on it: no redirect */
 #define CB_F_TC_EGRESS 0x4  /* the stages run at tc egress (from the stack): no socket can be assigned */
 #define CB_F_FAST_OK 0x8    /* no stage did per-packet work (a translation): delivery may remember the flow */
-#define CB_FAST_GEN_SHIFT 4 /* bits 4-19 of CB_FLAGS: the fast path generation the stages started under */
 
 /* ---- skb->mark: L7 proxy redirection (Cilium's values) ------------------------------------ */
 #define MARK_MAGIC_MASK 0x0f00
@@ -176,6 +175,7 @@
 #ifndef PYLIUM_FAST_PATH
 #define PYLIUM_FAST_PATH 1 /* bpf.fastPath.enabled, and traces aggregated at medium or above (or off) */
 #endif
+#define FAST_CB_GEN_SHIFT 4 /* bits 4-19 of CB_FLAGS: the fast path generation the stages started under */
 #define FAST_LIFETIME_NS 1000000000ULL /* a fast path entry's longest life: the stages see each flow once a second */
 #define FAST_ENTRIES 8192 /* fast_flows: few buckets, so that a lookup that misses stays in the cache */
 #define FAST_MIN_AGE_NS 1000000ULL     /* remembered once a direction was first (or last) reported this long ago */

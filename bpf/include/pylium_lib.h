@@ -409,7 +409,7 @@ static __always_inline struct fast_state *fast_settings(void) {
 /* The stages may let delivery remember the flow; the generation they start under goes along. */
 static __always_inline void fast_allow(struct __sk_buff *skb, struct fast_state *st) {
 #if PYLIUM_FAST_PATH
-    skb->cb[CB_FLAGS] |= CB_F_FAST_OK | ((st->generation & 0xffff) << CB_FAST_GEN_SHIFT);
+    skb->cb[CB_FLAGS] |= CB_F_FAST_OK | ((st->generation & 0xffff) << FAST_CB_GEN_SHIFT);
 #endif
 }
 
@@ -450,7 +450,7 @@ static __always_inline void fast_remember(struct __sk_buff *skb, __u64 until) {
     if (!until || !(flags & CB_F_FAST_OK))
         return;
     struct fast_state *st = fast_settings();
-    if (!st || !st->enabled || ((flags >> CB_FAST_GEN_SHIFT) & 0xffff) != (st->generation & 0xffff))
+    if (!st || !st->enabled || ((flags >> FAST_CB_GEN_SHIFT) & 0xffff) != (st->generation & 0xffff))
         return;
     struct fast_key k;
     struct iphdr *ip = fast_tuple(skb, &k);

@@ -24,7 +24,6 @@ CB_F_LOCAL = 0x1  # delivered from another local endpoint: finish with redirect_
 CB_F_FROM_PROXY = 0x2  # sent by this node's ingress proxy, which decided on it: no redirect
 CB_F_TC_EGRESS = 0x4  # the stages run at tc egress (from the stack): no socket can be assigned
 CB_F_FAST_OK = 0x8  # no stage did per-packet work (a translation): delivery may remember the flow
-CB_FAST_GEN_SHIFT = 4  # bits 4-19 of CB_FLAGS: the fast path generation the stages started under
 MARK_MAGIC_MASK = 0x0f00
 MARK_MAGIC_TO_PROXY = 0x0200  # assigned to a proxy socket: routed locally (PROXY_ROUTE_TABLE)
 MARK_MAGIC_INGRESS_PROXY = 0x0a00  # sent by the ingress proxy: its peer's identity in the other bits
@@ -137,6 +136,7 @@ PYLIUM_TRACE_EVENTS = 1  # bpf.events.trace.enabled
 PYLIUM_DROP_EVENTS = 1  # bpf.events.drop.enabled
 PYLIUM_POLICY_VERDICT_EVENTS = 1  # bpf.events.policyVerdict.enabled: for the policy stages
 PYLIUM_FAST_PATH = 1  # bpf.fastPath.enabled, and traces aggregated at medium or above (or off)
+FAST_CB_GEN_SHIFT = 4  # bits 4-19 of CB_FLAGS: the fast path generation the stages started under
 FAST_LIFETIME_NS = 1000000000  # a fast path entry's longest life: the stages see each flow once a second
 FAST_ENTRIES = 8192  # fast_flows: few buckets, so that a lookup that misses stays in the cache
 FAST_MIN_AGE_NS = 1000000  # remembered once a direction was first (or last) reported this long ago
@@ -199,7 +199,6 @@ class Cb(IntEnum):
     DELIVER = CB_DELIVER
     SRC_ID = CB_SRC_ID
     DST_ID = CB_DST_ID
-    FAST_GEN_SHIFT = CB_FAST_GEN_SHIFT
 
 
 class DropReason(IntEnum):

@@ -8,8 +8,8 @@ import ipaddress
 import struct
 
 from pylium.core.datapath import libbpf
-from pylium.core.datapath.consts import (ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER, FAST_ENTRIES, METRICS_ENTRIES, PYLIUM_CAPTURE_LEN,
-                                         PYLIUM_EVENTS_BYTES, PYLIUM_SLOTS, Slot)
+from pylium.core.datapath.consts import (ATTACH_FROM_CONTAINER, ATTACH_TO_CONTAINER, FAST_ENTRIES, METRICS_ENTRIES,
+                                         PYLIUM_CAPTURE_LEN, PYLIUM_EVENTS_BYTES, PYLIUM_SLOTS, Slot)
 from pylium.core.datapath.maps import MapSpec
 
 SLOTS = PYLIUM_SLOTS
