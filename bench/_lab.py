@@ -15,6 +15,7 @@ from pathlib import Path
 
 from _agent import wait_until_running  # noqa: E402 (bench/ is on sys.path)
 from pylium.core.cli.client import Client
+from pylium.core.datapath import libbpf
 
 VENV_BIN = Path(sys.executable).parent
 POD_CIDR = "10.211.0.0/16"
@@ -66,7 +67,7 @@ def node_with_agent(*agent_args: str, prepare=None):
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "del", ns, check=False)
-        shutil.rmtree(bpf_root, ignore_errors=True)
+        libbpf.remove_pins(bpf_root)
         shutil.rmtree(root, ignore_errors=True)
 
 

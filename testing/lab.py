@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pylium.core.cli.client import AgentUnreachable, Client
+from pylium.core.datapath import libbpf
 
 BIN = Path(sys.executable).parent  # pylium-agent, pylium, pylium-cni of this environment
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -29,7 +29,7 @@ NODE_IP, OUTSIDE_IP = "10.250.0.1", "10.250.0.2"
 def remove_bpf_root(path: Path | None = None) -> None:
     """A lab's pins (`path`), and their shared parent once nothing else uses it."""
     if path is not None:
-        shutil.rmtree(path, ignore_errors=True)
+        libbpf.remove_pins(path)
     with contextlib.suppress(OSError):
         BPF_TEST_ROOT.rmdir()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,4 +88,4 @@ class StageHarness:
 
     def close(self) -> None:
         self.dp.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        libbpf.remove_pins(self.root)

@@ -22,8 +22,12 @@ def our_filters(lab) -> list[str]:
     return out
 
 
+def object_exists(kind: str, object_id: int) -> bool:
+    return subprocess.run(["bpftool", kind, "show", "id", str(object_id)], capture_output=True).returncode == 0
+
+
 def program_exists(prog_id: int) -> bool:
-    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True).returncode == 0
+    return object_exists("prog", prog_id)
 
 
 def test_cleanup_removes_this_nodes_state_only(lab):
@@ -38,6 +42,9 @@ def test_cleanup_removes_this_nodes_state_only(lab):
     node_dir = lab.bpf_root / lab.dirs.node
     programs = cleanup.pinned_programs(node_dir)
     assert programs, "the running node pinned its programs"
+    prog_arrays = [json.loads(lab.node("bpftool", "-j", "map", "show", "pinned", str(pin)).stdout)["id"]
+                   for pin in node_dir.rglob("calls_*")]
+    assert len(prog_arrays) == 2
 
     refused = lab.node(*lab.agent_args("--cleanup"), check=False)
     assert refused.returncode == 1 and "is using" in refused.stderr and "stop it first" in refused.stderr
@@ -61,6 +68,8 @@ def test_cleanup_removes_this_nodes_state_only(lab):
     assert "pylium_host" not in links and "pylium_net" not in links and "pylium_vxlan" not in links
     assert not node_dir.exists() and other_pins.exists()
     assert not [p for p in programs if program_exists(p)], "no program of the node is left in the kernel"
+    # a stage that tail-calls into its own array is a cycle the kernel did not always break
+    assert not [m for m in prog_arrays if object_exists("map", m)], "no program array is left either"
     assert lab.dirs.state_dir.exists(), "the state directory stays"
 
     again = lab.node(*lab.agent_args("--cleanup"))

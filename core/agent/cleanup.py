@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -36,7 +35,7 @@ def run(agent) -> tuple[list[str], list[str]]:
                 failed.append(f"plugin {name}: {type(e).__name__}: {e}")
         done += detach_filters(programs)
         if node_dir.exists():
-            shutil.rmtree(node_dir)
+            libbpf.remove_pins(node_dir)
             done.append(f"bpf directory {node_dir}")
         with contextlib.suppress(OSError):
             node_dir.parent.rmdir()  # the root too, once no node uses it

@@ -6,10 +6,13 @@ in short-lived child processes and reached here through their pins.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import os
+import shutil
 from functools import cache
+from pathlib import Path
 
 _lib = ct.CDLL("libbpf.so.1", use_errno=True)
 
@@ -165,6 +168,18 @@ def delete(fd: int, key) -> bool:
     return True
 
 
+def clear_prog_array(fd: int) -> bool:
+    """Empty every slot of a program array; False (and nothing done) when `fd` is another
+    object (a map of another type, a program, a link: told apart by the kernel's fdinfo)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    if fields.get("map_type") != str(MAP_PROG_ARRAY):
+        return False
+    for slot in range(int(fields["max_entries"])):
+        delete(fd, ct.c_uint32(slot))
+    return True
+
+
 def next_key(fd: int, key, next_) -> bool:
     ret = _lib.bpf_map_get_next_key(fd, ct.byref(key) if key is not None else None, ct.byref(next_))
     if ret == -errno.ENOENT:
@@ -236,3 +251,20 @@ def test_run(prog_fd: int, data: bytes, ctx_in: ct.Structure | None = None, repe
         opts.ctx_out, opts.ctx_size_out = ct.addressof(ctx_out), ct.sizeof(ctx_out)
     _check(_lib.bpf_prog_test_run_opts(prog_fd, ct.byref(opts)), "test run")
     return opts.retval, data_out.raw[: opts.data_size_out], ctx_out, opts.duration
+
+
+def remove_pins(directory: Path) -> None:
+    """Remove a tree of pins, its program arrays emptied first. A stage that tail-calls into the
+    array that holds it is a cycle; the kernel breaks it when the array's last pin goes, but
+    with direct tail calls (constant slots) it left the array and its programs behind (kernel
+    6.18). Emptied first, nothing holds them."""
+    for pin in directory.rglob("*") if directory.exists() else ():
+        if not pin.is_file():
+            continue
+        with contextlib.suppress(OSError):
+            fd = obj_get(str(pin))
+            try:
+                clear_prog_array(fd)
+            finally:
+                os.close(fd)
+    shutil.rmtree(directory, ignore_errors=True)
