@@ -212,7 +212,7 @@ def established(dp, sport: int) -> bytes:
     """A connection from A to B whose direction the monitor reported over a millisecond ago,
     so that delivery remembers it: the next packet takes the fast path."""
     assert not took_fast_path(dp, data_to_b(sport))  # first seen: reported, not remembered
-    time.sleep(0.002)
+    time.sleep(0.01)  # FAST_MIN_AGE_NS on the coarse clock: ticks of 4 ms at HZ=250
     assert not took_fast_path(dp, data_to_b(sport))  # remembered now
     return data_to_b(sport)
 

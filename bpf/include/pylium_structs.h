@@ -110,7 +110,7 @@ struct fast_key {
 
 /* What the slow path did with that direction's last packet, while nothing it depends on changed. */
 struct fast_entry {
-    __u64 expires;     /* bpf_ktime_get_ns(): from then on the stages decide again */
+    __u64 expires;     /* packet_clock(): from then on the stages decide again */
     __u32 generation;  /* fast_state's when they decided */
     __u32 ifindex;     /* delivered to: the destination's host-side veth (bpf_redirect_peer) */
     __u8 mac[6];       /* the MACs delivery wrote: the destination pod's */

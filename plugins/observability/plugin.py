@@ -175,6 +175,7 @@ class ObservabilityPlugin:
         if self.reader is None:
             return
         pending, decode, emit = self.pending, self.decoder.decode_record, self._emit
+        wanted = self._wanted()  # once a pass: asking the bus cost ~4% of the loop per record
         for _ in range(min(BATCH, len(pending))):
             raw = pending.popleft()
             try:
@@ -183,12 +184,17 @@ class ObservabilityPlugin:
                 self.ctx.log.warning("undecodable datapath event", error=repr(e), size=len(raw))
                 self._count_loss("OBSERVER_EVENTS_QUEUE", 1)
                 continue
-            emit(flow, raw, shape)
+            emit(flow, raw, shape, wanted)
         if pending and self.reader is not None:
             self._scheduled = True
             self._loop.call_soon(self._process)
 
-    def _emit(self, flow: Flow, raw: bytes, shape: Shape | None) -> None:
+    def _wanted(self) -> tuple[bool, bool]:
+        """Whether some subscriber takes flows one each (`flow`), many to a message (`batch.flow`)."""
+        bus = self.ctx.bus
+        return bus.wants("flow"), bus.wants("batch.flow")
+
+    def _emit(self, flow: Flow, raw: bytes, shape: Shape | None, wanted: tuple[bool, bool]) -> None:
         self.observer.add(flow)
         if shape is None:
             self.metrics.count(flow)
@@ -201,12 +207,11 @@ class ObservabilityPlugin:
                 counter[key] += 1
             if edge is not None:
                 self.service_map.count(*edge)
-        bus = self.ctx.bus
-        single, bulk = bus.wants("flow"), bus.wants("batch.flow")
+        single, bulk = wanted
         if single or bulk:  # nobody subscribed: nothing is encoded
             payload = shape.payload(flow) if shape is not None else events.encode(flow)
             if single:
-                bus.publish(flow, encoded=payload)
+                self.ctx.bus.publish(flow, encoded=payload)
             if bulk:
                 if not self._batch:
                     self._loop.call_soon(self._send_batch)  # after this pass over the ring
@@ -281,7 +286,7 @@ class ObservabilityPlugin:
                     continue
                 flow = l7_flow(e.event, self.decoder.endpoint)
                 self.metrics.count_l7(flow)
-                self._emit(flow, b"", None)
+                self._emit(flow, b"", None, self._wanted())
 
     async def _follow_endpoints(self) -> None:
         """Endpoint events keep the decoder's view of local endpoints current."""
